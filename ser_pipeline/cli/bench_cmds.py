@@ -1,9 +1,68 @@
-"""CLI commands: bench group (placeholder until its issue lands)."""
+"""CLI commands: the ``ser bench`` group (``featurize`` now; ``train`` can be added beside it)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+from ser_pipeline.cli.common import JsonOption, RootOption, emit, workspace
+
+bench_app = typer.Typer(help="Benchmarks users can run (not timed tests).", no_args_is_help=True)
+
+
+def _bench_text(r: dict[str, Any]) -> str:
+    n, s = r["naive"], r["store"]
+    lines = [
+        f"corpus {r['corpus']}: {r['files']} files, {r['audio_seconds']:.1f} audio s, preset {r['preset']}",
+        f"naive librosa loop : {n['seconds']:.2f} s  {n['audio_s_per_s']:.1f} audio s/s  peak {n['peak_rss_mb']:.0f} MB",
+        f"store featurize    : {s['seconds']:.2f} s  {s['audio_s_per_s']:.1f} audio s/s  peak {s['peak_rss_mb']:.0f} MB"
+        f"  ({s['workers']} workers; cluster start {s['cluster_start_s']:.2f} s)",
+        f"ratio store/naive  : {r['ratio']:.2f}x  (with cluster start: {r['ratio_end_to_end']:.2f}x, "
+        f"{s['end_to_end_audio_s_per_s']:.1f} audio s/s)",
+        f"CPU time           : naive {n['cpu_seconds']:.2f} s, store {s['cpu_seconds']:.2f} s -> "
+        f"{r['cpu']['ratio']:.2f}x less CPU per audio second (load-independent)",
+        f"no-op re-run       : {r['noop_rerun']['seconds']:.3f} s (computed {r['noop_rerun']['computed']})",
+    ]
+    if "scale" in r:
+        c = r["scale"]
+        lines.append(f"peak memory        : 1x {c['1x_peak_rss_mb']:.0f} MB ({c['1x_items']} items), "
+                     f"4x {c['4x_peak_rss_mb']:.0f} MB ({c['4x_items']} items, {c['4x_audio_s_per_s']:.1f} audio s/s)")
+    return "\n".join(lines)
+
+
+@bench_app.command("featurize")
+def featurize(
+    name: Annotated[str, typer.Argument(help="Manifest name (default: demo).")] = "demo",
+    path: Annotated[Path | None, typer.Option("--path", help="Benchmark the audio files under DIR instead.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Dask workers (default: CPU count).")] = None,
+    preset: Annotated[str, typer.Option("--preset")] = "logmel64",
+    no_scale: Annotated[bool, typer.Option("--no-scale", help="Skip the 4x-corpus memory run.")] = False,
+    naive_blas_threads: Annotated[
+        int | None, typer.Option("--naive-blas-threads", min=1, help="Cap BLAS threads in the naive loop.")
+    ] = None,
+    scratch: Annotated[Path | None, typer.Option("--scratch", help="Scratch folder (default: a temp dir, removed).")] = None,
+    root: RootOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Store featurize vs the naive librosa loop: audio s per wall s, ratio, peak memory, no-op re-run."""
+    from feature_store.bench import bench_featurize, frame_from_dir
+    from ser_pipeline.manifest import read_manifest
+
+    frame = frame_from_dir(path) if path is not None else read_manifest(name, workspace(root))
+    folder = Path(tempfile.mkdtemp(prefix="ser-bench-", dir=scratch))
+    try:
+        result = bench_featurize(frame, folder, workers=workers, preset=preset, scale=not no_scale,
+                                 naive_blas_threads=naive_blas_threads)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    result["corpus"] = str(path) if path is not None else name
+    emit(result, as_json, _bench_text)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the ser app."""
+    """Add the ``bench`` group to the ser app."""
+    app.add_typer(bench_app, name="bench")

@@ -1,9 +1,166 @@
-"""CLI commands: store group (placeholder until its issue lands)."""
+"""CLI commands: ``ser featurize`` and the ``ser store`` group (ls, verify, gc)."""
 
 from __future__ import annotations
 
+import time
+from typing import Annotated, Any
+
 import typer
+
+from ser_pipeline.cli.common import JsonOption, RootOption, emit, table, workspace
+
+PresetOption = Annotated[str, typer.Option("--preset", help="Feature preset (logmel64, logmel60, logmel64_norm, spectrogram).")]
+AugmentOption = Annotated[
+    str, typer.Option("--augment", help="Waveform variants, e.g. 'speed=0.8,0.9,1.0,1.1,1.2;noise=20' (training data only).")
+]
+WorkersOption = Annotated[
+    int | None, typer.Option("--workers", min=1, help="Local Dask worker processes (default: CPU count; 1 = in process).")
+]
+AddressOption = Annotated[
+    str | None, typer.Option("--dask-address", envvar="SER_DASK_ADDRESS", help="Use an existing Dask scheduler.")
+]
+
+
+def run_featurize(
+    name: str, *, root: str | None, preset: str, augment: str, float32: bool, force: bool,
+    workers: int | None, dask_address: str | None, batch_size: int, progress: bool,
+) -> dict[str, Any]:
+    """Featurize manifest ``name``; returns the report dict (plus ``wall_seconds`` incl. cluster start)."""
+    from feature_store.materialise import dask_client, materialise, plan, variant_list
+    from feature_store.store import FeatureStore
+    from ser_pipeline.augment import parse_augment
+    from ser_pipeline.features import feature_spec
+    from ser_pipeline.manifest import manifest_digest, read_manifest
+
+    start = time.perf_counter()
+    ws = workspace(root)
+    frame = read_manifest(name, ws)
+    spec = feature_spec(preset, **({"dtype": "float32"} if float32 else {}))
+    aug = parse_augment(augment)
+    store = FeatureStore(ws.features)
+    store.ensure_writable()
+    fset = store.open_set(spec, create=True)
+    work, _ = plan(frame, variant_list(aug), fset.key_set(), force=force)
+    todo = sum(len(w.variants) for w in work)
+    kwargs = {"manifest_name": name, "manifest_digest": manifest_digest(frame), "batch_size": batch_size,
+              "force": force, "progress": progress}
+    in_process = todo == 0 or (workers == 1 and not dask_address) or (todo <= batch_size and not dask_address)
+    if in_process:
+        report = materialise(frame, spec, aug, store, **kwargs)
+    else:
+        with dask_client(workers, dask_address) as client:
+            report = materialise(frame, spec, aug, store, client=client, **kwargs)
+    out = report.to_dict()
+    out.update({"manifest": name, "preset": preset, "dtype": spec.dtype, "wall_seconds": round(time.perf_counter() - start, 3),
+                "executor": "in-process" if in_process else (dask_address or f"LocalCluster({workers or 'auto'})")})
+    return out
+
+
+def _featurize_text(r: dict[str, Any]) -> str:
+    lines = [
+        f"feature set {r['feature_digest']} ({r['preset']}, {r['dtype']}) variants: {', '.join(r['variants'])}",
+        f"computed {r['computed']}  reused {r['reused']}  failed {len(r['failed'])}",
+        f"{r['seconds']:.2f} s ({r['wall_seconds']:.2f} s with start-up, {r['executor']}); "
+        f"{r['audio_seconds']:.1f} audio s, {r['audio_seconds_per_second']:.1f} audio s per wall s",
+    ]
+    lines += [f"  failed {f['utterance_id']} [{f['variant']}]: {f['reason']}" for f in r["failed"]]
+    return "\n".join(lines)
+
+
+def _ls_text(sets: list[dict[str, Any]]) -> str:
+    if not sets:
+        return "no feature sets"
+    rows = [{**s, "MB": f"{s['bytes'] / 1e6:.1f}", "variants": ",".join(s["variants"]),
+             "manifests": ",".join(sorted({m["name"] for m in s["manifests"]}))} for s in sets]
+    return table(rows, ["digest", "preset", "dtype", "items", "utterances", "variants", "frames", "MB", "created", "manifests"])
+
+
+def _verify_text(r: dict[str, Any]) -> str:
+    head = f"{'OK' if r['ok'] else 'CORRUPT'}: {r['sets']} set(s), {r['derived']} derived, {r['batches']} batch(es), {r['items_checked']} item(s) checked"
+    lines = [head] + [f"  corrupt {c['path']} {c['key']}: {c['reason']}" for c in r["corrupt"]]
+    lines += [f"  uncommitted (invisible; gc removes when abandoned): {u}" for u in r["uncommitted"]]
+    return "\n".join(lines)
+
+
+def _gc_text(r: dict[str, Any]) -> str:
+    verb = "would remove" if r["dry_run"] else "removed"
+    lines = [f"{verb} {len(r['removed'])} path(s), {r['bytes'] / 1e6:.1f} MB" + (" (dry run; --apply to delete)" if r["dry_run"] else "")]
+    return "\n".join(lines + [f"  {x['path']}: {x['reason']}" for x in r["removed"]])
+
+
+def referenced_digests(store: Any, manifest_names: set[str]) -> set[str]:
+    """Sets that served a manifest still present, or that record no manifest at all (kept to be safe)."""
+    keep = set()
+    for s in store.list_sets():
+        served = {m["name"] for m in s["manifests"]}
+        if not served or served & manifest_names:
+            keep.add(s["digest"])
+    return keep
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the ser app."""
+    """Add ``featurize`` and the ``store`` group to the ser app."""
+    store_app = typer.Typer(help="Inspect and maintain the feature store.", no_args_is_help=True)
+    app.add_typer(store_app, name="store")
+
+    @app.command("featurize")
+    def featurize(
+        name: Annotated[str, typer.Argument(help="Ingested manifest name.")],
+        preset: PresetOption = "logmel64",
+        augment: AugmentOption = "",
+        float32: Annotated[bool, typer.Option("--float32", help="Store float32 instead of float16.")] = False,
+        force: Annotated[bool, typer.Option("--force", help="Recompute items already stored.")] = False,
+        workers: WorkersOption = None,
+        dask_address: AddressOption = None,
+        batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Items per task / batch.")] = 64,
+        root: RootOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Compute missing feature items of manifest NAME into the store (incremental, crash-safe)."""
+        report = run_featurize(name, root=root, preset=preset, augment=augment, float32=float32, force=force,
+                               workers=workers, dask_address=dask_address, batch_size=batch_size, progress=not as_json)
+        emit(report, as_json, _featurize_text)
+
+    @store_app.command("ls")
+    def ls(root: RootOption = None, as_json: JsonOption = False) -> None:
+        """List feature sets with their lineage."""
+        from feature_store.store import FeatureStore
+
+        store = FeatureStore(workspace(root).features)
+        sets = store.list_sets()
+        if as_json:
+            emit({"sets": sets, "derived": store.list_derived()}, True)
+        else:
+            emit(sets, False, _ls_text)
+
+    @store_app.command("verify")
+    def verify_cmd(root: RootOption = None, as_json: JsonOption = False) -> None:
+        """Check every committed item's checksum and shape; exit 1 when anything is corrupt."""
+        from feature_store.maintenance import verify
+        from feature_store.store import FeatureStore
+
+        report = verify(FeatureStore(workspace(root).features))
+        emit(report, as_json, _verify_text)
+        if not report["ok"]:
+            raise typer.Exit(1)
+
+    @store_app.command("gc")
+    def gc_cmd(
+        apply: Annotated[bool, typer.Option("--apply", help="Delete (default: dry run).")] = False,
+        keep: Annotated[list[str] | None, typer.Option("--keep", help="Feature digest to keep (repeatable).")] = None,
+        root: RootOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Remove unreferenced sets, abandoned temp batches and superseded batches (dry run unless --apply).
+
+        A set is referenced when a manifest it served still exists in the workspace, when it records no
+        manifest, or when named with --keep.
+        """
+        from feature_store.maintenance import gc
+        from feature_store.store import FeatureStore
+        from ser_pipeline.manifest import list_manifests
+
+        ws = workspace(root)
+        store = FeatureStore(ws.features)
+        keep_set = referenced_digests(store, set(list_manifests(ws))) | set(keep or [])
+        emit(gc(store, keep_set, dry_run=not apply), as_json, _gc_text)

@@ -1,0 +1,373 @@
+"""Materialising a manifest into a feature set: plan what is missing, compute it in tasks, commit.
+
+Each task takes many utterances (``batch_size`` items), reads each recording once, checks its
+bytes against the manifest sha256, computes every requested variant, and commits one batch.
+``client=None`` runs the tasks in this process; with a ``dask.distributed.Client`` they run on
+its workers (which write straight into the store, so the store path must be shared with them).
+Only small summaries travel back to the caller, so memory does not grow with corpus size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from feature_store.layout import TMP, tmp_is_abandoned
+from feature_store.store import FeatureStore
+from feature_store.writer import FaultHook, write_feature_batch
+from ser_pipeline import audio
+from ser_pipeline.augment import AugmentSpec, apply_variant, variant_seed
+from ser_pipeline.errors import AudioError, ConfigError, SerError, StoreError
+from ser_pipeline.features import FeatureSpec, extract
+
+DASK_ADDRESS_ENV = "SER_DASK_ADDRESS"
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One recording and the variants of it still to compute."""
+
+    utterance_id: str
+    path: str
+    sha256: str
+    variants: tuple[str, ...]
+
+
+@dataclass
+class TaskResult:
+    """What one task reports back (small: no arrays)."""
+
+    computed: int = 0
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    batch: str | None = None
+
+
+@dataclass
+class MaterialiseReport:
+    """Summary of one materialise run."""
+
+    feature_digest: str
+    set_path: str
+    variants: list[str]
+    computed: int = 0
+    reused: int = 0
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (utterance_id, variant, reason)
+    seconds: float = 0.0
+    audio_seconds: float = 0.0
+    batches: int = 0
+
+    @property
+    def audio_seconds_per_second(self) -> float:
+        return self.audio_seconds / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["failed"] = [{"utterance_id": u, "variant": v, "reason": r} for u, v, r in self.failed]
+        out["audio_seconds_per_second"] = round(self.audio_seconds_per_second, 1)
+        out["seconds"] = round(self.seconds, 3)
+        out["audio_seconds"] = round(self.audio_seconds, 3)
+        return out
+
+
+def limit_threads() -> None:
+    """One compute thread per worker process: BLAS/OpenMP pools, and torch when it is loaded.
+
+    Permanent for the process: call it in Dask workers only (:func:`warm_worker`, :func:`run_task`
+    inside a worker). Small matrix products (the Mel projection) run far slower when BLAS spreads
+    them over busy cores.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+def in_dask_worker() -> bool:
+    """Whether this code runs inside a dask.distributed worker."""
+    if "distributed" not in sys.modules:
+        return False
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+def load_checked(path: str, sha256: str, sample_rate: int) -> np.ndarray:
+    """Mono wave ``(n,)`` float32 at ``sample_rate``; AudioError when missing, changed or unusable.
+
+    The file's bytes are hashed and compared with the manifest's sha256 first, then decoded
+    (libsndfile reads the path directly: faster than decoding from an in-memory buffer).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise AudioError(f"{path}: file not found (vanished since ingest)") from None
+    except OSError as exc:
+        raise AudioError(f"{path}: unreadable ({exc.strerror or exc})") from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if sha256 and actual != sha256:
+        raise AudioError(f"{path}: checksum mismatch, file changed since ingest (manifest {sha256[:12]}, now {actual[:12]})")
+    raw, rate = audio.read_raw(path)
+    problem = audio.signal_problem(raw)
+    if problem:
+        raise AudioError(f"{path}: {problem}")
+    mono = raw[:, 0] if raw.shape[1] == 1 else audio.to_mono(raw)
+    return audio.resample(mono, int(rate), sample_rate)
+
+
+def run_task(set_path: str, spec_dict: dict[str, Any], work: Sequence[WorkItem], fault: FaultHook | None = None) -> TaskResult:
+    """Compute and commit one batch. Bad recordings fail their items; a write failure raises StoreError.
+
+    BLAS is limited to one thread for the duration of the task (restored afterwards in process;
+    permanent inside a Dask worker, with torch threads too).
+    """
+    from threadpoolctl import threadpool_limits
+
+    if in_dask_worker():
+        limit_threads()
+    with threadpool_limits(limits=1):
+        return _compute_and_commit(Path(set_path), FeatureSpec.from_dict(spec_dict), work, fault)
+
+
+def _compute_and_commit(set_path: Path, spec: FeatureSpec, work: Sequence[WorkItem], fault: FaultHook | None) -> TaskResult:
+    """Read each recording once, compute its variants ``(C, F, T)``, commit them as one batch."""
+    result = TaskResult()
+    entries: list[tuple[dict[str, Any], np.ndarray]] = []
+    for item in work:
+        try:
+            wave = load_checked(item.path, item.sha256, spec.sample_rate)
+        except AudioError as exc:
+            result.failed.extend((item.utterance_id, v, str(exc)) for v in item.variants)
+            continue
+        duration = wave.size / spec.sample_rate
+        for variant in item.variants:
+            try:
+                varied = apply_variant(wave, spec.sample_rate, variant, seed=variant_seed(item.sha256, variant))
+                feats = extract(varied, spec).astype(spec.dtype)
+            except (SerError, ValueError) as exc:
+                result.failed.append((item.utterance_id, variant, f"{item.path}: {exc}"))
+                continue
+            meta = {"sha256": item.sha256, "variant": variant, "utterance_id": item.utterance_id,
+                    "duration_s": round(duration, 4)}
+            entries.append((meta, feats))
+            result.audio_seconds += duration
+    if entries:
+        result.batch = write_feature_batch(set_path, entries, dtype=spec.dtype, fault=fault)
+        result.computed = len(entries)
+    return result
+
+
+def variant_list(augment: AugmentSpec | Sequence[str] | None) -> list[str]:
+    """Canonical variant keys, ``orig`` first."""
+    if augment is None:
+        return ["orig"]
+    spec = augment if isinstance(augment, AugmentSpec) else AugmentSpec.of(list(augment))
+    return list(spec.variants)
+
+
+def check_manifest(manifest: pd.DataFrame) -> None:
+    missing = [c for c in ("utterance_id", "path", "sha256") if c not in manifest.columns]
+    if missing:
+        raise ConfigError(f"manifest: missing column(s) {missing}")
+
+
+def plan(
+    manifest: pd.DataFrame, variants: Sequence[str], have: set[tuple[str, str]] | Any, *, force: bool = False
+) -> tuple[list[WorkItem], int]:
+    """Work still to do (one WorkItem per recording) and the number of items reused.
+
+    Recordings with the same sha256 are computed once. ``have`` supports ``(sha, variant) in have``.
+    """
+    work: list[WorkItem] = []
+    reused = 0
+    seen: set[str] = set()
+    for uid, path, sha in zip(manifest["utterance_id"], manifest["path"], manifest["sha256"], strict=True):
+        if sha in seen:
+            continue
+        seen.add(sha)
+        todo = tuple(v for v in variants if force or (sha, v) not in have)
+        reused += len(variants) - len(todo)
+        if todo:
+            work.append(WorkItem(str(uid), str(path), str(sha), todo))
+    return work, reused
+
+
+def chunk_work(work: Sequence[WorkItem], batch_size: int) -> Iterator[list[WorkItem]]:
+    """Tasks of about ``batch_size`` items each (a recording's variants stay together)."""
+    task: list[WorkItem] = []
+    size = 0
+    for item in work:
+        task.append(item)
+        size += len(item.variants)
+        if size >= batch_size:
+            yield task
+            task, size = [], 0
+    if task:
+        yield task
+
+
+def remove_abandoned_tmp(set_path: Path) -> list[Path]:
+    """Delete temp batches left by dead writers; returns the removed paths."""
+    removed = []
+    root = set_path / TMP
+    if root.is_dir():
+        for tmp in sorted(root.iterdir()):
+            if tmp_is_abandoned(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(tmp)
+    return removed
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="item", desc="featurize", file=sys.stderr)
+
+
+def materialise(
+    manifest: pd.DataFrame,
+    spec: FeatureSpec,
+    augment: AugmentSpec | Sequence[str] | None,
+    store: FeatureStore,
+    *,
+    manifest_name: str = "",
+    manifest_digest: str = "",
+    client: Any = None,
+    batch_size: int = 64,
+    force: bool = False,
+    progress: bool = False,
+    fault: FaultHook | None = None,
+) -> MaterialiseReport:
+    """Compute every missing (recording, variant) item of ``manifest`` into the set of ``spec``.
+
+    Returns counts of computed, reused and failed items, with each failure's reason. StoreError
+    before any work when the store cannot be written; StoreError when a write fails mid-run (the
+    batches committed before stay readable). ``fault`` is passed to the writer (tests).
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r}: must be >= 1")
+    check_manifest(manifest)
+    variants = variant_list(augment)
+    start = time.perf_counter()
+    store.ensure_writable()
+    fset = store.open_set(spec, create=True)
+    remove_abandoned_tmp(fset.path)
+    work, reused = plan(manifest, variants, fset.key_set(), force=force)
+    report = MaterialiseReport(feature_digest=fset.digest, set_path=str(fset.path), variants=variants, reused=reused)
+    tasks = list(chunk_work(work, batch_size))
+    bar = _progress(sum(len(w.variants) for w in work), progress and bool(work))
+    try:
+        for result, n_items in _run_tasks(tasks, str(fset.path), spec.to_dict(), client, fault):
+            report.computed += result.computed
+            report.failed.extend(result.failed)
+            report.audio_seconds += result.audio_seconds
+            report.batches += int(result.batch is not None)
+            if bar is not None:
+                bar.update(n_items)
+    finally:
+        if bar is not None:
+            bar.close()
+    fset.record_manifest(manifest_name, manifest_digest, variants)
+    fset.refresh()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _run_tasks(
+    tasks: list[list[WorkItem]], set_path: str, spec_dict: dict[str, Any], client: Any, fault: FaultHook | None
+) -> Iterator[tuple[TaskResult, int]]:
+    """Yield ``(result, items in task)`` as tasks finish: in process, or on Dask with bounded flight."""
+    sizes = [sum(len(w.variants) for w in t) for t in tasks]
+    if client is None:
+        for task, size in zip(tasks, sizes, strict=True):
+            yield run_task(set_path, spec_dict, task, fault), size
+        return
+    from distributed import as_completed
+
+    n_workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+    pending = iter(zip(tasks, sizes, strict=True))
+    in_flight = {}
+    completed = as_completed()
+    for task, size in _take(pending, 4 * n_workers):
+        fut = client.submit(run_task, set_path, spec_dict, task, fault, pure=False)
+        in_flight[fut.key] = size
+        completed.add(fut)
+    try:
+        for fut in completed:
+            size = in_flight.pop(fut.key)
+            result = fut.result()
+            for task, nsize in _take(pending, 1):
+                nxt = client.submit(run_task, set_path, spec_dict, task, fault, pure=False)
+                in_flight[nxt.key] = nsize
+                completed.add(nxt)
+            yield result, size
+    except BaseException:
+        for fut in list(completed.futures):
+            fut.cancel()
+        raise
+
+
+def _take(it: Iterator[Any], n: int) -> list[Any]:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(it))
+        except StopIteration:
+            break
+    return out
+
+
+@contextmanager
+def dask_client(workers: int | None = None, address: str | None = None, *, timeout_s: float = 10.0) -> Iterator[Any]:
+    """A Dask client: to ``address`` (or ``$SER_DASK_ADDRESS``), else a local process cluster.
+
+    The local cluster has ``workers`` processes (default: CPU count) with one thread each; each
+    worker is warmed up (imports, thread limits) before the client is handed out.
+    """
+    from distributed import Client, LocalCluster
+
+    address = address or os.environ.get(DASK_ADDRESS_ENV) or None
+    if address:
+        try:
+            client = Client(address, timeout=f"{timeout_s}s")
+        except (OSError, TimeoutError) as exc:
+            raise StoreError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from exc
+        with client:
+            yield client
+        return
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers={workers!r}: must be >= 1")
+    n = workers or os.cpu_count() or 1
+    with (
+        LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                     silence_logs=logging.ERROR) as cluster,
+        Client(cluster) as client,
+    ):
+        client.run(warm_worker)
+        yield client
+
+
+def warm_worker() -> None:
+    """Import the compute path and limit threads once per worker (part of cluster start-up)."""
+    limit_threads()
+    extract(np.full(800, 0.1, dtype=np.float32), FeatureSpec())

@@ -1,0 +1,128 @@
+"""Writing one batch of items as a Zarr v3 group, then committing it with one atomic rename.
+
+``fault`` is a real hook for tests and operations: it is called with the stage name
+(``"start"``, ``"written"``, ``"before_commit"``) and may raise (e.g. ``OSError(ENOSPC)``) to
+simulate a failing disk. Whatever fails, the temp batch is removed and nothing becomes visible.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from feature_store.layout import BATCHES, TMP, fsync_tree, new_batch_id
+from ser_pipeline.errors import StoreError
+
+FaultHook = Callable[[str], None]
+CHUNK_TARGET_BYTES = 768 * 1024  # uncompressed bytes per chunk: ~20 s of log-Mel frames, fast random access
+
+
+def checksum(array: np.ndarray) -> str:
+    """``crc32:<hex>`` of the C-ordered bytes of ``array`` (in its stored dtype)."""
+    return f"crc32:{zlib.crc32(np.ascontiguousarray(array).data) & 0xFFFFFFFF:08x}"
+
+
+def compressor(typesize: int) -> BloscCodec:
+    """LZ4 through Blosc with bit shuffle.
+
+    Measured on CASIA log-Mel + deltas (float16): same ratio as zstd (about 1.2; the low mantissa
+    bits are noise) at a fraction of the encoding time, which dominates the write.
+    """
+    return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=typesize)
+
+
+def time_chunk(channels: int, bands: int, itemsize: int, *, target: int = CHUNK_TARGET_BYTES) -> int:
+    """Frames per chunk: a power of two giving about ``target`` uncompressed bytes (64..8192)."""
+    frames = max(1, target // max(1, channels * bands * itemsize))
+    return int(min(8192, max(64, 1 << (frames.bit_length() - 1))))
+
+
+def _commit(tmp: Path, final: Path, fault: FaultHook | None) -> None:
+    fsync_tree(tmp)
+    if fault:
+        fault("before_commit")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(tmp, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_group(
+    base: Path, data: np.ndarray, chunks: tuple[int, ...], items: list[dict[str, Any]], fault: FaultHook | None
+) -> str:
+    """Write ``data`` + ``items`` under ``base/tmp/<id>`` and commit to ``base/batches/<id>``."""
+    batch_id = new_batch_id()
+    tmp = base / TMP / batch_id
+    try:
+        if fault:
+            fault("start")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        group.create_array(
+            "data", data=data, chunks=chunks, compressors=compressor(data.dtype.itemsize), write_data=True
+        )
+        group.attrs.update({"items": items})
+        if fault:
+            fault("written")
+        _commit(tmp, base / BATCHES / batch_id, fault)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StoreError(f"writing batch {batch_id} under {base} failed: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return batch_id
+
+
+def write_feature_batch(
+    set_dir: Path, entries: Sequence[tuple[dict[str, Any], np.ndarray]], *, dtype: str, fault: FaultHook | None = None
+) -> str:
+    """Commit feature items as one batch; returns the batch id.
+
+    ``entries``: ``(meta, features (C, F, T_i))`` with meta keys ``sha256, variant, utterance_id,
+    duration_s``. Stored as ``data (C, F, sum T_i)`` in ``dtype`` plus per-item ``offset, frames,
+    checksum`` in the group's ``items`` attribute.
+    """
+    if not entries:
+        raise StoreError(f"{set_dir}: refusing to write an empty batch")
+    arrays = [np.asarray(a, dtype=dtype) for _, a in entries]
+    channels, bands = arrays[0].shape[:2]
+    items, offset = [], 0
+    for (meta, _), arr in zip(entries, arrays, strict=True):
+        if arr.ndim != 3 or arr.shape[:2] != (channels, bands):
+            raise StoreError(f"{set_dir}: item {meta.get('utterance_id')} has shape {arr.shape}, expected ({channels}, {bands}, T)")
+        frames = int(arr.shape[2])
+        items.append({**meta, "offset": offset, "frames": frames, "checksum": checksum(arr)})
+        offset += frames
+    data = np.concatenate(arrays, axis=2)
+    chunks = (channels, bands, time_chunk(channels, bands, data.dtype.itemsize))
+    return _write_group(set_dir, data, chunks, items, fault)
+
+
+def write_derived_batch(
+    base: Path, entries: Sequence[tuple[dict[str, Any], np.ndarray]], *, fault: FaultHook | None = None
+) -> str:
+    """Commit derived items (any shapes) as one flat float32 array ``data (sum size_i,)``.
+
+    Per item: ``offset, size, shape, checksum`` (of the float32 bytes) in the ``items`` attribute.
+    """
+    if not entries:
+        raise StoreError(f"{base}: refusing to write an empty batch")
+    arrays = [np.ascontiguousarray(a, dtype=np.float32) for _, a in entries]
+    items, offset = [], 0
+    for (meta, _), arr in zip(entries, arrays, strict=True):
+        items.append({**meta, "offset": offset, "size": int(arr.size), "shape": list(arr.shape), "checksum": checksum(arr)})
+        offset += int(arr.size)
+    data = np.concatenate([a.reshape(-1) for a in arrays])
+    return _write_group(base, data, (max(1, min(data.size, 1 << 18)),), items, fault)

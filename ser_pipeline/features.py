@@ -1,0 +1,259 @@
+"""Log-Mel / spectrogram features with deltas: arrays in, arrays out, no I/O.
+
+Pipeline of :func:`extract` for a mono wave ``(n,)`` at ``spec.sample_rate``:
+
+1. optional waveform normalisation (zero mean, unit variance; ``normalize_waveform``);
+2. pre-emphasis ``y[t] = x[t] - a * x[t-1]`` (``y[0] = x[0]``);
+3. framing without centring: ``win = round(win_ms * sr / 1000)`` samples, hop likewise; a signal
+   shorter than one window is zero-padded to one frame; ``T = 1 + (n - win) // hop``;
+4. periodic Hamming window, FFT of size ``n_fft`` (default: next power of two of ``win``), power;
+5. ``logmel``: librosa Mel filter bank (Slaney, ``fmin``..``fmax``) then ``log(max(mel, floor))``;
+   ``spectrogram``: ``log(max(power, floor))`` over the ``n_fft // 2 + 1`` linear bins;
+6. deltas (regression formula, edges replicated) and delta-deltas stacked as channels.
+
+Output: ``(C, F, T)`` float32 with ``C = 3`` (static, delta, delta-delta) when ``deltas`` else 1.
+The store casts to ``spec.dtype`` (float16 by default).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.fft
+
+from ser_pipeline.config import Spec, require
+from ser_pipeline.errors import ConfigError
+from ser_pipeline.registry import Registry
+
+FEATURE_KINDS = ("logmel", "spectrogram")
+FEATURE_DTYPES = ("float16", "float32")
+
+# Preset name -> FeatureSpec field overrides (the rest keeps the dataclass defaults).
+PRESETS: Registry[dict[str, Any]] = Registry("feature preset")
+PRESETS.add("logmel64", {"kind": "logmel", "n_mels": 64})
+PRESETS.add("logmel60", {"kind": "logmel", "n_mels": 60})
+PRESETS.add("logmel64_norm", {"kind": "logmel", "n_mels": 64, "normalize_waveform": True})
+PRESETS.add("spectrogram", {"kind": "spectrogram"})
+
+
+@dataclass(frozen=True)
+class FeatureSpec(Spec):
+    """Everything that determines a feature tensor; its digest keys the feature set in the store."""
+
+    CODE_VERSION: ClassVar[str] = "1"
+
+    preset: str = "logmel64"
+    kind: str = "logmel"
+    sample_rate: int = 16000
+    n_mels: int = 64
+    fmin: float = 20.0
+    fmax: float = 8000.0
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    n_fft: int | None = None
+    preemphasis: float = 0.97
+    log_floor: float = 1e-10
+    deltas: bool = True
+    delta_width: int = 2
+    normalize_waveform: bool = False
+    dtype: str = "float16"
+
+    def validate(self) -> None:
+        require(self.preset in PRESETS, "preset", self.preset, f"unknown preset; valid: {PRESETS.names()}")
+        require(self.kind in FEATURE_KINDS, "kind", self.kind, f"must be one of {FEATURE_KINDS}")
+        require(isinstance(self.sample_rate, int) and self.sample_rate > 0, "sample_rate", self.sample_rate, "must be a positive integer")
+        require(isinstance(self.n_mels, int) and self.n_mels > 0, "n_mels", self.n_mels, "must be a positive integer")
+        require(self.fmin >= 0, "fmin", self.fmin, "must be >= 0")
+        nyquist = self.sample_rate / 2
+        require(self.fmax <= nyquist, "fmax", self.fmax, f"above the Nyquist frequency {nyquist:g} Hz")
+        require(self.fmax > self.fmin, "fmax", self.fmax, f"must be above fmin={self.fmin}")
+        require(self.win_ms > 0, "win_ms", self.win_ms, "must be positive")
+        require(self.hop_ms > 0, "hop_ms", self.hop_ms, "must be positive")
+        require(self.hop_ms <= self.win_ms, "hop_ms", self.hop_ms, f"hop longer than the window win_ms={self.win_ms}")
+        require(self.win_length >= 2, "win_ms", self.win_ms, "window shorter than 2 samples")
+        if self.n_fft is not None:
+            require(isinstance(self.n_fft, int) and self.n_fft >= self.win_length, "n_fft", self.n_fft,
+                    f"must be an integer >= the window length {self.win_length} samples")
+        require(0.0 <= self.preemphasis < 1.0, "preemphasis", self.preemphasis, "must be in [0, 1)")
+        require(self.log_floor > 0, "log_floor", self.log_floor, "must be positive")
+        require(isinstance(self.delta_width, int) and self.delta_width >= 1, "delta_width", self.delta_width, "must be an integer >= 1")
+        require(self.dtype in FEATURE_DTYPES, "dtype", self.dtype, f"must be one of {FEATURE_DTYPES}")
+
+    @property
+    def win_length(self) -> int:
+        """Window length in samples."""
+        return int(round(self.win_ms * self.sample_rate / 1000))
+
+    @property
+    def hop_length(self) -> int:
+        """Hop in samples."""
+        return max(1, int(round(self.hop_ms * self.sample_rate / 1000)))
+
+    @property
+    def fft_size(self) -> int:
+        """``n_fft`` or the next power of two of the window length."""
+        return self.n_fft if self.n_fft is not None else 1 << (self.win_length - 1).bit_length()
+
+    @property
+    def channels(self) -> int:
+        """C of the output: 3 with deltas, else 1."""
+        return 3 if self.deltas else 1
+
+    @property
+    def bands(self) -> int:
+        """F of the output: Mel bands, or linear FFT bins for ``spectrogram``."""
+        return self.n_mels if self.kind == "logmel" else self.fft_size // 2 + 1
+
+    def frames_for(self, n_samples: int) -> int:
+        """T of the output for a wave of ``n_samples`` (at least 1)."""
+        return 1 + max(0, n_samples - self.win_length) // self.hop_length
+
+
+def feature_spec(preset: str = "logmel64", **overrides: Any) -> FeatureSpec:
+    """The preset's spec with ``overrides`` applied; ConfigError names an unknown preset or field."""
+    base = dict(PRESETS.get(preset))
+    unknown = sorted(set(overrides) - set(FeatureSpec.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"FeatureSpec: unknown field(s) {unknown}")
+    base.update(overrides)
+    return FeatureSpec(preset=preset, **base)
+
+
+@functools.lru_cache(maxsize=32)
+def _window(win_length: int) -> np.ndarray:
+    """Periodic Hamming window ``(win_length,)`` (as ``scipy.signal.get_window("hamming", n)``)."""
+    n = np.arange(win_length)
+    return (0.54 - 0.46 * np.cos(2 * np.pi * n / win_length)).astype(np.float32)
+
+
+def hz_to_mel(freq: np.ndarray | float) -> np.ndarray:
+    """Slaney Mel scale (librosa ``htk=False``): linear below 1 kHz, logarithmic above."""
+    f = np.asarray(freq, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    mels = f / f_sp
+    return np.where(f >= min_log_hz, min_log_hz / f_sp + np.log(np.maximum(f, 1e-12) / min_log_hz) / logstep, mels)
+
+
+def mel_to_hz(mels: np.ndarray | float) -> np.ndarray:
+    """Inverse of :func:`hz_to_mel`."""
+    m = np.asarray(mels, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+@functools.lru_cache(maxsize=32)
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """Slaney-normalised triangular Mel filter bank ``(n_mels, n_fft // 2 + 1)`` float32 (cached).
+
+    Same construction as ``librosa.filters.mel`` (``htk=False, norm="slaney"``; the tests check
+    equality), written out here so worker processes need not import librosa.
+    """
+    fft_freqs = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fft_freqs)
+    lower = -ramps[:n_mels] / fdiff[:n_mels, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, None]
+    return np.ascontiguousarray(weights, dtype=np.float32)
+
+
+def preemphasis(wave: np.ndarray, *, coef: float = 0.97) -> np.ndarray:
+    """``y[t] = x[t] - coef * x[t-1]``, ``y[0] = x[0]``. ``wave`` ``(n,)`` -> ``(n,)`` float32."""
+    x = np.asarray(wave, dtype=np.float32)
+    if coef == 0.0 or x.size == 0:
+        return x.copy()
+    out = np.empty_like(x)
+    out[0] = x[0]
+    np.subtract(x[1:], np.float32(coef) * x[:-1], out=out[1:])
+    return out
+
+
+def frame_signal(wave: np.ndarray, *, win_length: int, hop_length: int) -> np.ndarray:
+    """Frames without centring: ``(n,)`` -> ``(T, win_length)`` view (zero-padded when n < win)."""
+    if wave.size < win_length:
+        wave = np.pad(wave, (0, win_length - wave.size))
+    n_frames = 1 + (wave.size - win_length) // hop_length
+    return np.lib.stride_tricks.sliding_window_view(wave, win_length)[::hop_length][:n_frames]
+
+
+def power_frames(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Hamming-windowed power spectrum ``(T, n_fft // 2 + 1)`` float32 of a pre-emphasised wave."""
+    frames = frame_signal(wave, win_length=spec.win_length, hop_length=spec.hop_length)
+    spectrum = scipy.fft.rfft(frames * _window(spec.win_length), n=spec.fft_size, axis=1)
+    power = np.abs(spectrum)
+    power *= power
+    return power
+
+
+def power_spectrum(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Hamming-windowed power spectrum ``(n_fft // 2 + 1, T)`` float32 of a pre-emphasised wave."""
+    return np.ascontiguousarray(power_frames(wave, spec).T)
+
+
+def deltas(x: np.ndarray, *, width: int = 2, out: np.ndarray | None = None) -> np.ndarray:
+    """Regression deltas along the last axis (time), edges replicated.
+
+    ``d_t = sum_{n=1..N} n (c_{t+n} - c_{t-n}) / (2 sum_{n=1..N} n^2)`` with ``N = width``.
+    ``x``: ``(..., T)`` -> ``(..., T)`` float32 (written into ``out`` when given).
+    """
+    if width < 1:
+        raise ConfigError(f"delta width={width!r}: must be >= 1")
+    x = np.asarray(x, dtype=np.float32)
+    n_time = x.shape[-1]
+    first, last = x[..., :1], x[..., -1:]
+    padded = np.concatenate([first] * width + [x] + [last] * width, axis=-1)
+    if out is None:
+        out = np.zeros_like(x)
+    else:
+        out[...] = 0.0
+    for n in range(1, width + 1):
+        out += n * (padded[..., width + n : width + n + n_time] - padded[..., width - n : width - n + n_time])
+    out *= np.float32(1.0 / (2 * sum(n * n for n in range(1, width + 1))))
+    return out
+
+
+def check_wave(wave: np.ndarray) -> np.ndarray:
+    """A 1-D finite float32 wave, or ConfigError naming the problem."""
+    x = np.asarray(wave, dtype=np.float32)
+    if x.ndim != 1:
+        raise ConfigError(f"wave shape={x.shape}: expected a mono (n,) signal")
+    if x.size == 0:
+        raise ConfigError("wave: zero-length signal")
+    if not np.all(np.isfinite(x)):
+        raise ConfigError("wave: non-finite samples (NaN or Inf)")
+    return x
+
+
+def static_features(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Log-Mel or log-power spectrogram ``(F, T)`` float32 of a mono wave ``(n,)``."""
+    x = check_wave(wave)
+    if spec.normalize_waveform:
+        x = (x - x.mean()) / np.float32(x.std() + 1e-8)
+    power = power_frames(preemphasis(x, coef=spec.preemphasis), spec)  # (T, bins)
+    if spec.kind == "logmel":
+        bank = mel_filterbank(spec.sample_rate, spec.fft_size, spec.n_mels, spec.fmin, spec.fmax)
+        power = power @ bank.T  # (T, n_mels)
+    np.maximum(power, np.float32(spec.log_floor), out=power)
+    np.log(power, out=power)
+    return power.T
+
+
+def extract(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Features of a mono wave ``(n,)`` at ``spec.sample_rate``: ``(C, F, T)`` float32.
+
+    ``C = 3`` (static, delta, delta-delta) when ``spec.deltas`` else 1; ``F = spec.bands``;
+    ``T = spec.frames_for(n)``.
+    """
+    static = static_features(wave, spec)
+    out = np.empty((spec.channels, *static.shape), dtype=np.float32)
+    out[0] = static
+    if spec.deltas:
+        deltas(out[0], width=spec.delta_width, out=out[1])
+        deltas(out[1], width=spec.delta_width, out=out[2])
+    return out

@@ -1,0 +1,101 @@
+"""The store commands: ser featurize, ser store ls / verify / gc, ser bench featurize (CliRunner)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from feature_store.store import FeatureStore
+from ser_pipeline.cli import app
+from ser_pipeline.errors import ConfigError, ManifestError
+from ser_pipeline.features import feature_spec
+from ser_pipeline.manifest import write_manifest
+from tests.feature_store.conftest import manifest_of
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture
+def ingested(workspace, tmp_path, write_wav):
+    paths = [write_wav(tmp_path / "c" / f"u{i}.wav", 0.3, freq=200.0 + 30 * i, seed=i) for i in range(3)]
+    write_manifest(manifest_of(paths, "tiny"), [], "tiny", workspace)
+    return workspace
+
+
+def test_featurize_json_then_noop_and_augment(ingested):
+    root = str(ingested.root)
+    first = invoke("featurize", "tiny", "--root", root, "--workers", "1", "--json")
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.stdout)
+    assert (report["computed"], report["reused"], report["failed"]) == (3, 0, [])
+    assert report["feature_digest"] == feature_spec("logmel64").digest() and report["audio_seconds_per_second"] > 0
+    again = json.loads(invoke("featurize", "tiny", "--root", root, "--json").stdout)
+    assert (again["computed"], again["reused"], again["executor"]) == (0, 3, "in-process")
+    aug = json.loads(invoke("featurize", "tiny", "--root", root, "--augment", "speed=0.9,1.0,1.1", "--json").stdout)
+    assert (aug["computed"], aug["reused"], aug["variants"]) == (6, 3, ["orig", "speed=0.9", "speed=1.1"])
+    text = invoke("featurize", "tiny", "--root", root, "--float32", "--workers", "1")
+    assert text.exit_code == 0 and "computed 3  reused 0  failed 0" in text.stdout
+    assert "audio s per wall s" in text.stdout
+    sets = {s["dtype"]: s for s in json.loads(invoke("store", "ls", "--root", root, "--json").stdout)["sets"]}
+    assert set(sets) == {"float16", "float32"} and sets["float16"]["items"] == 9
+    assert [m["name"] for m in sets["float16"]["manifests"]] == ["tiny"]
+    assert "logmel64" in invoke("store", "ls", "--root", root).stdout
+
+
+def test_featurize_reports_a_vanished_file(ingested, tmp_path):
+    (tmp_path / "c" / "u1.wav").unlink()
+    result = invoke("featurize", "tiny", "--root", str(ingested.root), "--workers", "1")
+    assert result.exit_code == 0
+    assert "computed 2  reused 0  failed 1" in result.stdout and "u1.wav: file not found" in result.stdout
+
+
+def test_verify_and_gc(ingested):
+    root = str(ingested.root)
+    invoke("featurize", "tiny", "--root", root, "--workers", "1")
+    invoke("featurize", "tiny", "--root", root, "--preset", "logmel60", "--workers", "1")
+    ok = invoke("store", "verify", "--root", root, "--json")
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["items_checked"] == 6
+    # the logmel60 set is referenced by manifest "tiny": nothing to collect
+    assert json.loads(invoke("store", "gc", "--root", root, "--json").stdout)["removed"] == []
+    (ingested.manifests / "tiny.json").unlink()  # manifest gone: both sets unreferenced unless kept
+    keep = feature_spec("logmel64").digest()
+    plan = json.loads(invoke("store", "gc", "--root", root, "--keep", keep, "--json").stdout)
+    assert plan["dry_run"] and [r["path"].rsplit("/", 1)[1] for r in plan["removed"]] == [feature_spec("logmel60").digest()]
+    assert "dry run" in invoke("store", "gc", "--root", root, "--keep", keep).stdout
+    applied = invoke("store", "gc", "--root", root, "--keep", keep, "--apply", "--json")
+    assert applied.exit_code == 0 and FeatureStore(ingested.features).digests() == [keep]
+
+    fset = FeatureStore(ingested.features).get_set(keep)
+    chunk = next(p for p in fset.path.rglob("*") if p.is_file() and "/data/c/" in str(p))
+    chunk.write_bytes(b"garbage")
+    bad = invoke("store", "verify", "--root", root)
+    assert bad.exit_code == 1 and "CORRUPT" in bad.stdout and "unreadable batch" in bad.stdout
+
+
+def test_errors_name_the_bad_value(ingested):
+    root = str(ingested.root)
+    missing = invoke("featurize", "nope", "--root", root)
+    assert isinstance(missing.exception, ManifestError) and "nope" in str(missing.exception)
+    bad_aug = invoke("featurize", "tiny", "--root", root, "--augment", "speed=fast")
+    assert isinstance(bad_aug.exception, ConfigError) and "fast" in str(bad_aug.exception)
+    bad_preset = invoke("featurize", "tiny", "--root", root, "--preset", "mfcc")
+    assert isinstance(bad_preset.exception, ConfigError) and "mfcc" in str(bad_preset.exception)
+
+
+@pytest.mark.slow  # starts a LocalCluster and warms librosa up: ~5-10 s
+def test_bench_featurize_on_a_folder(tmp_path, write_wav):
+    for i in range(3):
+        write_wav(tmp_path / "audio" / f"a{i}.wav", 0.3, seed=i)
+    result = invoke("bench", "featurize", "--path", str(tmp_path / "audio"), "--workers", "1", "--no-scale",
+                    "--scratch", str(tmp_path), "--json")
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert figures["files"] == 3 and figures["store"]["computed"] == 3 and figures["noop_rerun"]["computed"] == 0
+    assert figures["naive"]["audio_s_per_s"] > 0 and figures["ratio"] > 0 and figures["store"]["peak_rss_mb"] > 0
+    assert list(tmp_path.glob("ser-bench-*")) == []  # scratch removed

@@ -1,0 +1,53 @@
+"""Materialising on a real Dask LocalCluster (one worker process) gives the same items as in process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from feature_store.maintenance import verify
+from feature_store.materialise import dask_client, materialise
+from feature_store.store import FeatureStore
+from ser_pipeline.errors import ConfigError, StoreError
+from ser_pipeline.features import feature_spec
+
+SPEC = feature_spec("logmel64")
+
+
+def test_local_cluster_matches_in_process(tmp_path, make_corpus):
+    frame = make_corpus(5)
+    remote, local = FeatureStore(tmp_path / "remote"), FeatureStore(tmp_path / "local")
+    with dask_client(workers=1) as client:
+        assert len(client.scheduler_info()["workers"]) == 1
+        threads = client.run(lambda: __import__("threadpoolctl").threadpool_info())
+        assert all(pool["num_threads"] == 1 for pools in threads.values() for pool in pools)
+        report = materialise(frame, SPEC, ["noise=30"], remote, client=client, batch_size=3)
+    assert (report.computed, report.failed, report.batches) == (10, [], 3)
+    materialise(frame, SPEC, ["noise=30"], local)
+    a, b = remote.open_set(SPEC), local.open_set(SPEC)
+    keys = sorted(a.keys())
+    assert keys == sorted(b.keys())
+    for x, y in zip(a.read_many(keys), b.read_many(keys), strict=True):
+        assert np.array_equal(x, y)  # seeded per (sha256, variant): same numbers on any worker
+    assert verify(remote)["ok"]
+
+
+def test_bad_address_and_workers_are_named(monkeypatch):
+    monkeypatch.setenv("SER_DASK_ADDRESS", "tcp://127.0.0.1:1")
+    with pytest.raises(StoreError, match="127.0.0.1:1"), dask_client(timeout_s=1):
+        pass
+    monkeypatch.delenv("SER_DASK_ADDRESS")
+    with pytest.raises(ConfigError, match="workers"), dask_client(workers=0):
+        pass
+
+
+def test_existing_scheduler_by_address(tmp_path, make_corpus, monkeypatch):
+    from distributed import LocalCluster
+
+    frame = make_corpus(2)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        monkeypatch.setenv("SER_DASK_ADDRESS", cluster.scheduler_address)
+        with dask_client(workers=5) as client:  # the address wins over a local cluster
+            assert client.scheduler.address == cluster.scheduler_address
+            report = materialise(frame, SPEC, None, FeatureStore(tmp_path / "s"), client=client)
+    assert report.computed == 2 and verify(FeatureStore(tmp_path / "s"))["ok"]

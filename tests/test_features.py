@@ -1,0 +1,153 @@
+"""Feature extraction: shapes, the delta formula, pre-emphasis, the Mel bank, determinism, validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ser_pipeline.errors import ConfigError
+from ser_pipeline.features import (
+    PRESETS,
+    FeatureSpec,
+    deltas,
+    extract,
+    feature_spec,
+    mel_filterbank,
+    preemphasis,
+    static_features,
+)
+from tests.conftest import make_tone
+
+
+@pytest.mark.parametrize("preset", PRESETS.names())
+def test_every_preset_gives_c_f_t(preset):
+    spec = feature_spec(preset)
+    wave = make_tone(0.5)
+    out = extract(wave, spec)
+    expected_t = 1 + (wave.size - 400) // 160
+    bands = {"logmel64": 64, "logmel64_norm": 64, "logmel60": 60, "spectrogram": 257}[preset]
+    assert out.shape == (3, bands, expected_t) == (3, spec.bands, spec.frames_for(wave.size))
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))
+
+
+def test_defaults_follow_the_papers():
+    spec = feature_spec("logmel64")
+    assert (spec.win_length, spec.hop_length, spec.fft_size) == (400, 160, 512)
+    assert (spec.n_mels, spec.fmin, spec.fmax, spec.preemphasis, spec.dtype) == (64, 20.0, 8000.0, 0.97, "float16")
+    assert feature_spec("logmel64_norm").normalize_waveform is True
+
+
+def test_no_deltas_gives_one_channel_and_short_wave_one_frame():
+    spec = feature_spec("logmel64", deltas=False)
+    assert extract(make_tone(0.5), spec).shape[0] == 1
+    assert extract(make_tone(0.01), spec).shape == (1, 64, 1)  # 160 samples < one window
+
+
+def test_delta_formula_matches_hand_computed_case():
+    c = np.array([0.0, 1.0, 4.0, 9.0, 16.0])
+    # d_t = (1*(c[t+1]-c[t-1]) + 2*(c[t+2]-c[t-2])) / 10, edges replicated
+    assert np.allclose(deltas(c, width=2), [0.9, 2.2, 4.0, 4.2, 3.1])
+    assert np.allclose(deltas(c, width=1), [0.5, 2.0, 4.0, 6.0, 3.5])
+    two_d = np.stack([c, 2 * c])
+    assert np.allclose(deltas(two_d)[1], 2 * deltas(c))
+    with pytest.raises(ConfigError, match="width"):
+        deltas(c, width=0)
+
+
+def test_delta_delta_channel_is_delta_of_delta():
+    spec = feature_spec("logmel64")
+    out = extract(make_tone(0.4), spec)
+    assert np.allclose(out[1], deltas(out[0]), atol=1e-5)
+    assert np.allclose(out[2], deltas(out[1]), atol=1e-5)
+
+
+def test_preemphasis():
+    assert np.allclose(preemphasis(np.array([1.0, 2.0, 3.0]), coef=0.97), [1.0, 2.0 - 0.97, 3.0 - 1.94])
+    assert np.allclose(preemphasis(np.array([1.0, 2.0]), coef=0.0), [1.0, 2.0])
+
+
+@pytest.mark.parametrize("args", [(16000, 512, 64, 20.0, 8000.0), (16000, 512, 60, 0.0, 8000.0), (8000, 256, 40, 100.0, 3800.0)])
+def test_mel_bank_equals_librosa(args):
+    librosa = pytest.importorskip("librosa")
+    sr, n_fft, n_mels, fmin, fmax = args
+    ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    assert np.allclose(mel_filterbank(*args), ref, atol=1e-7)
+
+
+def test_log_mel_matches_librosa_reference():
+    librosa = pytest.importorskip("librosa")
+    spec = feature_spec("logmel64")
+    wave = make_tone(0.5, freq=300.0)
+    # librosa centres the 400-sample window in each 512-sample frame: 56 leading zeros align the grids
+    mel = librosa.feature.melspectrogram(
+        y=np.concatenate([np.zeros(56, np.float32), preemphasis(wave)]), sr=16000, n_fft=512, win_length=400, hop_length=160, window="hamming",
+        center=False, n_mels=64, fmin=20.0, fmax=8000.0, power=2.0,
+    )
+    ours = static_features(wave, spec)
+    assert ours.shape[1] - mel.shape[1] in (0, 1) and mel.shape[1] > 40
+    assert np.allclose(ours[:, : mel.shape[1]], np.log(np.maximum(mel, 1e-10)), atol=1e-3)
+
+
+def test_tone_energy_lands_in_its_band():
+    spec = feature_spec("logmel64", deltas=False)
+    freqs = np.fft.rfftfreq(512, 1 / 16000)
+    for f0 in (500.0, 2000.0):
+        t = np.arange(8000) / 16000
+        out = extract((0.5 * np.sin(2 * np.pi * f0 * t)).astype(np.float32), spec)[0]
+        peak_band = int(np.argmax(out.mean(axis=1)))
+        bank = mel_filterbank(16000, 512, 64, 20.0, 8000.0)
+        centre = freqs[int(np.argmax(bank[peak_band]))]
+        assert abs(centre - f0) < 0.15 * f0
+
+
+def test_deterministic_and_normalisation_is_scale_invariant():
+    wave = make_tone(0.3, seed=3)
+    spec = feature_spec("logmel64")
+    assert np.array_equal(extract(wave, spec), extract(wave.copy(), spec))
+    norm = feature_spec("logmel64_norm")
+    assert np.allclose(extract(wave, norm), extract(3 * wave, norm), atol=1e-3)
+    assert not np.allclose(extract(wave, spec), extract(3 * wave, spec), atol=1e-3)
+
+
+def test_digest_stable_and_sensitive():
+    a, b = feature_spec("logmel64"), feature_spec("logmel64")
+    assert a.digest() == b.digest() and len(a.digest()) == 16
+    assert a.digest() != feature_spec("logmel64", n_mels=40).digest()
+    assert a.digest() != feature_spec("logmel64", dtype="float32").digest()
+    assert FeatureSpec.from_dict(a.to_dict()) == a
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"fmax": 9000.0}, "fmax"),
+        ({"n_mels": 0}, "n_mels"),
+        ({"n_mels": -3}, "n_mels"),
+        ({"hop_ms": 30.0}, "hop_ms"),
+        ({"fmin": 9000.0, "fmax": 8000.0}, "fmax"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"kind": "mfcc"}, "kind"),
+        ({"n_fft": 256}, "n_fft"),
+        ({"preemphasis": 1.5}, "preemphasis"),
+        ({"log_floor": 0.0}, "log_floor"),
+        ({"sample_rate": 8000}, "fmax"),
+    ],
+)
+def test_invalid_values_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=rf"^{field}="):
+        feature_spec("logmel64", **overrides)
+
+
+def test_unknown_preset_and_field():
+    with pytest.raises(ConfigError, match="logmel99"):
+        feature_spec("logmel99")
+    with pytest.raises(ConfigError, match="preset"):
+        FeatureSpec(preset="nope")
+    with pytest.raises(ConfigError, match="n_bands"):
+        feature_spec("logmel64", n_bands=3)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((10, 2), np.float32), np.array([], np.float32), np.array([0.1, np.nan] * 300)])
+def test_bad_wave_is_rejected(bad):
+    with pytest.raises(ConfigError, match="wave"):
+        extract(bad, feature_spec("logmel64"))
