@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 demo: setup
 	$(BIN)/ser demo
+	$(BIN)/ser run configs/demo.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q

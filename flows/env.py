@@ -1,0 +1,38 @@
+"""Environment defaults for Prefect, set before ``prefect`` is imported (this module does not import it).
+
+- telemetry off (``PREFECT_SERVER_ANALYTICS_ENABLED=false``, ``DO_NOT_TRACK=1``, resource metrics off);
+- ``PREFECT_HOME`` under the workspace (``<root>/prefect``) so local mode's temporary API server,
+  its SQLite database and the task-result cache never touch ``~/.prefect``;
+- a generous start-up timeout for the temporary server (its first start runs migrations).
+
+Values already in the environment win, so ``PREFECT_API_URL`` selects a real server.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+    "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+
+def prefect_env(root: str | os.PathLike[str]) -> dict[str, str]:
+    """The defaults for workspace ``root`` (``PREFECT_HOME=<root>/prefect`` plus :data:`DEFAULTS`)."""
+    home = Path(root).resolve() / "prefect"
+    return {**DEFAULTS, "PREFECT_HOME": str(home),
+            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "storage")}
+
+
+def configure(root: str | os.PathLike[str]) -> dict[str, str]:
+    """Apply :func:`prefect_env` to ``os.environ`` without overriding values already set; return them."""
+    for key, value in prefect_env(root).items():
+        os.environ.setdefault(key, value)
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    return {k: os.environ[k] for k in prefect_env(root)}

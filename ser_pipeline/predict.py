@@ -1,0 +1,177 @@
+"""Prediction from audio files with a trained model (``ser predict``).
+
+A trained model folder (``<experiment>/model/``: ``model.json`` + weights, written by
+:mod:`ser_pipeline.evaluate`) records the exact feature spec, the view and the class names used
+in training; :func:`load_predictor` rebuilds all three, so training and inference cannot diverge.
+Each file is read, resampled to the spec's rate, checked (unreadable, empty, silent, non-finite
+files get a per-file error) and turned into ``(C, F, T)`` features with
+:func:`ser_pipeline.features.extract`; the view and network then give class posteriors
+(segment views: mean of segment posteriors; two-stage models: stage-1 embeddings then stage 2).
+
+Registered MLflow models (``models:/<name>@champion``) wrap the same code as a pyfunc
+(:class:`ser_pipeline.tracking.SerAudioModel`); :func:`predict_with_uri` accepts either.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ser_pipeline.errors import AudioError, ConfigError, SerError
+
+
+@dataclass
+class Predictor:
+    """A loaded model: network (+ stage 2), feature spec, view and class names."""
+
+    model: Any
+    stage2: Any | None
+    feature_spec: Any  # FeatureSpec
+    view: Any  # ViewSpec
+    classes: list[str]
+    meta: dict[str, Any]
+
+
+def model_folder(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself when it holds ``model.json``, else ``path/model`` (an experiment folder)."""
+    path = Path(path)
+    if (path / "model.json").is_file():
+        return path
+    if (path / "model" / "model.json").is_file():
+        return path / "model"
+    raise ConfigError(f"{path}: not a trained model folder (no model.json here or in model/)")
+
+
+def load_predictor(path: str | os.PathLike[str], *, device: str = "cpu") -> Predictor:
+    """Rebuild the network and the recorded feature spec / view from a model (or experiment) folder."""
+    from ser_pipeline.evaluate import load_trained_model
+    from ser_pipeline.features import FeatureSpec
+    from ser_pipeline.views import ViewSpec
+
+    folder = model_folder(path)
+    model, stage2, meta = load_trained_model(folder, device=device)
+    if not meta.get("feature_spec"):
+        raise ConfigError(f"{folder}/model.json: no feature_spec recorded; cannot predict from audio")
+    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    view = ViewSpec.from_dict(meta["view"])
+    return Predictor(model, stage2, spec, view, list(meta["classes"]), meta)
+
+
+def file_features(path: str | os.PathLike[str], spec: Any) -> np.ndarray:
+    """``(C, F, T)`` float32 features of one audio file under ``spec``; AudioError names the file."""
+    from ser_pipeline.audio import load, signal_problem
+    from ser_pipeline.features import extract
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: file not found")
+    try:
+        wave, _sr = load(path, sample_rate=spec.sample_rate)
+    except SerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - libsndfile raises several types
+        raise AudioError(f"{path}: unreadable audio ({exc})") from None
+    problem = signal_problem(wave)
+    if problem:
+        raise AudioError(f"{path}: {problem}")
+    try:
+        feats = extract(wave, spec)
+    except SerError as exc:
+        raise AudioError(f"{path}: {exc}") from None
+    if feats.shape[-1] == 0:
+        raise AudioError(f"{path}: too short for one feature frame")
+    return feats
+
+
+def posteriors(predictor: Predictor, features: list[np.ndarray]) -> np.ndarray:
+    """Class posteriors ``(N, K)`` for a list of ``(C, F, T)`` feature arrays.
+
+    Normalisation follows the view: ``utterance`` uses each file's own statistics (as in training);
+    ``speaker`` and ``global`` treat each file as its own unseen speaker (training statistics are not
+    recorded with the model).
+    """
+    import torch
+
+    from ser_pipeline.data import DictSource, load_table, normalise_tables
+    from ser_pipeline.train import embed_table, predict_proba, sequence_table
+    from ser_pipeline.views import ViewSpec
+
+    n = len(features)
+    ids = [f"file{i}" for i in range(n)]
+    rows = pd.DataFrame({"utterance_id": ids, "sha256": ids, "emotion": [predictor.classes[0]] * n,
+                         "speaker": ids})
+    source = DictSource({(uid, "orig"): feats for uid, feats in zip(ids, features, strict=True)})
+    table = load_table(source, rows, predictor.classes, ids)
+    mode = predictor.view.normalise
+    table = normalise_tables({"train": table}, "speaker" if mode == "global" else mode)["train"]
+    device = next(predictor.model.parameters()).device
+    table = table.to(device)
+    with torch.no_grad():
+        if predictor.stage2 is not None:
+            emb = embed_table(predictor.model, table, predictor.view, bf16=False)
+            seq = sequence_table(table, emb)
+            view2 = ViewSpec(kind="sequence", normalise="none", frames=0, channels=0)
+            return predict_proba(predictor.stage2, seq, view2, bf16=False)
+        return predict_proba(predictor.model, table, predictor.view, bf16=False)
+
+
+def predict_paths(predictor: Predictor, paths: list[str]) -> list[dict[str, Any]]:
+    """One result per path: ``{"path", "emotion", "probabilities": {class: p}, "error"}``.
+
+    A file that cannot be used gets ``emotion=None`` and an ``error`` naming the problem; the other
+    files are still predicted.
+    """
+    results: list[dict[str, Any]] = [{"path": str(p), "emotion": None, "probabilities": {}, "error": None}
+                                     for p in paths]
+    good: list[int] = []
+    feats: list[np.ndarray] = []
+    for i, path in enumerate(paths):
+        try:
+            feats.append(file_features(path, predictor.feature_spec))
+            good.append(i)
+        except SerError as exc:
+            results[i]["error"] = str(exc)
+    if feats:
+        probs = posteriors(predictor, feats)
+        for i, row in zip(good, probs, strict=True):
+            results[i]["probabilities"] = {c: float(p) for c, p in zip(predictor.classes, row, strict=True)}
+            results[i]["emotion"] = predictor.classes[int(np.argmax(row))]
+    return results
+
+
+def results_frame(results: list[dict[str, Any]], classes: list[str]) -> pd.DataFrame:
+    """Flat frame (pyfunc output): ``path, emotion, p_<class>..., error`` (NaN probabilities on error)."""
+    return pd.DataFrame([{
+        "path": r["path"], "emotion": r["emotion"] or "",
+        **{f"p_{c}": r["probabilities"].get(c, float("nan")) for c in classes}, "error": r["error"] or "",
+    } for r in results])
+
+
+def frame_results(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Inverse of :func:`results_frame`."""
+    classes = [c[2:] for c in frame.columns if c.startswith("p_")]
+    out = []
+    for row in frame.to_dict("records"):
+        error = row.get("error") or None
+        out.append({"path": row["path"], "emotion": row.get("emotion") or None, "error": error,
+                    "probabilities": {} if error else {c: float(row[f"p_{c}"]) for c in classes}})
+    return out
+
+
+def predict_with_uri(model_uri: str, paths: list[str], *, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Predict with a model folder (``<root>/experiments/<id>``) or an MLflow model URI
+    (``models:/<name>@champion``, ``runs:/<run>/model``)."""
+    if not paths:
+        raise ConfigError("AUDIO: give at least one audio file")
+    if Path(model_uri).exists():
+        return predict_paths(load_predictor(model_uri), list(paths))
+    from ser_pipeline.tracking import load_pyfunc
+
+    model = load_pyfunc(model_uri, uri=tracking_uri)
+    frame = model.predict(pd.DataFrame({"path": [str(p) for p in paths]}))
+    return frame_results(frame)
