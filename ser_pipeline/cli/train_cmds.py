@@ -1,9 +1,126 @@
-"""CLI commands: train group (placeholder until its issue lands)."""
+"""CLI commands: ``ser models`` and ``ser train``."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import typer
+
+from ser_pipeline.cli.common import JsonOption, RootOption, emit, table, workspace
+from ser_pipeline.errors import ConfigError
+
+METRICS = ("wa", "ua", "macro_f1")
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: YAML scalars and lists (``8``, ``0.1``, ``true``, ``[1, 2]``, ``null``) or a string."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_sets(base: dict[str, Any], items: list[str] | None) -> dict[str, Any]:
+    """Apply ``key=value`` / ``a.b.c=value`` settings to a nested dict (a new one is returned).
+
+    ConfigError names an item without ``=`` or that descends into a non-mapping.
+    """
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value (e.g. hparams.width=16, view.frames=200)")
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a mapping")
+            node[part] = child = dict(child)
+            node = child
+        node[parts[-1]] = parse_value(raw.strip())
+    return out
+
+
+def fold_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Table rows: one per fold, then pooled and mean ± std (named)."""
+    rows = [{"fold": f["fold"], **{m: f"{f[m]:.3f}" for m in METRICS}} for f in metrics["folds"]]
+    rows.append({"fold": "pooled (all test predictions)", **{m: f"{metrics['pooled'][m]:.3f}" for m in METRICS}})
+    rows.append({"fold": "mean ± std over folds",
+                 **{m: f"{metrics['mean'][m]:.3f} ± {metrics['std'][m]:.3f}" for m in METRICS}})
+    return rows
+
+
+def train_summary(result: Any) -> dict[str, Any]:
+    """The JSON document of ``ser train``."""
+    m = result.metrics
+    pick = lambda d: {k: d[k] for k in METRICS}  # noqa: E731
+    return {
+        "experiment_id": result.experiment_id, "directory": str(result.directory), "cached": result.cached,
+        "protocol": m["protocol"], "speaker_dependent": m["speaker_dependent"], "classes": m["classes"],
+        "folds": [{"fold": f["fold"], **pick(f)} for f in m["folds"]],
+        "pooled": pick(m["pooled"]), "mean": pick(m["mean"]), "std": pick(m["std"]),
+    }
+
+
+def human_train(summary: dict[str, Any], metrics: dict[str, Any]) -> str:
+    label = "SPEAKER-DEPENDENT" if summary["speaker_dependent"] else "speaker-independent"
+    head = f"experiment {summary['experiment_id']}  protocol {summary['protocol']} ({label})"
+    return "\n".join([head, table(fold_rows(metrics), ["fold", *METRICS]), f"written to {summary['directory']}"])
 
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the ser app."""
+
+    @app.command("models")
+    def models_cmd(as_json: JsonOption = False) -> None:
+        """List registered models with their reference, input view, trainer and default hyperparameters."""
+        from ser_pipeline.models import load_all
+
+        entries = [e.describe() for _, e in load_all().items()]
+
+        def human(items: list[dict[str, Any]]) -> str:
+            rows = [{"name": e["name"], "trainer": e["trainer"], "features": e["feature_preset"],
+                     "view": ",".join(f"{k}={v}" for k, v in e["view"].items()),
+                     "defaults": ",".join(f"{k}={v}" for k, v in e["defaults"].items()),
+                     "reference": e["reference"][:70]} for e in items]
+            return table(rows, ["name", "trainer", "features", "view", "defaults", "reference"])
+
+        emit(entries, as_json, human)
+
+    @app.command("train")
+    def train_cmd(
+        model: Annotated[str, typer.Argument(help="Registered model (see `ser models`).")],
+        corpus: Annotated[str, typer.Argument(help="Ingested corpus name (see `ser manifests`).")],
+        protocol: Annotated[str, typer.Option(help="loso, loso_val, loso_session, speaker_kfold, random "
+                                                   "(default: loso; with --preset paper the model's).")] = "",
+        features: Annotated[str, typer.Option(help="Feature preset (default: the model's).")] = "",
+        augment: Annotated[str, typer.Option(help="Waveform augmentation for training utterances, e.g. speed=0.9,1.1.")] = "",
+        epochs: Annotated[int | None, typer.Option(help="Epochs (default: the model's recipe).")] = None,
+        seed: Annotated[int, typer.Option(help="Seed for weights, order and augmentation.")] = 0,
+        device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
+        preset: Annotated[str, typer.Option(help="default, or paper (the model's protocol and augmentation).")] = "default",
+        sets: Annotated[list[str] | None, typer.Option("--set", help="Override a config field: hparams.width=16, "
+                                                       "view.frames=200, train.optimizer=sgd, max_folds=2 ...")] = None,
+        force: Annotated[bool, typer.Option(help="Re-run even when the experiment exists.")] = False,
+        root: RootOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Train MODEL on CORPUS under a protocol; every fold, then per-fold, pooled and mean±std metrics."""
+        from ser_pipeline.evaluate import ExperimentConfig, run_experiment
+
+        base = {"model": model, "corpus": corpus, "protocol": protocol, "features": features, "augment": augment,
+                "epochs": epochs, "seed": seed, "device": device, "preset": preset}
+        config = ExperimentConfig.from_dict(apply_sets(base, sets))
+
+        def progress(fold: str, epoch: int, metrics: dict[str, float]) -> None:
+            typer.echo(f"{fold} epoch {epoch}: train_loss {metrics['train_loss']:.4f} val_loss "
+                       f"{metrics['val_loss']:.4f} val_ua {metrics['val_ua']:.3f}", err=True)
+
+        result = run_experiment(config, workspace(root), callbacks=[progress], force=force)
+        summary = train_summary(result)
+        emit(summary, as_json, lambda s: human_train(s, result.metrics))

@@ -1,0 +1,382 @@
+"""Preloaded, in-memory feature tables per fold, and PyTorch datasets/loaders (issue 3, "Reading").
+
+Features are read once through a :class:`FeatureSource` (the feature store's ``FeatureSet`` or
+anything with ``read_many``) and kept as one concatenated tensor per split on the training
+device: ``frames (sum_T, C, F)`` (time-major, so a gather copies contiguous ``C * F`` rows) plus
+``offsets``/``lengths``, so whole corpora fit in GPU memory and a batch is a single gather. Training utterances may carry augmentation variants; validation
+and test use only ``"orig"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ser_pipeline.config import require
+from ser_pipeline.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+ORIG = "orig"
+FeatureKey = tuple[str, str]  # (audio sha256, variant)
+
+
+class FeatureSource(Protocol):
+    """Anything that returns stored ``(C, F, T)`` arrays for ``(sha256, variant)`` keys."""
+
+    def read_many(self, keys: Sequence[FeatureKey]) -> list[np.ndarray]: ...
+
+
+class DictSource:
+    """A :class:`FeatureSource` over an in-memory ``{(sha256, variant): (C, F, T) array}`` dict."""
+
+    def __init__(self, items: Mapping[FeatureKey, np.ndarray]) -> None:
+        self.items = dict(items)
+
+    def read_many(self, keys: Sequence[FeatureKey]) -> list[np.ndarray]:
+        missing = [k for k in keys if k not in self.items]
+        if missing:
+            raise StoreError(f"feature item(s) not stored: {missing[:5]}")
+        return [self.items[k] for k in keys]
+
+
+@dataclass
+class FeatureTable:
+    """One split's features, labels and speakers, concatenated along time.
+
+    - ``frames``: ``(sum_T, C, F)`` float32 (time-major); ``offsets``, ``lengths``: ``(N,)`` long.
+    - ``labels``: ``(N,)`` long class index; ``speakers``: ``(N,)`` long index into ``speaker_names``.
+    - ``utterance_ids``/``variants``: per item (an utterance appears once per variant).
+    """
+
+    frames: torch.Tensor
+    offsets: torch.Tensor
+    lengths: torch.Tensor
+    labels: torch.Tensor
+    speakers: torch.Tensor
+    utterance_ids: list[str]
+    variants: list[str]
+    speaker_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.lengths.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.frames.device
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(C, F)`` of every item."""
+        return int(self.frames.shape[1]), int(self.frames.shape[2])
+
+    def to(self, device: torch.device | str) -> FeatureTable:
+        move = lambda t: t.to(device)  # noqa: E731
+        return replace(self, frames=move(self.frames), offsets=move(self.offsets), lengths=move(self.lengths),
+                       labels=move(self.labels), speakers=move(self.speakers))
+
+    def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded batch of items ``index (B,)``: ``x (B, C, F, T_max)`` (zeros past each end), ``lengths (B,)``."""
+        index = index.to(self.offsets.device)
+        lengths = self.lengths[index]
+        t_max = int(lengths.max().item()) if len(index) else 0
+        t = torch.arange(t_max, device=self.frames.device)
+        valid = t[None, :] < lengths[:, None]
+        pos = (self.offsets[index][:, None] + t[None, :]).clamp(max=max(self.frames.shape[0] - 1, 0))
+        x = self.frames[pos] * valid[:, :, None, None].to(self.frames.dtype)  # (B, T_max, C, F)
+        return x.permute(0, 2, 3, 1).contiguous(), lengths
+
+    def item(self, i: int) -> torch.Tensor:
+        """Item ``i`` as ``(C, F, T_i)``."""
+        o, n = int(self.offsets[i]), int(self.lengths[i])
+        return self.frames[o : o + n].permute(1, 2, 0)
+
+    def select(self, mask: torch.Tensor) -> FeatureTable:
+        """The items where ``mask (N,)`` is True, as a new table (frames copied)."""
+        idx = torch.nonzero(mask.to(self.lengths.device), as_tuple=False).flatten()
+        arrays = [self.item(int(i)) for i in idx]
+        keep = idx.tolist()
+        return _pack(arrays, self.labels[idx], self.speakers[idx], [self.utterance_ids[i] for i in keep],
+                     [self.variants[i] for i in keep], self.speaker_names, device=self.device)
+
+    def with_labels(self, labels: torch.Tensor) -> FeatureTable:
+        """The same features with other labels (e.g. speaker indices for speaker pre-training)."""
+        return replace(self, labels=labels.to(self.labels.device).long())
+
+
+def _pack(
+    arrays: Sequence[torch.Tensor | np.ndarray],
+    labels: torch.Tensor | Sequence[int],
+    speakers: torch.Tensor | Sequence[int],
+    utterance_ids: list[str],
+    variants: list[str],
+    speaker_names: list[str],
+    *,
+    device: torch.device | str = "cpu",
+) -> FeatureTable:
+    tensors = [torch.as_tensor(np.asarray(a, dtype=np.float32)) if not torch.is_tensor(a) else a.float().cpu()
+               for a in arrays]
+    require(len(tensors) > 0, "split", 0, "no utterances to load")
+    shapes = {tuple(t.shape[:2]) for t in tensors}
+    if len(shapes) != 1:
+        raise StoreError(f"feature items disagree on (C, F): {sorted(shapes)}")
+    lengths = torch.tensor([t.shape[2] for t in tensors], dtype=torch.long)
+    bad = [utterance_ids[i] for i in torch.nonzero(lengths == 0).flatten().tolist()]
+    if bad:
+        raise StoreError(f"feature items with zero frames: {bad[:5]}")
+    offsets = torch.cumsum(lengths, 0) - lengths
+    frames = torch.cat([t.permute(2, 0, 1) for t in tensors], dim=0).contiguous()  # (sum_T, C, F)
+    return FeatureTable(
+        frames=frames.to(device), offsets=offsets.to(device), lengths=lengths.to(device),
+        labels=torch.as_tensor(labels, dtype=torch.long).to(device),
+        speakers=torch.as_tensor(speakers, dtype=torch.long).to(device),
+        utterance_ids=list(utterance_ids), variants=list(variants), speaker_names=list(speaker_names),
+    )
+
+
+def load_table(
+    source: FeatureSource,
+    rows: pd.DataFrame,
+    classes: Sequence[str],
+    speaker_names: Sequence[str],
+    *,
+    variants: Sequence[str] = (ORIG,),
+    device: torch.device | str = "cpu",
+) -> FeatureTable:
+    """Read every (row, variant) from ``source`` into one table.
+
+    ``rows`` needs ``utterance_id, sha256, emotion, speaker``. Item order: rows, then variants.
+    """
+    class_index = {c: i for i, c in enumerate(classes)}
+    speaker_index = {s: i for i, s in enumerate(speaker_names)}
+    unknown = sorted(set(rows["emotion"]) - set(class_index))
+    require(not unknown, "emotion", unknown, f"not among the classes {list(classes)}")
+    keys, labels, speakers, uids, vars_ = [], [], [], [], []
+    for row in rows.itertuples(index=False):
+        for variant in variants:
+            keys.append((row.sha256, variant))
+            labels.append(class_index[row.emotion])
+            speakers.append(speaker_index.get(row.speaker, -1))
+            uids.append(row.utterance_id)
+            vars_.append(variant)
+    arrays = source.read_many(keys)
+    return _pack(arrays, labels, speakers, uids, vars_, list(speaker_names), device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation (statistics from the training split only)
+
+
+def _owner(table: FeatureTable) -> torch.Tensor:
+    """``(sum_T,)`` item index of every frame."""
+    return torch.repeat_interleave(torch.arange(len(table), device=table.device), table.lengths)
+
+
+def group_stats(table: FeatureTable, groups: torch.Tensor, n_groups: int, *, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std per group over all frames of its items: ``groups (N,)`` -> two ``(G, C, F)``."""
+    frame_group = groups[_owner(table)]
+    data = table.frames.double()  # (sum_T, C, F)
+    C, Fb = table.shape
+    s = torch.zeros(n_groups, C, Fb, dtype=torch.float64, device=table.device).index_add_(0, frame_group, data)
+    ss = torch.zeros_like(s).index_add_(0, frame_group, data * data)
+    n = torch.zeros(n_groups, dtype=torch.float64, device=table.device).index_add_(
+        0, frame_group, torch.ones_like(frame_group, dtype=torch.float64))
+    n = n.clamp(min=1)[:, None, None]
+    mean = s / n
+    std = (ss / n - mean * mean).clamp(min=0).sqrt().clamp(min=eps)
+    return mean.float(), std.float()
+
+
+def _apply(table: FeatureTable, mean: torch.Tensor, std: torch.Tensor, groups: torch.Tensor) -> FeatureTable:
+    g = groups[_owner(table)]
+    return replace(table, frames=(table.frames - mean[g]) / std[g])
+
+
+def training_stats(table: FeatureTable) -> dict[str, torch.Tensor]:
+    """Global ``mean``/``std`` ``(C, F)`` over every frame of a (training) table."""
+    mean, std = group_stats(table, torch.zeros(len(table), dtype=torch.long, device=table.device), 1)
+    return {"mean": mean[0].cpu(), "std": std[0].cpu()}
+
+
+def normalise_with(table: FeatureTable, mean: torch.Tensor, std: torch.Tensor) -> FeatureTable:
+    """Apply stored global statistics ``(C, F)`` (e.g. from a trained model's folder) to a table."""
+    zeros = torch.zeros(len(table), dtype=torch.long, device=table.device)
+    return _apply(table, mean[None].to(table.device), std[None].to(table.device), zeros)
+
+
+def normalise_tables(tables: Mapping[str, FeatureTable], mode: str, *, train: str = "train") -> dict[str, FeatureTable]:
+    """Mean/variance-normalise every split; per channel and frequency bin.
+
+    - ``none``: unchanged.
+    - ``utterance``: each item by its own statistics over time (uses no other data).
+    - ``global``: every split by the statistics of the training split.
+    - ``speaker``: a training speaker by its training items only; a speaker absent from training
+      (the test or validation speaker under LOSO) by its own items in that split, without labels.
+      No split's statistics ever include another split's data.
+    """
+    require(mode in ("none", "utterance", "speaker", "global"), "view.normalise", mode, "unknown normalisation")
+    if mode == "none":
+        return dict(tables)
+    out: dict[str, FeatureTable] = {}
+    if mode == "utterance":
+        for name, t in tables.items():
+            groups = torch.arange(len(t), device=t.device)
+            mean, std = group_stats(t, groups, len(t))
+            out[name] = _apply(t, mean, std, groups)
+        return out
+    ref = tables[train]
+    if mode == "global":
+        mean, std = group_stats(ref, torch.zeros(len(ref), dtype=torch.long, device=ref.device), 1)
+        for name, t in tables.items():
+            out[name] = _apply(t, mean, std, torch.zeros(len(t), dtype=torch.long, device=t.device))
+        return out
+    n_spk = max(int(t.speakers.max().item()) for t in tables.values()) + 1
+    train_mean, train_std = group_stats(ref, ref.speakers, n_spk)
+    train_speakers = set(ref.speakers.unique().tolist())
+    for name, t in tables.items():
+        if name == train:
+            out[name] = _apply(t, train_mean, train_std, t.speakers)
+            continue
+        own_mean, own_std = group_stats(t, t.speakers, n_spk)
+        use_train = torch.tensor([s in train_speakers for s in range(n_spk)], device=t.device)[:, None, None]
+        out[name] = _apply(t, torch.where(use_train, train_mean, own_mean), torch.where(use_train, train_std, own_std),
+                           t.speakers)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Folds
+
+
+@dataclass
+class FoldData:
+    """A fold's preloaded tables (``train`` may hold augmentation variants) and its label space."""
+
+    name: str
+    train: FeatureTable
+    val: FeatureTable
+    test: FeatureTable
+    classes: list[str]
+    speaker_names: list[str]
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # global training mean/std (C, F)
+
+    def tables(self) -> dict[str, FeatureTable]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def build_fold_data(
+    source: FeatureSource,
+    manifest: pd.DataFrame,
+    *,
+    name: str,
+    train_ids: Sequence[str],
+    val_ids: Sequence[str],
+    test_ids: Sequence[str],
+    classes: Sequence[str],
+    train_variants: Sequence[str] = (ORIG,),
+    normalise: str = "utterance",
+    device: torch.device | str = "cpu",
+) -> FoldData:
+    """Preload one fold onto ``device``; train items use ``train_variants``, val/test only ``orig``."""
+    require(len(train_ids) > 0, "fold.train", name, "has no training utterances")
+    require(len(val_ids) > 0, "fold.val", name, "has no validation utterances")
+    require(len(test_ids) > 0, "fold.test", name, "has no test utterances")
+    overlap = (set(train_ids) | set(val_ids)) & set(test_ids)
+    require(not overlap, "fold.test", name, f"shares utterances with train/val: {sorted(overlap)[:3]}")
+    speaker_names = sorted(manifest["speaker"].unique())
+    by_id = manifest.set_index("utterance_id", drop=False)
+
+    def rows(ids: Sequence[str]) -> pd.DataFrame:
+        return by_id.loc[list(ids)]
+
+    tables = {
+        "train": load_table(source, rows(train_ids), classes, speaker_names, variants=train_variants, device=device),
+        "val": load_table(source, rows(val_ids), classes, speaker_names, device=device),
+        "test": load_table(source, rows(test_ids), classes, speaker_names, device=device),
+    }
+    warn_missing_classes(tables["train"], classes, fold=name)
+    stats = training_stats(tables["train"]) if normalise == "global" else {}
+    tables = normalise_tables(tables, normalise)
+    return FoldData(name, tables["train"], tables["val"], tables["test"], list(classes), speaker_names, stats)
+
+
+def warn_missing_classes(table: FeatureTable, classes: Sequence[str], *, fold: str) -> list[str]:
+    """Warn (and return the names) when a class has no training item in this fold."""
+    counts = torch.bincount(table.labels.cpu(), minlength=len(classes))
+    missing = [c for c, n in zip(classes, counts.tolist(), strict=True) if n == 0]
+    if missing:
+        warnings.warn(f"fold {fold}: class(es) {missing} have no training utterance", stacklevel=2)
+    return missing
+
+
+def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights ``N / (K * n_c)`` as ``(K,)`` float; an absent class gets 0."""
+    counts = torch.bincount(labels.cpu(), minlength=n_classes).double()
+    present = counts > 0
+    w = torch.zeros(n_classes, dtype=torch.float64)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return w.float()
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching: in-memory index batches, or a PyTorch Dataset/DataLoader
+
+
+def index_batches(n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Yield ``(B,)`` index tensors covering ``range(n)`` (a seeded permutation when ``shuffle``)."""
+    require(batch_size > 0, "batch_size", batch_size, "must be positive")
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    yield from torch.split(order, batch_size)
+
+
+class TableDataset(Dataset):
+    """Items of a :class:`FeatureTable`: ``(features (C, F, T_i), label, speaker)``."""
+
+    def __init__(self, table: FeatureTable) -> None:
+        self.table = table.to("cpu")
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        return self.table.item(i), int(self.table.labels[i]), int(self.table.speakers[i])
+
+
+class SourceDataset(Dataset):
+    """Lazy items read one by one from a :class:`FeatureSource` (for corpora that do not fit)."""
+
+    def __init__(self, source: FeatureSource, keys: Sequence[FeatureKey], labels: Sequence[int], speakers: Sequence[int]) -> None:
+        require(len(keys) == len(labels) == len(speakers), "keys", len(keys), "labels/speakers differ in length")
+        self.source, self.keys, self.labels, self.speakers = source, list(keys), list(labels), list(speakers)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        (array,) = self.source.read_many([self.keys[i]])
+        return torch.as_tensor(np.asarray(array, dtype=np.float32)), self.labels[i], self.speakers[i]
+
+
+def collate_padded(items: Sequence[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[(C, F, T_i), label, speaker]`` -> ``x (B, C, F, T_max)`` zero-padded, ``lengths``, ``labels``, ``speakers``."""
+    lengths = torch.tensor([x.shape[2] for x, _, _ in items], dtype=torch.long)
+    t_max = int(lengths.max())
+    x = torch.stack([torch.nn.functional.pad(f, (0, t_max - f.shape[2])) for f, _, _ in items])
+    labels = torch.tensor([y for _, y, _ in items], dtype=torch.long)
+    speakers = torch.tensor([s for _, _, s in items], dtype=torch.long)
+    return x, lengths, labels, speakers
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
+    """A seeded DataLoader with :func:`collate_padded`."""
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers,
+                      collate_fn=collate_padded)

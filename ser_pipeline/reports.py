@@ -1,0 +1,83 @@
+"""Report files of an experiment: confusion matrices (PNG with counts and percentages, CSV) and
+training curves (PNG), drawn with matplotlib's Agg backend (no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ser_pipeline.metrics import row_normalise
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_frame(cm: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
+    """Counts ``(K, K)`` as a frame: index ``true_<class>``, columns ``pred_<class>``."""
+    return pd.DataFrame(np.asarray(cm, dtype=np.int64), index=[f"true_{c}" for c in classes],
+                        columns=[f"pred_{c}" for c in classes])
+
+
+def write_confusion_csv(cm: np.ndarray, classes: Sequence[str], path: str | Path) -> Path:
+    """Write the counts with class names on both axes; returns ``path``."""
+    path = Path(path)
+    confusion_frame(cm, classes).to_csv(path, index_label="true\\pred")
+    return path
+
+
+def write_confusion_png(cm: np.ndarray, classes: Sequence[str], path: str | Path, *, title: str = "") -> Path:
+    """Heat map of the row-normalised matrix; each cell shows the count and the row percentage."""
+    plt = _pyplot()
+    cm = np.asarray(cm, dtype=np.int64)
+    norm = row_normalise(cm)
+    k = len(classes)
+    size = max(4.0, 0.8 * k + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(k), labels=list(classes), rotation=45, ha="right")
+    ax.set_yticks(range(k), labels=list(classes))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title)
+    for i in range(k):
+        for j in range(k):
+            colour = "white" if norm[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{cm[i, j]}\n{100 * norm[i, j]:.1f}%", ha="center", va="center", fontsize=8, color=colour)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_curves_png(history: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> Path | None:
+    """Train/validation loss and validation UA per epoch for every fold; None without history."""
+    if not any(history.values()):
+        return None
+    plt = _pyplot()
+    fig, (ax_loss, ax_ua) = plt.subplots(1, 2, figsize=(10, 4))
+    for fold, rows in history.items():
+        epochs = [r["epoch"] for r in rows]
+        ax_loss.plot(epochs, [r["train_loss"] for r in rows], label=f"{fold} train")
+        ax_loss.plot(epochs, [r["val_loss"] for r in rows], "--", label=f"{fold} val")
+        ax_ua.plot(epochs, [r["val_ua"] for r in rows], label=str(fold))
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_ua.set(xlabel="epoch", ylabel="UA", title="validation UA")
+    ax_loss.legend(fontsize=6)
+    ax_ua.legend(fontsize=6)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -1,0 +1,214 @@
+"""Experiments end to end on a tiny generated demo corpus with the real feature store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ser_pipeline.corpora import ingest
+from ser_pipeline.corpora.demo import generate_demo_corpus
+from ser_pipeline.errors import ConfigError, ProtocolError
+from ser_pipeline.evaluate import (
+    ExperimentConfig,
+    compare_experiments,
+    load_trained_model,
+    resolve,
+    run_experiment,
+    spec_augment_from_config,
+)
+from ser_pipeline.manifest import read_manifest, write_manifest
+from ser_pipeline.models import MODELS, load_all
+from ser_pipeline.spec_augment import SpecAugmentSpec
+from ser_pipeline.workspace import Workspace
+
+TINY = {"model": "cnn", "corpus": "demo", "epochs": 2, "batch_size": 8, "lr": 0.003, "device": "cpu",
+        "hparams": {"channels": [8, 16]}, "view": {"frames": 120, "normalise": "global"}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """4 speakers x 4 emotions x 3 utterances of the demo corpus, ingested as ``demo``."""
+    workspace = Workspace.resolve(tmp_path_factory.mktemp("eval") / "root")
+    csv = generate_demo_corpus(workspace.demo, seed=0, n_speakers=4, per_class=3)
+    ingest("csv", csv, "demo", workspace)
+    return workspace
+
+
+@pytest.mark.slow
+def test_experiment_directory_follows_the_contract(ws: Workspace) -> None:
+    result = run_experiment(ExperimentConfig.from_dict({**TINY, "max_folds": 2}), ws)
+    out = result.directory
+    assert out.parent == ws.experiments and out.name == result.experiment_id
+    config = json.loads((out / "config.json").read_text())
+    assert set(config["digests"]) == {"manifest", "features", "augment", "config"}
+    assert config["config"]["model"] == "cnn" and config["protocol"] == "loso"
+    assert all(f["validation"] == "held-out training speakers" for f in config["folds"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [f["fold"] for f in metrics["folds"]] == ["loso-demo-spk01", "loso-demo-spk02"]
+    assert metrics["speaker_dependent"] is False and metrics["protocol"] == "loso"
+    assert set(metrics["aggregation"]) == {"pooled", "mean", "std"}
+    for part in ("pooled", "mean", "std"):
+        assert {"wa", "ua", "macro_f1"} <= set(metrics[part])
+    fold = metrics["folds"][0]
+    assert set(fold["per_class_recall"]) == {"anger", "happiness", "neutral", "sadness"}
+    assert np.array(fold["confusion"]).sum() == 12
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history["loso-demo-spk01"]] == [1, 2]
+    assert {"train_loss", "val_loss", "val_ua"} <= set(history["loso-demo-spk01"][0])
+    preds = pd.read_csv(out / "predictions.csv")
+    assert list(preds.columns[:5]) == ["utterance_id", "fold", "speaker", "true", "pred"]
+    assert len(preds) == 24 and np.allclose(preds.filter(like="p_").sum(axis=1), 1.0)
+    assert set(preds.loc[preds.fold == "loso-demo-spk01", "speaker"]) == {"demo/spk01"}
+    pooled_cm = pd.read_csv(out / "confusion_pooled.csv", index_col=0).to_numpy()
+    assert pooled_cm.sum() == 24 and np.trace(pooled_cm) == (preds.true == preds.pred).sum()
+    for name in ("confusion_loso-demo-spk01.png", "confusion_loso-demo-spk02.csv", "confusion_pooled.png"):
+        assert (out / name).stat().st_size > 0
+    assert not (out / "checkpoints").exists()
+
+    # model/ rebuilds the exact network: it reproduces its fold's predictions from the stored features
+    model, stage2, meta = load_trained_model(out / "model")
+    assert stage2 is None and meta["classes"] == metrics["classes"] and meta["view"]["frames"] == 120
+    from feature_store.store import FeatureStore
+    from ser_pipeline.data import load_table, normalise_with
+    from ser_pipeline.features import FeatureSpec
+    from ser_pipeline.train import predict_proba
+    from ser_pipeline.views import ViewSpec
+
+    fold_name = meta["fold"]
+    test_ids = preds.loc[preds.fold == fold_name, "utterance_id"].tolist()
+    manifest = read_manifest("demo", ws).set_index("utterance_id", drop=False)
+    source = FeatureStore(ws.features).open_set(FeatureSpec.from_dict(meta["feature_spec"]))
+    table = load_table(source, manifest.loc[test_ids], meta["classes"], sorted(manifest.speaker.unique()))
+    table = normalise_with(table, meta["normalisation"]["mean"], meta["normalisation"]["std"])
+    probs = predict_proba(model, table, ViewSpec.from_dict(meta["view"]))
+    expected = preds.loc[preds.fold == fold_name].filter(like="p_").to_numpy()
+    assert np.allclose(probs, expected, atol=1e-5)
+
+
+def test_same_config_and_seed_reproduce_the_metrics(ws: Workspace) -> None:
+    config = ExperimentConfig.from_dict({**TINY, "max_folds": 1, "seed": 7})
+    first = run_experiment(config, ws)
+    cached = run_experiment(config, ws)
+    assert cached.cached and cached.directory == first.directory
+    again = run_experiment(config, ws, force=True)
+    assert not again.cached
+    a, b = first.metrics, again.metrics
+    assert [f["ua"] for f in a["folds"]] == [f["ua"] for f in b["folds"]]
+    assert a["folds"][0]["confusion"] == b["folds"][0]["confusion"]
+
+
+def test_random_protocol_is_labelled_speaker_dependent_everywhere(ws: Workspace) -> None:
+    result = run_experiment(ExperimentConfig.from_dict({**TINY, "protocol": "random", "epochs": 1, "augment": "gain=3"}), ws)
+    metrics = json.loads((result.directory / "metrics.json").read_text())
+    config = json.loads((result.directory / "config.json").read_text())
+    assert metrics["speaker_dependent"] is True and "speaker-dependent" in metrics["evaluation"]
+    assert config["speaker_dependent"] is True and metrics["folds"][0]["speaker_dependent"] is True
+    assert "speaker-dependent" in metrics["folds"][0]["fold"]
+    assert config["folds"][0]["validation"].startswith("held-out training part")
+    # the augmentation variant exists for training utterances only, never for test utterances
+    from feature_store.store import FeatureStore
+    from ser_pipeline.features import FeatureSpec
+
+    index = FeatureStore(ws.features).open_set(FeatureSpec.from_dict(config["feature_spec"])).index()
+    manifest = read_manifest("demo", ws)
+    test_ids = set(pd.read_csv(result.directory / "predictions.csv")["utterance_id"])
+    test_sha = set(manifest.loc[manifest.utterance_id.isin(test_ids), "sha256"])
+    augmented = set(index.loc[index.variant == "gain=3", "sha256"])
+    assert augmented and not (augmented & test_sha)
+
+
+def test_bad_model_protocol_and_unsplittable_corpus(ws: Workspace) -> None:
+    with pytest.raises(ConfigError, match="valid names: .*cnn"):
+        run_experiment(ExperimentConfig.from_dict({**TINY, "model": "nope"}), ws)
+    with pytest.raises(ProtocolError, match="valid names: .*loso"):
+        run_experiment(ExperimentConfig.from_dict({**TINY, "protocol": "leave_none_out"}), ws)
+    with pytest.raises(ProtocolError, match="session"):
+        run_experiment(ExperimentConfig.from_dict({**TINY, "protocol": "loso_session"}), ws)
+    manifest = read_manifest("demo", ws)
+    write_manifest(manifest[manifest.speaker == "demo/spk01"].reset_index(drop=True), [], "one", ws)
+    with pytest.raises(ProtocolError, match="at least 2 speakers"):
+        run_experiment(ExperimentConfig.from_dict({**TINY, "corpus": "one"}), ws)
+
+
+def test_compare_experiments_pairs_folds(ws: Workspace) -> None:
+    a = run_experiment(ExperimentConfig.from_dict({**TINY, "epochs": 1, "max_folds": 2}), ws)
+    b = run_experiment(ExperimentConfig.from_dict({**TINY, "epochs": 1, "max_folds": 2, "seed": 1}), ws)
+    out = compare_experiments(a.directory, b.directory)
+    assert out["folds"] == ["loso-demo-spk01", "loso-demo-spk02"] and out["n_folds"] == 2
+    ua_a = [f["ua"] for f in a.metrics["folds"]]
+    ua_b = [f["ua"] for f in b.metrics["folds"]]
+    assert out["mean_diff"] == pytest.approx(np.mean(np.subtract(ua_a, ua_b)))
+
+
+def test_resolution_and_spec_augment_forms() -> None:
+    load_all()
+    default = resolve(ExperimentConfig(model="cnn", epochs=3, lr=0.01))
+    assert default.protocol == "loso" and default.train.epochs == 3 and default.train.lr == 0.01
+    assert default.view.frames == MODELS.get("cnn").view["frames"] and default.augment == ""
+    parsed = spec_augment_from_config({"horizontal_mixup": {"a": 0.05, "b": 1.25, "c": 1.0, "ratio": 0.3}, "cutout": {"holes": 2}})
+    assert parsed == SpecAugmentSpec(hmixup=(0.05, 1.25, 1.0), ratio=0.3, cutout=2)
+    assert spec_augment_from_config({"mixup": 0.4, "ratio": 0.5}) == SpecAugmentSpec(mixup=0.4, ratio=0.5)
+    with pytest.raises(ConfigError, match="warp"):
+        spec_augment_from_config({"warp": {}})
+    with pytest.raises(ConfigError, match="preset"):
+        ExperimentConfig(preset="fast")
+    if "res_trans" in MODELS:  # a seed model with a paper recipe: speaker pre-training + Horizontal Mixup
+        paper = resolve(ExperimentConfig(model="res_trans", preset="paper", epochs=2))
+        assert paper.spec_augment == SpecAugmentSpec(hmixup=(0.05, 1.25, 1.0), ratio=0.3)
+        assert paper.speaker_train is not None and paper.speaker_train.epochs == 2
+        assert resolve(ExperimentConfig(model="res_trans", epochs=2)).spec_augment is None
+
+
+@pytest.mark.skipif("alexnet_sru" not in load_all(), reason="seed model alexnet_sru not registered")
+def test_two_stage_writes_stage1_embeddings_to_the_store(ws: Workspace) -> None:
+    config = ExperimentConfig.from_dict({
+        "model": "alexnet_sru", "corpus": "demo", "epochs": 1, "batch_size": 8, "device": "cpu", "max_folds": 1,
+        "hparams": {"width_mult": 0.0625}, "view": {"resize": [67, 67], "n_segments": 2, "frames": 32},
+        "stage2": {"hparams": {"hidden_size": 8}, "recipe": {"epochs": 1}}})
+    result = run_experiment(config, ws)
+    from feature_store.store import FeatureStore
+
+    digest = result.metrics["folds"][0]["stage1_checkpoint_digest"]
+    derived = [d for d in FeatureStore(ws.features).list_derived() if d["checkpoint_digest"] == digest]
+    assert len(derived) == 1 and derived[0]["items"] == 48  # every utterance of the fold
+    assert (result.directory / "history_stage1.json").exists() and (result.directory / "model" / "stage2.pt").exists()
+
+
+@pytest.mark.slow
+def test_classic_svm_on_cached_functionals(ws: Workspace) -> None:
+    pytest.importorskip("opensmile")
+    config = ExperimentConfig.from_dict({"model": "svm", "corpus": "demo", "max_folds": 2})
+    result = run_experiment(config, ws)
+    assert result.metrics["mean"]["ua"] > 0.25
+    cache = Path(ws.features) / "functionals" / "eGeMAPSv02.parquet"
+    stamp = cache.stat().st_mtime_ns
+    run_experiment(config.replace(seed=1), ws)
+    assert cache.stat().st_mtime_ns == stamp  # nothing recomputed
+
+
+def test_one_bad_recording_is_left_out_not_fatal(tmp_path: Path) -> None:
+    ws = Workspace.resolve(tmp_path / "root")
+    csv = generate_demo_corpus(ws.demo, seed=1, n_speakers=3, per_class=2)
+    ingest("csv", csv, "small", ws)
+    manifest = read_manifest("small", ws)
+    bad = manifest.iloc[0]
+    Path(bad["path"]).write_bytes(b"not audio any more")  # bytes changed since ingest
+    with pytest.warns(UserWarning, match="left out"):
+        result = run_experiment(ExperimentConfig.from_dict({**TINY, "corpus": "small", "epochs": 1, "max_folds": 1}), ws)
+    config = json.loads((result.directory / "config.json").read_text())
+    assert list(config["skipped"]) == [bad["utterance_id"]]
+    preds = pd.read_csv(result.directory / "predictions.csv")
+    assert bad["utterance_id"] not in set(preds["utterance_id"]) and len(preds) == 8 - 1
