@@ -92,12 +92,12 @@ def posteriors(predictor: Predictor, features: list[np.ndarray]) -> np.ndarray:
     """Class posteriors ``(N, K)`` for a list of ``(C, F, T)`` feature arrays.
 
     Normalisation follows the view: ``utterance`` uses each file's own statistics (as in training);
-    ``speaker`` and ``global`` treat each file as its own unseen speaker (training statistics are not
-    recorded with the model).
+    ``global`` applies the training statistics recorded with the model; ``speaker`` treats each file
+    as its own unseen speaker (a test speaker's statistics are never seen in training either).
     """
     import torch
 
-    from ser_pipeline.data import DictSource, load_table, normalise_tables
+    from ser_pipeline.data import DictSource, load_table, normalise_tables, normalise_with
     from ser_pipeline.train import embed_table, predict_proba, sequence_table
     from ser_pipeline.views import ViewSpec
 
@@ -108,7 +108,11 @@ def posteriors(predictor: Predictor, features: list[np.ndarray]) -> np.ndarray:
     source = DictSource({(uid, "orig"): feats for uid, feats in zip(ids, features, strict=True)})
     table = load_table(source, rows, predictor.classes, ids)
     mode = predictor.view.normalise
-    table = normalise_tables({"train": table}, "speaker" if mode == "global" else mode)["train"]
+    stats = predictor.meta.get("normalisation")
+    if mode == "global" and stats is not None:
+        table = normalise_with(table, stats["mean"], stats["std"])
+    else:
+        table = normalise_tables({"train": table}, "speaker" if mode == "global" else mode)["train"]
     device = next(predictor.model.parameters()).device
     table = table.to(device)
     with torch.no_grad():

@@ -1,0 +1,208 @@
+"""``dcnn_blstm_att``: pre-trained DCNN segment features, a bidirectional LSTM with attention and a
+DNN classifier (EMO-DB, IEMOCAP).
+
+Reference: the paper's pre-processing and features (pre-processing: zero-mean unit-variance waveform and
+pre-emphasis; 64 Mel bands 20-8000 Hz, 25 ms Hamming window, 10 ms hop, static + delta +
+delta-delta; utterances padded or cut to 3 s; sliding windows of 64 frames, shift 32, giving
+64x64x3 segments resized to 227x227; speed augmentation 0.8..1.2 = 5x data; class weights),
+its DCNN stage (stage 1: AlexNet fine-tuned on segments, batch 128, 20 epochs, lr 1e-4, NAdam; FC7
+4096-d features stacked per utterance), its BLSTM-attention stage (stage 2: BLSTM with 128 cells per direction,
+attention ``alpha_i = softmax_i(u^T y_i)``, ``Z = sum_i alpha_i y_i``; DNN 512 (dropout) -
+256 - 256 - classes; batch 16, 30 epochs, lr 5e-6, NAdam) and its experiments (LOSO 8/1/1 on EMO-DB,
+leave-one-session-out on IEMOCAP improvised 4 classes; UAR 87.86 / 68.50; without pre-training
+81.31 / 64.04; without attention 80.17 / 65.14).
+(Section and equation numbers are not given: the papers could not be consulted offline, so each
+part is cited by the paper's own heading topic; equations are written out in full.)
+
+Shapes: 3 s = 300 frames, windows of 64 with shift 32 give S = 9 windows per utterance (starts
+0, 32, ..., 256; the view's rule ``1 + ceil((300 - 64) / 32)``, so the last window holds the final
+44 frames and 20 zero frames; ``frames=288`` in the view gives 8 fully covered windows).
+Stage 2 takes ``(B, S, 4096)``.
+
+Documented choices where the paper is silent (all configurable): ReLU in the DNN; dropout 0.5
+after the 512-unit layer only; without attention the BLSTM outputs are averaged over time
+(``attention=False``); ``u`` is initialised N(0, 0.1^2) without a bias term; stage-1 AlexNet uses
+the torchvision channel plan so a local ImageNet state dict loads (``weights=`` or
+``$SER_ALEXNET_WEIGHTS``); without one the AlexNet starts from random weights (logged).
+
+"Without pre-training" (``dcnn_blstm_att_no_pretrain``, hparam ``finetune=False``): the AlexNet is
+frozen up to FC7 (only its last layer trains in stage 1, which does not change FC7), so the BLSTM
+sees FC7 features of the AlexNet as initialised (ImageNet weights when a file is given, else
+random). Other ablations: view ``channels`` 1/2/3, ``--augment`` speed sets
+{1.0} / {0.9, 1.0, 1.1} / all five, view ``window`` 16..128 (shift = window / 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ser_pipeline.config import require
+from ser_pipeline.models import register_model
+from ser_pipeline.models.alexnet import build_alexnet
+
+REFERENCE = (
+    "Pre-trained DCNN + BLSTM with attention + DNN for SER: features/windows, "
+    "AlexNet fine-tuning (FC7), BLSTM 128/direction, attention "
+    "(alpha_i = softmax_i(u^T y_i), Z = sum alpha_i y_i), DNN 512-256-256; reported UAR EMO-DB 87.86, "
+    "IEMOCAP 68.50 (no pre-training 81.31/64.04, no attention 80.17/65.14)"
+)
+
+
+def attention_pool(
+    y: torch.Tensor, u: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's attention: ``alpha = softmax_i(u^T y_i)`` over steps, ``Z = sum_i alpha_i y_i``.
+
+    ``y``: ``(B, S, D)``, ``u``: ``(D,)``, ``mask``: optional ``(B, S)`` bool of real steps ->
+    ``(Z (B, D), alpha (B, S))``; each row of alpha sums to 1 and is 0 on padded steps.
+    """
+    scores = y @ u
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    alpha = torch.softmax(scores, dim=1)
+    return torch.einsum("bs,bsd->bd", alpha, y), alpha
+
+
+class BLSTMAttention(nn.Module):
+    """Stage 2: BLSTM -> attention pooling -> DNN.
+
+    ``forward``: ``(B, S, D) -> (B, n_classes)`` logits. ``embed``: ``(B, S, D) -> (B, 2*hidden)``
+    (the utterance vector Z). After a forward, ``last_alpha`` holds the attention ``(B, S)``.
+    """
+
+    def __init__(
+        self,
+        n_classes: int,
+        embed_dim: int,
+        *,
+        hidden: int = 128,
+        attention: bool = True,
+        dnn: Sequence[int] = (512, 256, 256),
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        require(n_classes >= 2, "n_classes", n_classes, "need at least 2 classes")
+        require(embed_dim >= 1, "embed_dim", embed_dim, "must be >= 1")
+        require(hidden >= 1, "hidden", hidden, "must be >= 1")
+        require(len(dnn) >= 1, "dnn", dnn, "needs at least one hidden layer")
+        require(0.0 <= dropout < 1.0, "dropout", dropout, "must be in [0, 1)")
+        self.blstm = nn.LSTM(embed_dim, hidden, batch_first=True, bidirectional=True)
+        self.use_attention = attention
+        self.u = nn.Parameter(torch.randn(2 * hidden) * 0.1) if attention else None
+        layers: list[nn.Module] = []
+        width = 2 * hidden
+        for i, units in enumerate(dnn):
+            layers += [nn.Linear(width, units), nn.ReLU(inplace=True)]
+            if i == 0 and dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = units
+        layers.append(nn.Linear(width, n_classes))
+        self.dnn = nn.Sequential(*layers)
+        self.last_alpha: torch.Tensor | None = None
+
+    def embed(self, f: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, S, D) -> (B, 2*hidden)``: attention-weighted (or mean) BLSTM outputs.
+
+        ``mask`` ``(B, S)`` bool marks real steps (padding after them): the BLSTM then runs on
+        packed sequences and padded steps get no weight.
+        """
+        if mask is not None and not bool(mask.all()):
+            lengths = mask.long().sum(dim=1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(f, lengths, batch_first=True, enforce_sorted=False)
+            y, _ = self.blstm(packed)
+            y, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=f.shape[1])
+        else:
+            y, _ = self.blstm(f)  # (B, S, 2*hidden)
+            mask = None
+        if self.u is None:
+            if mask is None:
+                return y.mean(dim=1)
+            m = mask.to(y.dtype)[:, :, None]
+            return (y * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+        z, alpha = attention_pool(y, self.u, mask)
+        self.last_alpha = alpha.detach()
+        return z
+
+    def forward(self, f: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, S, D)`` (+ optional ``mask`` ``(B, S)``) -> ``(B, n_classes)`` logits."""
+        return self.dnn(self.embed(f, mask))
+
+
+def build_blstm_attention(n_classes: int, embed_dim: int, **hparams: Any) -> BLSTMAttention:
+    """Stage-2 builder: :class:`BLSTMAttention` on ``embed_dim``-d segment features."""
+    return BLSTMAttention(n_classes, embed_dim, **hparams)
+
+
+VIEW = {
+    "kind": "windows",
+    "frames": 300,
+    "window": 64,
+    "shift": 32,
+    "resize": (227, 227),
+    "channels": 3,
+    "normalise": "utterance",
+}
+STAGE1_RECIPE = {"optimizer": "nadam", "lr": 1e-4, "batch_size": 128, "epochs": 20, "class_weighted": True}
+STAGE2_RECIPE = {"optimizer": "nadam", "lr": 5e-6, "batch_size": 16, "epochs": 30, "class_weighted": True}
+STAGE1_DEFAULTS = {"dropout": 0.5, "width_mult": 1.0, "variant": "torchvision", "weights": None, "finetune": True}
+STAGE2_DEFAULTS = {"hidden": 128, "attention": True, "dnn": (512, 256, 256), "dropout": 0.5}
+AUGMENT = "speed=0.8,0.9,1.0,1.1,1.2"
+ABLATIONS = {
+    "channels": "view channels 1 (static), 2 (+delta), 3 (+delta-delta)",
+    "augment": "speed sets {1.0} / {0.9,1.0,1.1} / {0.8..1.2}: augmentation multiples 1, 3, 5",
+    "attention": "stage-2 attention pooling (False: mean of the BLSTM outputs)",
+    "pretrain": "dcnn_blstm_att_no_pretrain (finetune=False): AlexNet frozen up to FC7, features as initialised",
+    "window": "view window 16, 32, 48, 64, 80, 100, 128 frames (shift = window / 2)",
+    "weights": "local torchvision ImageNet AlexNet state dict; None = random init (logged)",
+    "width_mult": "AlexNet width multiplier (tests only; 1.0 is the paper)",
+}
+
+
+def _register(name: str, *, reference: str, recipe: dict[str, Any], defaults: dict[str, Any]) -> None:
+    register_model(
+        name,
+        reference=reference,
+        feature_preset="logmel64_norm",
+        view=dict(VIEW),
+        recipe=recipe,
+        defaults=defaults,
+        ablations=dict(ABLATIONS),
+        trainer="two_stage",
+        stage2=build_blstm_attention,
+        stage2_defaults=dict(STAGE2_DEFAULTS),
+        stage2_recipe=dict(STAGE2_RECIPE),
+        protocol="loso_val",
+        augment=AUGMENT,
+    )(build_dcnn)
+
+
+def freeze_to_fc7(model: nn.Module) -> list[str]:
+    """Freeze an AlexNet up to and including FC7 (only ``classifier.6`` stays trainable), so its
+    ``embed`` is the initial network's FC7 whatever stage 1 does. Returns the trainable names."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("classifier.6."))
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def build_dcnn(n_classes: int, in_channels: int = 3, *, finetune: bool = True, **hparams: Any) -> nn.Module:
+    """Stage-1 builder: the segment AlexNet (``embed`` gives the 4096-d FC7 features).
+
+    ``finetune=False`` (the "without pre-training" ablation) freezes everything up to FC7.
+    """
+    model = build_alexnet(n_classes, in_channels, **hparams)
+    if not finetune:
+        freeze_to_fc7(model)
+    return model
+
+
+_register("dcnn_blstm_att", reference=REFERENCE, recipe=dict(STAGE1_RECIPE), defaults=dict(STAGE1_DEFAULTS))
+_register(
+    "dcnn_blstm_att_no_pretrain",
+    reference=REFERENCE + "; ablation 'without pre-training': AlexNet frozen up to FC7 (features as initialised)",
+    recipe={**STAGE1_RECIPE, "epochs": 1},
+    defaults={**STAGE1_DEFAULTS, "finetune": False},
+)

@@ -1,0 +1,167 @@
+"""DCNN + BLSTM + attention + DNN: attention maths, shapes, ablations, forward/backward."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ser_pipeline.corpora import ingest
+from ser_pipeline.corpora.demo import generate_demo_corpus
+from ser_pipeline.errors import ConfigError
+from ser_pipeline.evaluate import ExperimentConfig, run_experiment
+from ser_pipeline.models import build_model, get_model
+from ser_pipeline.models.dcnn_blstm_att import BLSTMAttention, attention_pool
+from ser_pipeline.workspace import Workspace
+
+
+def test_attention_pool_weights_sum_to_one_and_match_the_formula() -> None:
+    y = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]])  # (1, 3, 2)
+    u = torch.tensor([1.0, -1.0])
+    z, alpha = attention_pool(y, u)
+    scores = torch.tensor([1.0, -2.0, 0.0])  # u^T y_i by hand
+    expected = torch.exp(scores) / torch.exp(scores).sum()
+    torch.testing.assert_close(alpha[0], expected)
+    torch.testing.assert_close(alpha.sum(dim=1), torch.ones(1))
+    torch.testing.assert_close(z[0], (expected[:, None] * y[0]).sum(dim=0))
+    assert z.shape == (1, 2)
+
+
+def test_blstm_sizes_and_dnn_layout() -> None:
+    model = BLSTMAttention(4, 32)
+    assert model.blstm.hidden_size == 128 and model.blstm.bidirectional
+    linears = [m for m in model.dnn if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [512, 256, 256, 4]
+    assert isinstance(model.dnn[2], torch.nn.Dropout)
+    assert model.u is not None and model.u.shape == (256,)
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_forward_backward_and_attention_record(attention: bool) -> None:
+    torch.manual_seed(0)
+    model = BLSTMAttention(4, 12, hidden=6, dnn=(16, 8, 8), attention=attention)
+    f = torch.randn(3, 8, 12)
+    logits = model(f)
+    assert logits.shape == (3, 4)
+    assert model.embed(f).shape == (3, 12)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    if attention:
+        assert model.last_alpha.shape == (3, 8)
+        torch.testing.assert_close(model.last_alpha.sum(dim=1), torch.ones(3))
+    else:
+        assert model.u is None and model.last_alpha is None
+
+
+def test_without_attention_is_the_mean_of_blstm_outputs() -> None:
+    torch.manual_seed(0)
+    model = BLSTMAttention(3, 5, hidden=4, attention=False)
+    f = torch.randn(2, 6, 5)
+    y, _ = model.blstm(f)
+    torch.testing.assert_close(model.embed(f), y.mean(dim=1))
+
+
+def test_registration_recipe_and_ablations() -> None:
+    entry = get_model("dcnn_blstm_att")
+    assert entry.trainer == "two_stage" and entry.protocol == "loso_val"
+    assert entry.feature_preset == "logmel64_norm"
+    assert entry.view["window"] == 64 and entry.view["shift"] == 32 and entry.view["frames"] == 300
+    assert entry.recipe == {"optimizer": "nadam", "lr": 1e-4, "batch_size": 128, "epochs": 20,
+                            "class_weighted": True}
+    assert entry.stage2_recipe["lr"] == 5e-6 and entry.stage2_recipe["batch_size"] == 16
+    assert entry.augment == "speed=0.8,0.9,1.0,1.1,1.2"
+    assert {"channels", "augment", "attention", "pretrain", "window"} <= set(entry.ablations)
+    assert get_model("dcnn_blstm_att_no_pretrain").defaults["finetune"] is False
+
+
+def test_no_pretrain_freezes_everything_up_to_fc7() -> None:
+    torch.manual_seed(0)
+    cnn = build_model("dcnn_blstm_att_no_pretrain", 4, 3, width_mult=0.02)
+    trainable = [n for n, p in cnn.named_parameters() if p.requires_grad]
+    assert trainable == ["classifier.6.weight", "classifier.6.bias"]
+    x = torch.randn(2, 3, 67, 67)
+    before = cnn.eval().embed(x)
+    opt = torch.optim.SGD([p for p in cnn.parameters() if p.requires_grad], lr=1.0)
+    cnn.train()
+    torch.nn.functional.cross_entropy(cnn(x), torch.tensor([0, 1])).backward()
+    opt.step()
+    torch.testing.assert_close(cnn.eval().embed(x), before)
+    assert all(p.requires_grad for p in build_model("dcnn_blstm_att", 4, 3, width_mult=0.02).parameters())
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_stage1_windows_any_channel_count(channels: int) -> None:
+    torch.manual_seed(0)
+    cnn = build_model("dcnn_blstm_att", 4, channels, width_mult=0.02)
+    windows = torch.randn(2 * 8, channels, 67, 67)
+    feats = cnn.embed(windows)
+    entry = get_model("dcnn_blstm_att")
+    head = entry.stage2(4, cnn.embed_dim, **{**entry.stage2_defaults, "hidden": 8, "dnn": (16, 8, 8)})
+    logits = head(feats.reshape(2, 8, -1))
+    assert logits.shape == (2, 4)
+    logits.sum().backward()
+
+
+def test_bad_options_raise_config_error() -> None:
+    with pytest.raises(ConfigError, match="dropout"):
+        BLSTMAttention(4, 8, dropout=1.5)
+    with pytest.raises(ConfigError, match="dnn"):
+        BLSTMAttention(4, 8, dnn=())
+
+
+@pytest.mark.parametrize("name", ["dcnn_blstm_att", "dcnn_blstm_att_no_pretrain"])
+def test_entries_are_valid_for_the_engine(name: str) -> None:
+    from ser_pipeline.augment import parse_augment
+    from ser_pipeline.features import PRESETS
+    from ser_pipeline.views import ViewSpec, window_count
+
+    entry = get_model(name)
+    view = ViewSpec.from_dict(entry.view)
+    assert view.kind == "windows" and view.resize == (227, 227)
+    assert int(window_count(torch.tensor([view.frames]), view.window, view.shift)[0]) == 9
+    assert entry.feature_preset in PRESETS
+    assert len(parse_augment(entry.augment).variants) == 5
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_mask_gives_the_same_result_as_the_unpadded_sequence(attention: bool) -> None:
+    torch.manual_seed(0)
+    model = BLSTMAttention(3, 5, hidden=4, dnn=(8, 8, 8), attention=attention).eval()
+    a, b = torch.randn(1, 3, 5), torch.randn(1, 5, 5)
+    padded = torch.cat([torch.cat([a, torch.zeros(1, 2, 5)], dim=1), b], dim=0)
+    mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    out = model(padded, mask=mask)
+    if attention:
+        assert torch.all(model.last_alpha[0, 3:] == 0)
+        torch.testing.assert_close(model.last_alpha.sum(dim=1), torch.ones(2))
+    torch.testing.assert_close(out[0], model(a)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1], model(b)[0], rtol=1e-5, atol=1e-5)
+
+
+# -- through the engine: one epoch on a tiny demo corpus ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """4 speakers x 2 classes x 3 utterances of the synthetic demo corpus, ingested as 'tiny'."""
+    ws = Workspace.resolve(tmp_path_factory.mktemp("tiny") / "ser-data")
+    csv = generate_demo_corpus(ws.demo, n_speakers=4, per_class=3, classes=("anger", "sadness"))
+    ingest("csv", csv, "tiny", ws)
+    return ws
+
+
+def test_one_epoch_through_the_engine(tiny_ws: Workspace) -> None:
+    from feature_store import FeatureStore
+
+    config = ExperimentConfig(model="dcnn_blstm_att", corpus="tiny", epochs=1, max_folds=1, device="cpu",
+                              hparams={"width_mult": 0.02}, view={"resize": (67, 67), "frames": 96},
+                              stage2={"hparams": {"hidden": 8, "dnn": (16, 8, 8)}})
+    result = run_experiment(config, tiny_ws)
+    fold = result.metrics["folds"][0]
+    assert 0.0 <= fold["ua"] <= 1.0
+    cfg = json.loads((result.path / "config.json").read_text())
+    assert cfg["feature_spec"]["normalize_waveform"] is True  # logmel64_norm
+    derived = FeatureStore(tiny_ws.features).derived(cfg["digests"]["features"], fold["stage1_checkpoint_digest"])
+    uid = (result.path / "predictions.csv").read_text().splitlines()[1].split(",")[0]
+    assert derived.read(uid, "orig").shape == (2, fold["embed_dim"])  # 96 frames: windows at 0 and 32

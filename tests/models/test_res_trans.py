@@ -1,0 +1,118 @@
+"""SE-ResNet-18 + Transformer: shapes, SE blocks, speaker pre-training hooks, freezing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ser_pipeline.corpora import ingest
+from ser_pipeline.corpora.demo import generate_demo_corpus
+from ser_pipeline.errors import ConfigError
+from ser_pipeline.evaluate import ExperimentConfig, run_experiment
+from ser_pipeline.models import build_model, get_model
+from ser_pipeline.models.blocks import SqueezeExcitation
+from ser_pipeline.models.res_trans import ResTrans, sinusoidal_encoding
+from ser_pipeline.workspace import Workspace
+
+
+def _tiny(**kw: object) -> ResTrans:
+    return build_model("res_trans", 4, 1, width=4, heads=2, ff_dim=16, **kw)
+
+
+def test_registration() -> None:
+    entry = get_model("res_trans")
+    assert entry.trainer == "speaker_pretrain"
+    assert entry.spec_augment == {"hmixup": (0.05, 1.25, 1.0), "ratio": 0.3}
+    assert get_model("res_trans_single_stage").trainer == "standard"
+    assert "single_stage" in entry.ablations
+
+
+def test_se_blocks_and_sequence_along_time() -> None:
+    torch.manual_seed(0)
+    model = _tiny()
+    assert sum(isinstance(m, SqueezeExcitation) for m in model.modules()) == 8  # 8 basic blocks
+    x = torch.randn(2, 1, 64, 128)
+    seq = model.sequence(x)
+    assert seq.shape == (2, 128 // 32, 32)  # (B, T/32, 8*width)
+    torch.testing.assert_close(seq, model.cnn.features(x).mean(dim=2).transpose(1, 2))
+
+
+def test_forward_backward() -> None:
+    torch.manual_seed(0)
+    model = _tiny()
+    logits = model(torch.randn(3, 1, 64, 96))
+    assert logits.shape == (3, 4)
+    logits.sum().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters())
+
+
+def test_speaker_pretraining_then_frozen_backbone() -> None:
+    torch.manual_seed(0)
+    model = _tiny()
+    x = torch.randn(4, 1, 64, 64)
+    head = model.speaker_head(3)
+    assert model.speaker_logits(x).shape == (4, 3)
+    model.speaker_logits(x).sum().backward()
+    assert head.weight.grad is not None and model.cnn.stem[0].weight.grad is not None
+    assert model.encoder.layers[0].linear1.weight.grad is None  # stage 1 never touches the encoder
+    model.zero_grad(set_to_none=True)
+    model.freeze_backbone()
+    model.train()
+    assert not model.cnn.training and model.encoder.training
+    before = model.cnn.stem[1].running_mean.clone()
+    model(x).sum().backward()
+    torch.testing.assert_close(model.cnn.stem[1].running_mean, before)
+    assert all(p.grad is None for p in model.cnn.parameters())
+    assert model.head.weight.grad is not None
+
+
+def test_positional_encoding_values() -> None:
+    enc = sinusoidal_encoding(3, 4)
+    assert enc.shape == (3, 4)
+    torch.testing.assert_close(enc[0], torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    torch.testing.assert_close(enc[1, 0], torch.sin(torch.tensor(1.0)))
+    torch.testing.assert_close(enc[1, 3], torch.cos(torch.tensor(1.0 / 100.0)))
+
+
+def test_bad_options() -> None:
+    with pytest.raises(ConfigError, match="heads"):
+        ResTrans(4, 1, width=4, heads=3)
+    with pytest.raises(ConfigError, match="n_speakers"):
+        _tiny().speaker_head(1)
+
+
+def test_entry_is_valid_for_the_engine() -> None:
+    from ser_pipeline.features import PRESETS
+    from ser_pipeline.spec_augment import SpecAugmentSpec
+    from ser_pipeline.views import ViewSpec
+
+    entry = get_model("res_trans")
+    assert ViewSpec.from_dict(entry.view).kind == "fixed"
+    spec = SpecAugmentSpec.from_dict(entry.spec_augment)
+    assert spec.hmixup == (0.05, 1.25, 1.0) and spec.ratio == 0.3
+    assert entry.feature_preset in PRESETS
+
+
+# -- through the engine: one epoch on a tiny demo corpus ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """4 speakers x 2 classes x 3 utterances of the synthetic demo corpus, ingested as 'tiny'."""
+    ws = Workspace.resolve(tmp_path_factory.mktemp("tiny") / "ser-data")
+    csv = generate_demo_corpus(ws.demo, n_speakers=4, per_class=3, classes=("anger", "sadness"))
+    ingest("csv", csv, "tiny", ws)
+    return ws
+
+
+def test_speaker_pretraining_through_the_engine(tiny_ws: Workspace) -> None:
+    config = ExperimentConfig(model="res_trans", corpus="tiny", epochs=1, max_folds=1, device="cpu",
+                              hparams={"width": 4, "heads": 2, "ff_dim": 16}, view={"frames": 64})
+    result = run_experiment(config, tiny_ws)
+    fold = result.metrics["folds"][0]
+    assert "speaker_val_acc" in fold  # stage 1 ran: speaker identification on training speakers
+    assert fold["best_epoch"] == 1 and 0.0 <= fold["ua"] <= 1.0
+    stage1 = json.loads((result.path / "history_stage1.json").read_text())
+    assert [row["epoch"] for row in stage1[fold["fold"]]] == [1]
