@@ -13,10 +13,7 @@ from typing import Any
 from ser_pipeline.corpora import register_corpus
 from ser_pipeline.corpora.common import (
     Candidate,
-    audio_files,
-    finalise,
-    parse_all,
-    require_dir,
+    scan_corpus,
     unknown_code,
     unparseable,
 )
@@ -66,6 +63,4 @@ def parse(path: Path, root: Path) -> Candidate | Reject:
 @register_corpus(NAME, layout=LAYOUT, description="CASIA Chinese emotional speech (4 speakers, 6 classes)")
 def prepare(corpus_dir: Path, *, workers: int = 0) -> tuple[list[dict[str, Any]], list[Reject]]:
     """Parse a CASIA folder: ``(rows, rejects)``. ``workers``: reader threads (0 = default)."""
-    root = require_dir(corpus_dir, adapter=NAME, layout=LAYOUT)
-    candidates, rejects = parse_all(audio_files(root), lambda p: parse(p, root))
-    return finalise(candidates, rejects, corpus_dir=root, adapter=NAME, layout=LAYOUT, workers=workers or None)
+    return scan_corpus(corpus_dir, parse, adapter=NAME, layout=LAYOUT, workers=workers)

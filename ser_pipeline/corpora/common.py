@@ -11,7 +11,7 @@ Reject reasons read ``"<category>: <detail>"``; the manifest summary counts by c
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,3 +171,18 @@ def parse_all(paths: Iterable[Path], parse: Any) -> tuple[list[Candidate], list[
         result = parse(path)
         (candidates if isinstance(result, Candidate) else rejects).append(result)
     return candidates, rejects
+
+
+def scan_corpus(
+    corpus_dir: Path | str,
+    parse: Callable[[Path, Path], Candidate | Reject],
+    *,
+    adapter: str,
+    layout: str,
+    workers: int = 0,
+) -> tuple[list[dict[str, Any]], list[Reject]]:
+    """The whole of a file-name adapter: check the folder, ``parse(path, root)`` every audio file,
+    validate the audio of the candidates and return ``(rows, rejects)``."""
+    root = require_dir(corpus_dir, adapter=adapter, layout=layout)
+    candidates, rejects = parse_all(audio_files(root), lambda path: parse(path, root))
+    return finalise(candidates, rejects, corpus_dir=root, adapter=adapter, layout=layout, workers=workers or None)

@@ -9,10 +9,7 @@ from typing import Any
 from ser_pipeline.corpora import register_corpus
 from ser_pipeline.corpora.common import (
     Candidate,
-    audio_files,
-    finalise,
-    parse_all,
-    require_dir,
+    scan_corpus,
     unknown_code,
     unparseable,
 )
@@ -59,6 +56,4 @@ def parse(path: Path) -> Candidate | Reject:
 @register_corpus(NAME, layout=LAYOUT, description="Berlin Database of Emotional Speech (10 speakers, 7 classes)")
 def prepare(corpus_dir: Path, *, workers: int = 0) -> tuple[list[dict[str, Any]], list[Reject]]:
     """Parse an EMO-DB folder: ``(rows, rejects)``. ``workers``: reader threads (0 = default)."""
-    root = require_dir(corpus_dir, adapter=NAME, layout=LAYOUT)
-    candidates, rejects = parse_all(audio_files(root), parse)
-    return finalise(candidates, rejects, corpus_dir=root, adapter=NAME, layout=LAYOUT, workers=workers or None)
+    return scan_corpus(corpus_dir, lambda path, _root: parse(path), adapter=NAME, layout=LAYOUT, workers=workers)
