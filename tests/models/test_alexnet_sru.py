@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from ser_pipeline.corpora import ingest
-from ser_pipeline.corpora.demo import generate_demo_corpus
 from ser_pipeline.errors import ConfigError
 from ser_pipeline.evaluate import ExperimentConfig, run_experiment
 from ser_pipeline.models import build_model, get_model
@@ -160,15 +158,6 @@ def test_sru_classifier_mask_ignores_padded_steps(readout: str) -> None:
 
 
 # -- through the engine: one epoch on a tiny demo corpus ---------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """4 speakers x 2 classes x 3 utterances of the synthetic demo corpus, ingested as 'tiny'."""
-    ws = Workspace.resolve(tmp_path_factory.mktemp("tiny") / "ser-data")
-    csv = generate_demo_corpus(ws.demo, n_speakers=4, per_class=3, classes=("anger", "sadness"))
-    ingest("csv", csv, "tiny", ws)
-    return ws
 
 
 @pytest.mark.parametrize("name", ["alexnet_sru", "alexnet_sru_sru_only"])

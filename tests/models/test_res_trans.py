@@ -7,8 +7,6 @@ import json
 import pytest
 import torch
 
-from ser_pipeline.corpora import ingest
-from ser_pipeline.corpora.demo import generate_demo_corpus
 from ser_pipeline.errors import ConfigError
 from ser_pipeline.evaluate import ExperimentConfig, run_experiment
 from ser_pipeline.models import build_model, get_model
@@ -96,15 +94,6 @@ def test_entry_is_valid_for_the_engine() -> None:
 
 
 # -- through the engine: one epoch on a tiny demo corpus ---------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """4 speakers x 2 classes x 3 utterances of the synthetic demo corpus, ingested as 'tiny'."""
-    ws = Workspace.resolve(tmp_path_factory.mktemp("tiny") / "ser-data")
-    csv = generate_demo_corpus(ws.demo, n_speakers=4, per_class=3, classes=("anger", "sadness"))
-    ingest("csv", csv, "tiny", ws)
-    return ws
 
 
 def test_speaker_pretraining_through_the_engine(tiny_ws: Workspace) -> None:
