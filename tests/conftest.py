@@ -67,3 +67,14 @@ def shared_corpora() -> Path:
     if not SHARED_CORPORA.is_dir():
         pytest.skip(f"real corpora not present at {SHARED_CORPORA}")
     return SHARED_CORPORA
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny models run fastest on one torch thread (and do not fight other processes for cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from ser_pipeline.corpora import ingest
 from ser_pipeline.corpora.demo import generate_demo_corpus
@@ -30,12 +29,7 @@ TINY = {"model": "cnn", "corpus": "demo", "epochs": 2, "batch_size": 8, "lr": 0.
         "hparams": {"channels": [8, 16]}, "view": {"frames": 120, "normalise": "global"}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -54,13 +54,7 @@ def tiny_cnn(seed: int = 0) -> PlainCNN:
 CONFIG = TrainConfig(epochs=4, batch_size=8, lr=1e-2, patience=None, device="cpu", seed=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_fit_learns_a_separable_problem_and_reports_history() -> None:

@@ -20,12 +20,7 @@ FAST = ["--device", "cpu", "--set", "hparams.channels=[8,16]", "--set", "view.fr
         "--set", "lr=0.003", "--set", "batch_size=8", "--set", "train.patience=null"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
