@@ -4,18 +4,24 @@ Measured on the same files, page cache warmed first (both read from memory):
 
 - naive: for each file ``librosa.load(sr=16000)``, 64-band log-Mel (25 ms Hamming, 10 ms hop,
   512-point FFT), delta and delta-delta (``librosa.feature.delta``), one ``.npy`` per file; in this
-  process, after one warm-up file (librosa's lazy imports and JIT are not counted);
-- store: :func:`materialise` into a fresh store on a Dask LocalCluster (cluster start-up is timed
-  apart and also reported end to end);
+  process, after one warm-up file that pays librosa's imports and first calls (timed apart);
+- store: :func:`materialise` into a fresh store on a Dask LocalCluster (cluster start-up, with
+  the workers' imports, timed apart);
+- two ratios: ``ratio`` (warm: start-up excluded on both sides) and ``ratio_cold`` (start-up
+  included on both sides);
 - no-op re-run of the store (nothing to compute) in this process;
-- peak memory (RSS of this process and its children, sampled) at 1x and 4x the corpus, 4x being the
-  corpus plus three copies whose bytes differ by one sample bit (distinct items).
+- peak memory (RSS of this process and its children; see :class:`PeakRSS`) at 1x and ``scale``x
+  the corpus (default 4x: the corpus plus three copies whose bytes differ by one sample bit, so
+  distinct items), both with the same task size, so only the corpus size differs.
 """
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from feature_store.materialise import dask_client, materialise
+from feature_store.materialise import DEFAULT_BATCH_SIZE, dask_client, materialise, task_size
 from feature_store.store import FeatureStore
 from ser_pipeline.audio import file_sha256
 from ser_pipeline.errors import ConfigError
@@ -32,23 +38,67 @@ from ser_pipeline.features import feature_spec
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 
 
+def _tree_pids() -> list[int]:
+    """This process and all its live descendants."""
+    import psutil
+
+    proc = psutil.Process()
+    return [proc.pid, *(child.pid for child in proc.children(recursive=True))]
+
+
+def _vm_hwm_mb(pid: int) -> float | None:
+    """The kernel's resident-memory high-water mark of ``pid`` (``VmHWM``, MB), None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm(pid: int) -> bool:
+    """Reset ``VmHWM`` of ``pid`` to its current RSS (Linux ``clear_refs`` 5); False if not possible."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_memory_method() -> str:
+    """How :class:`PeakRSS` measures on this machine."""
+    with PeakRSS() as probe:
+        pass
+    return probe.method
+
+
 class PeakRSS:
-    """Context manager sampling the resident memory of this process and all its children (MB)."""
+    """Context manager: peak resident memory of this process and all its children (MB).
+
+    On Linux it resets each process's kernel high-water mark on entry and sums them on exit: exact,
+    and free (no sampling thread stealing CPU from the run being measured). The sum of per-process
+    peaks is an upper bound of the tree's simultaneous peak. Elsewhere it samples every
+    ``interval_s``.
+    """
 
     def __init__(self, interval_s: float = 0.02) -> None:
         self.interval_s = interval_s
         self.peak_mb = 0.0
+        self.method = "kernel high-water mark"
+        self._pids: list[int] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _sample(self) -> float:
         import psutil
 
-        proc = psutil.Process()
-        total = proc.memory_info().rss
-        for child in proc.children(recursive=True):
+        total = 0
+        for pid in _tree_pids():
             try:
-                total += child.memory_info().rss
+                total += psutil.Process(pid).memory_info().rss
             except psutil.Error:
                 pass
         return total / 1e6
@@ -59,15 +109,22 @@ class PeakRSS:
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> PeakRSS:
+        self._pids = _tree_pids()
+        if all(_reset_hwm(pid) for pid in self._pids):
+            return self
+        self.method = f"sampled every {self.interval_s:g} s"
         self.peak_mb = self._sample()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._thread is None:
+            peaks = [_vm_hwm_mb(pid) for pid in dict.fromkeys(self._pids + _tree_pids())]
+            self.peak_mb = sum(p for p in peaks if p is not None)
+            return
         self._stop.set()
-        if self._thread:
-            self._thread.join()
+        self._thread.join()
         self.peak_mb = max(self.peak_mb, self._sample())
 
 
@@ -107,20 +164,24 @@ def naive_loop_one(path: str, out: Path) -> None:
     np.save(out, feats.astype(np.float32))
 
 
-def naive_loop(paths: list[str], out_dir: Path, *, blas_threads: int | None = None) -> float:
-    """Run the baseline over ``paths`` (after one untimed warm-up); returns wall seconds.
+def naive_loop(paths: list[str], out_dir: Path, *, blas_threads: int | None = None) -> tuple[float, float]:
+    """Run the baseline over ``paths``; returns ``(start-up seconds, loop wall seconds)``.
 
-    ``blas_threads`` caps BLAS threads (None: the libraries' default, as a user's loop would run).
+    Start-up is one warm-up file, which pays librosa's import and first-call costs (the naive
+    counterpart of the store's cluster start). ``blas_threads`` caps BLAS threads (None: the
+    libraries' default, as a user's loop would run).
     """
     from threadpoolctl import threadpool_limits
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with threadpool_limits(limits=blas_threads):
+        start = time.perf_counter()
         naive_loop_one(paths[0], out_dir / "warmup.npy")
+        startup = time.perf_counter() - start
         start = time.perf_counter()
         for i, path in enumerate(paths):
             naive_loop_one(path, out_dir / f"{i:06d}.npy")
-        return time.perf_counter() - start
+        return startup, time.perf_counter() - start
 
 
 def distinct_copies(frame: pd.DataFrame, folder: Path, copies: int) -> pd.DataFrame:
@@ -144,60 +205,118 @@ def warm_page_cache(paths: list[str]) -> None:
         Path(path).read_bytes()
 
 
+@dataclass(frozen=True)
+class Pass:
+    """One timed pass: wall seconds, CPU seconds of the process tree, peak memory (MB)."""
+
+    seconds: float
+    cpu_seconds: float
+    peak_mb: float
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, Pass]:
+    """Run ``fn`` once under wall clock, process-tree CPU time and :class:`PeakRSS`."""
+    with PeakRSS() as mem:
+        cpu0, start = tree_cpu_seconds(), time.perf_counter()
+        result = fn()
+        seconds, cpu = time.perf_counter() - start, tree_cpu_seconds() - cpu0
+    return result, Pass(seconds, cpu, mem.peak_mb)
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def store_pass(
+    frame: pd.DataFrame, spec: Any, folder: Path, workers: int | None, batch_size: int = DEFAULT_BATCH_SIZE
+) -> tuple[Any, Pass, float, int]:
+    """Start a fresh cluster (timed), featurize ``frame`` into a fresh store under ``folder``.
+
+    Returns ``(report, pass, cluster start seconds, workers)``.
+    """
+    start = time.perf_counter()
+    with dask_client(workers) as client:
+        cluster_s = time.perf_counter() - start
+        n_workers = len(client.scheduler_info()["workers"])
+        report, run = timed(lambda: materialise(frame, spec, None, FeatureStore(folder), client=client,
+                                                batch_size=batch_size))
+    return report, run, cluster_s, n_workers
+
+
 def bench_featurize(
-    frame: pd.DataFrame, scratch: Path, *, workers: int | None = None, preset: str = "logmel64", scale: bool = True,
-    naive_blas_threads: int | None = None,
+    frame: pd.DataFrame, scratch: Path, *, workers: int | None = None, preset: str = "logmel64", scale: int = 4,
+    naive_blas_threads: int | None = None, repeats: int = 3,
 ) -> dict[str, Any]:
-    """Run the whole benchmark (see module docstring); returns the figures as a dict."""
+    """Run the whole benchmark (see module docstring); returns the figures as a dict.
+
+    Naive and store passes alternate ``repeats`` times (each store pass on a fresh cluster, so the
+    naive loop never shares the machine with idle workers) and every figure is the median over
+    passes: a slow moment on a shared machine hits both sides and moves the median little.
+    """
     if frame.empty:
         raise ConfigError("bench featurize: the manifest has no rows")
+    if repeats < 1:
+        raise ConfigError(f"repeats={repeats!r}: must be >= 1")
     frame = frame[["utterance_id", "path", "sha256", "duration_s"]].reset_index(drop=True)
     paths = frame["path"].tolist()
     audio_s = float(frame["duration_s"].sum())
     spec = feature_spec(preset)
     warm_page_cache(paths)
-    with PeakRSS() as naive_mem:
-        cpu0 = tree_cpu_seconds()
-        naive_s = naive_loop(paths, scratch / "naive", blas_threads=naive_blas_threads)
-        naive_cpu = tree_cpu_seconds() - cpu0
-    out: dict[str, Any] = {"files": len(frame), "audio_seconds": round(audio_s, 2), "preset": preset}
-    out["naive"] = {"seconds": round(naive_s, 3), "audio_s_per_s": round(audio_s / naive_s, 1),
-                    "peak_rss_mb": round(naive_mem.peak_mb, 1), "blas_threads": naive_blas_threads or "default",
-                    "cpu_seconds": round(naive_cpu, 3)}
+    naive_runs: list[Pass] = []
+    store_runs: list[Pass] = []
+    cluster_starts: list[float] = []
     start = time.perf_counter()
-    with dask_client(workers) as client:
-        cluster_s = time.perf_counter() - start
-        n_workers = len(client.scheduler_info()["workers"])
-        store = FeatureStore(scratch / "store-1x")
-        with PeakRSS() as mem1:
-            cpu0 = tree_cpu_seconds()
-            r1 = materialise(frame, spec, None, store, client=client)
-            store_cpu = tree_cpu_seconds() - cpu0
-        t0 = time.perf_counter()
-        noop = materialise(frame, spec, None, store)
-        noop_s = time.perf_counter() - t0
-        if scale:
-            frame4 = pd.concat([frame, distinct_copies(frame, scratch / "copies", 3)], ignore_index=True)
-            warm_page_cache(frame4["path"].tolist())
-            with PeakRSS() as mem4:
-                r4 = materialise(frame4, spec, None, FeatureStore(scratch / "store-4x"), client=client)
-    end_to_end = cluster_s + r1.seconds
+    naive_loop_one(paths[0], scratch / "startup.npy")  # librosa's imports and first calls
+    naive_startup_s = time.perf_counter() - start
+    for k in range(repeats):
+        (_, loop_s), naive = timed(lambda: naive_loop(paths, scratch / "naive", blas_threads=naive_blas_threads))
+        naive_runs.append(Pass(loop_s, naive.cpu_seconds, naive.peak_mb))
+        shutil.rmtree(scratch / "naive", ignore_errors=True)
+        folder = scratch / f"store-1x-{k}"
+        r1, run, cluster_s, n_workers = store_pass(frame, spec, folder, workers)
+        store_runs.append(run)
+        cluster_starts.append(cluster_s)
+        if k < repeats - 1:
+            shutil.rmtree(folder, ignore_errors=True)
+    noop, noop_run = timed(lambda: materialise(frame, spec, None, FeatureStore(folder)))
+    naive_s, store_s = _median([r.seconds for r in naive_runs]), _median([r.seconds for r in store_runs])
+    naive_cpu, store_cpu = _median([r.cpu_seconds for r in naive_runs]), _median([r.cpu_seconds for r in store_runs])
+    cluster_s = _median(cluster_starts)
+    out: dict[str, Any] = {"files": len(frame), "audio_seconds": round(audio_s, 2), "preset": preset,
+                           "repeats": repeats, "memory_method": peak_memory_method()}
+    out["naive"] = {"seconds": round(naive_s, 3), "audio_s_per_s": round(audio_s / naive_s, 1),
+                    "peak_rss_mb": round(max(r.peak_mb for r in naive_runs), 1),
+                    "blas_threads": naive_blas_threads or "default", "cpu_seconds": round(naive_cpu, 3),
+                    "startup_s": round(naive_startup_s, 3), "cold_seconds": round(naive_startup_s + naive_s, 3),
+                    "runs_s": [round(r.seconds, 3) for r in naive_runs]}
+    store_cold = cluster_s + store_s
     out["store"] = {
-        "workers": n_workers, "seconds": round(r1.seconds, 3), "audio_s_per_s": round(audio_s / r1.seconds, 1),
-        "computed": r1.computed, "failed": len(r1.failed), "peak_rss_mb": round(mem1.peak_mb, 1),
-        "cluster_start_s": round(cluster_s, 3), "end_to_end_s": round(end_to_end, 3),
-        "end_to_end_audio_s_per_s": round(audio_s / end_to_end, 1), "cpu_seconds": round(store_cpu, 3),
+        "workers": n_workers, "seconds": round(store_s, 3), "audio_s_per_s": round(audio_s / store_s, 1),
+        "computed": r1.computed, "failed": len(r1.failed), "peak_rss_mb": round(max(r.peak_mb for r in store_runs), 1),
+        "cluster_start_s": round(cluster_s, 3), "cold_seconds": round(store_cold, 3),
+        "cold_audio_s_per_s": round(audio_s / store_cold, 1), "cpu_seconds": round(store_cpu, 3),
+        "runs_s": [round(r.seconds, 3) for r in store_runs],
     }
     # CPU time does not depend on what else the machine runs: the fair figure on a shared machine.
     out["cpu"] = {"naive_audio_s_per_cpu_s": round(audio_s / naive_cpu, 1),
                   "store_audio_s_per_cpu_s": round(audio_s / store_cpu, 1),
                   "ratio": round(naive_cpu / store_cpu, 2),
                   "store_projected_audio_s_per_s_on_idle_workers": round(audio_s * n_workers / store_cpu, 1)}
-    out["ratio"] = round(naive_s / r1.seconds, 2)
-    out["ratio_end_to_end"] = round(naive_s / end_to_end, 2)
-    out["noop_rerun"] = {"seconds": round(noop_s, 3), "computed": noop.computed, "reused": noop.reused}
-    if scale:
-        out["scale"] = {"1x_items": r1.computed, "1x_peak_rss_mb": round(mem1.peak_mb, 1),
-                        "4x_items": r4.computed, "4x_peak_rss_mb": round(mem4.peak_mb, 1),
-                        "4x_seconds": round(r4.seconds, 3), "4x_audio_s_per_s": round(4 * audio_s / r4.seconds, 1)}
+    # Warm: start-up excluded on both sides (librosa import + first file; cluster start + worker imports).
+    out["ratio"] = round(naive_s / store_s, 2)
+    pass_ratios = [n.seconds / s.seconds for n, s in zip(naive_runs, store_runs, strict=True)]
+    out["ratio_range"] = [round(min(pass_ratios), 2), round(max(pass_ratios), 2)]
+    # Cold: start-up included on both sides, as a one-off script run would see it.
+    out["ratio_cold"] = round((naive_startup_s + naive_s) / store_cold, 2)
+    out["noop_rerun"] = {"seconds": round(noop_run.seconds, 3), "computed": noop.computed, "reused": noop.reused}
+    if scale > 1:
+        scaled = pd.concat([frame, distinct_copies(frame, scratch / "copies", scale - 1)], ignore_index=True)
+        warm_page_cache(scaled["path"].tolist())
+        # Same task size as the 1x passes, so that only the corpus size differs between the two.
+        batch_1x = task_size(len(frame), DEFAULT_BATCH_SIZE, n_workers)
+        rn, run_n, _, _ = store_pass(scaled, spec, scratch / "store-scaled", workers, batch_size=batch_1x)
+        out["scale"] = {"factor": scale, "1x_items": r1.computed, "1x_peak_rss_mb": out["store"]["peak_rss_mb"],
+                        "scaled_items": rn.computed, "scaled_peak_rss_mb": round(run_n.peak_mb, 1),
+                        "scaled_seconds": round(run_n.seconds, 3),
+                        "scaled_audio_s_per_s": round(scale * audio_s / run_n.seconds, 1)}
     return out

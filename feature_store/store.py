@@ -11,10 +11,9 @@ import importlib.metadata
 import platform
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import zarr
 
 from feature_store.layout import (
@@ -32,6 +31,9 @@ from feature_store.layout import (
 from feature_store.writer import FaultHook, write_derived_batch, write_feature_batch
 from ser_pipeline.errors import StoreError
 from ser_pipeline.features import FeatureSpec
+
+if TYPE_CHECKING:  # imported where used: keeps pandas out of Dask workers
+    import pandas as pd
 
 STORE_FORMAT = "1"
 LIBRARIES = ("numpy", "scipy", "librosa", "soxr", "soundfile", "zarr", "numcodecs")
@@ -137,6 +139,8 @@ class FeatureSet(_BatchedItems):
     def index(self) -> pd.DataFrame:
         """One row per item: sha256, variant, utterance_id, frames, duration_s, checksum, batch, offset."""
         rows = list(self._items().values())
+        import pandas as pd
+
         return pd.DataFrame(rows, columns=INDEX_COLUMNS) if rows else pd.DataFrame(columns=INDEX_COLUMNS)
 
     def read(self, sha256: str, variant: str = "orig") -> np.ndarray:

@@ -70,7 +70,8 @@ def _write_group(
         tmp.parent.mkdir(parents=True, exist_ok=True)
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         group.create_array(
-            "data", data=data, chunks=chunks, compressors=compressor(data.dtype.itemsize), write_data=True
+            "data", data=data, chunks=chunks, compressors=compressor(data.dtype.itemsize), write_data=True,
+            config={"write_empty_chunks": True},  # skip Zarr's all-fill scan of every chunk (~30% of a write)
         )
         group.attrs.update({"items": items})
         if fault:

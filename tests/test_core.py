@@ -99,6 +99,55 @@ def test_non_finite_and_corrupt_audio(tmp_path):
         audio.load(corrupt)
 
 
+@pytest.mark.parametrize(
+    ("channels", "kwargs"),
+    [(1, {}), (2, {}), (1, {"subtype": "PCM_16", "format": "WAVEX"}), (3, {"subtype": "PCM_16", "format": "WAVEX"})],
+)
+def test_pcm16_wav_decoder_matches_libsndfile_bit_for_bit(tmp_path, channels, kwargs):
+    rng = np.random.default_rng(channels)
+    samples = rng.integers(-32768, 32767, size=(4001, channels), dtype=np.int16)
+    samples[:3] = [[-32768] * channels, [32767] * channels, [0] * channels]
+    path = tmp_path / "x.wav"
+    sf.write(str(path), samples, 22050, **kwargs)
+    assert (path.read_bytes()[20:22] == b"\xfe\xff") == (kwargs.get("format") == "WAVEX")  # format tag
+    decoded, rate = audio.decode_pcm16_wav(path.read_bytes())
+    expected, expected_rate = audio.read_raw(path)
+    assert rate == expected_rate == 22050
+    assert decoded.dtype == np.float32 and decoded.shape == expected.shape == (4001, channels)
+    assert np.array_equal(decoded, expected)
+    assert decoded[0, 0] == -1.0 and decoded[1, 0] == np.float32(32767 / 32768)
+
+
+def test_pcm16_wav_decoder_skips_unknown_chunks_and_odd_sizes(tmp_path):
+    path = tmp_path / "plain.wav"
+    sf.write(str(path), np.arange(-50, 51, dtype=np.int16)[:, None], 16000, subtype="PCM_16")
+    raw = path.read_bytes()
+    fmt_end = raw.index(b"data")
+    junk = b"LIST" + (3).to_bytes(4, "little") + b"abc" + b"\x00"  # odd size, padded to even
+    with_junk = raw[:12] + raw[12:fmt_end] + junk + raw[fmt_end:]
+    with_junk = with_junk[:4] + (len(with_junk) - 8).to_bytes(4, "little") + with_junk[8:]
+    decoded, _ = audio.decode_pcm16_wav(with_junk)
+    assert np.array_equal(decoded[:, 0] * 32768, np.arange(-50, 51))
+
+
+@pytest.mark.parametrize("subtype", ["PCM_24", "FLOAT", "PCM_U8", "FLAC"])
+def test_pcm16_wav_decoder_declines_other_encodings(tmp_path, subtype):
+    fmt = "FLAC" if subtype == "FLAC" else "WAV"
+    path = tmp_path / f"x.{fmt.lower()}"
+    sf.write(str(path), np.linspace(-0.5, 0.5, 800), 16000, subtype="PCM_16" if subtype == "FLAC" else subtype, format=fmt)
+    assert audio.decode_pcm16_wav(path.read_bytes()) is None
+
+
+def test_pcm16_wav_decoder_declines_truncated_or_foreign_bytes(tmp_path):
+    path = tmp_path / "x.wav"
+    sf.write(str(path), np.linspace(-0.5, 0.5, 800), 16000, subtype="PCM_16")
+    raw = path.read_bytes()
+    assert audio.decode_pcm16_wav(raw[:-10]) is None  # data chunk claims more than the file holds
+    assert audio.decode_pcm16_wav(raw[:30]) is None
+    assert audio.decode_pcm16_wav(b"RIFF\x00\x00\x00\x00WAVEjunk") is None
+    assert audio.decode_pcm16_wav(b"") is None
+
+
 def _rows(tmp_path: Path, n: int = 3) -> list[dict]:
     return [
         {

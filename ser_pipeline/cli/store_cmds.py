@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Recompute items already stored.")] = False,
         workers: WorkersOption = None,
         dask_address: AddressOption = None,
-        batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Items per task / batch.")] = 64,
+        batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Most items per task / batch (split evenly over workers).")] = 256,
         root: RootOption = None,
         as_json: JsonOption = False,
     ) -> None:

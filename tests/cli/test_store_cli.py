@@ -92,10 +92,19 @@ def test_errors_name_the_bad_value(ingested):
 def test_bench_featurize_on_a_folder(tmp_path, write_wav):
     for i in range(3):
         write_wav(tmp_path / "audio" / f"a{i}.wav", 0.3, seed=i)
-    result = invoke("bench", "featurize", "--path", str(tmp_path / "audio"), "--workers", "1", "--no-scale",
+    result = invoke("bench", "featurize", "--path", str(tmp_path / "audio"), "--workers", "1", "--no-scale", "--repeats", "2",
                     "--scratch", str(tmp_path), "--json")
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout)
     assert figures["files"] == 3 and figures["store"]["computed"] == 3 and figures["noop_rerun"]["computed"] == 0
     assert figures["naive"]["audio_s_per_s"] > 0 and figures["ratio"] > 0 and figures["store"]["peak_rss_mb"] > 0
+    naive, store = figures["naive"], figures["store"]
+    # Times are rounded to ms and the naive loop over 3 tiny files takes ~10 ms: allow rounding error.
+    assert figures["ratio"] == pytest.approx(naive["seconds"] / store["seconds"], rel=0.15)
+    cold = (naive["startup_s"] + naive["seconds"]) / (store["cluster_start_s"] + store["seconds"])
+    assert figures["ratio_cold"] == pytest.approx(cold, rel=0.02, abs=0.01)
+    assert naive["startup_s"] > 0 and store["cluster_start_s"] > 0
+    assert figures["repeats"] == 2 and len(naive["runs_s"]) == len(store["runs_s"]) == 2
+    assert naive["seconds"] == pytest.approx(sum(naive["runs_s"]) / 2, abs=0.002)  # median of two
+    assert figures["ratio_range"][0] <= figures["ratio_range"][1]
     assert list(tmp_path.glob("ser-bench-*")) == []  # scratch removed
