@@ -7,6 +7,7 @@ the index of a set is the union of its committed batches (latest batch wins for 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib.metadata
 import platform
 from collections import defaultdict
@@ -172,12 +173,17 @@ class FeatureSet(_BatchedItems):
         return {**attrs, "manifests": served}
 
     def record_manifest(self, name: str, digest: str, variants: list[str]) -> None:
-        """Remember that this set served manifest ``name`` at ``digest`` (write-once file)."""
+        """Remember that this set served manifest ``name`` at ``digest`` with ``variants``.
+
+        One write-once file per (name, digest, variant list), so concurrent writers never clash and
+        a later run asking for other variants of the same manifest adds its own record.
+        """
         if not name:
             return
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
         doc = {"name": name, "digest": digest, "variants": list(variants), "served_at": now_iso()}
-        create_if_absent(self.path / MANIFESTS / f"{safe}.{digest or 'nodigest'}.json", doc)
+        variants_key = hashlib.sha256("\n".join(sorted(variants)).encode()).hexdigest()[:8]
+        create_if_absent(self.path / MANIFESTS / f"{safe}.{digest or 'nodigest'}.{variants_key}.json", doc)
 
     def write(self, entries: list[tuple[dict[str, Any], np.ndarray]], *, fault: FaultHook | None = None) -> str:
         """Commit ``(meta, features (C, F, T))`` entries as one batch (see :func:`write_feature_batch`)."""

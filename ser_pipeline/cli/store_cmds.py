@@ -83,9 +83,12 @@ def _verify_text(r: dict[str, Any]) -> str:
 
 
 def _gc_text(r: dict[str, Any]) -> str:
-    verb = "would remove" if r["dry_run"] else "removed"
-    lines = [f"{verb} {len(r['removed'])} path(s), {r['bytes'] / 1e6:.1f} MB" + (" (dry run; --apply to delete)" if r["dry_run"] else "")]
-    return "\n".join(lines + [f"  {x['path']}: {x['reason']}" for x in r["removed"]])
+    verb, compact = ("would remove", "would compact") if r["dry_run"] else ("removed", "compacted")
+    lines = [f"{verb} {len(r['removed'])} path(s), {r['bytes'] / 1e6:.1f} MB; {compact} {len(r['compacted'])} batch(es); "
+             f"{r['items_removed']} dead item(s)" + (" (dry run; --apply to delete)" if r["dry_run"] else "")]
+    lines += [f"  remove {x['path']}: {x['reason']}" for x in r["removed"]]
+    lines += [f"  compact {x['path']}: keep {x['items_kept']}, drop {x['items_dropped']} ({x['reason']})" for x in r["compacted"]]
+    return "\n".join(lines)
 
 
 def referenced_digests(store: Any, manifest_names: set[str]) -> set[str]:
@@ -96,6 +99,35 @@ def referenced_digests(store: Any, manifest_names: set[str]) -> set[str]:
         if not served or served & manifest_names:
             keep.add(s["digest"])
     return keep
+
+
+def referenced_items(store: Any, ws: Any, keep: set[str]) -> dict[str, set[tuple[str, str]]]:
+    """Per feature-set digest, the ``(sha256, variant)`` keys its served manifests still hold.
+
+    For each manifest name a set served that still exists in the workspace: every sha256 of the
+    current manifest, with every variant ever requested under that name. Sets that record no
+    manifest, sets named with ``--keep`` and sets serving no present manifest are left out (kept
+    whole, or removed whole by ``referenced_digests``).
+    """
+    from ser_pipeline.manifest import list_manifests, read_manifest
+
+    present = set(list_manifests(ws))
+    shas: dict[str, set[str]] = {}
+    out: dict[str, set[tuple[str, str]]] = {}
+    for s in store.list_sets():
+        variants: dict[str, set[str]] = {}
+        for record in s["manifests"]:
+            variants.setdefault(record["name"], set()).update(record.get("variants") or ["orig"])
+        names = sorted(set(variants) & present)
+        if s["digest"] in keep or not variants or not names:
+            continue
+        keys: set[tuple[str, str]] = set()
+        for name in names:
+            if name not in shas:
+                shas[name] = set(read_manifest(name, ws)["sha256"])
+            keys |= {(sha, v) for sha in shas[name] for v in variants[name]}
+        out[s["digest"]] = keys
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -151,10 +183,13 @@ def register(app: typer.Typer) -> None:
         root: RootOption = None,
         as_json: JsonOption = False,
     ) -> None:
-        """Remove unreferenced sets, abandoned temp batches and superseded batches (dry run unless --apply).
+        """Remove unreferenced sets and items, abandoned temp batches and superseded items (dry run unless --apply).
 
         A set is referenced when a manifest it served still exists in the workspace, when it records no
-        manifest, or when named with --keep.
+        manifest, or when named with --keep. An item is referenced when its recording is in the current
+        version of such a manifest (with a variant requested for it) and no later batch replaced it.
+        Batches of only dead items are removed; mixed batches are rewritten without them.
+        Run it when no featurize or training reads the store.
         """
         from feature_store.maintenance import gc
         from feature_store.store import FeatureStore
@@ -163,4 +198,5 @@ def register(app: typer.Typer) -> None:
         ws = workspace(root)
         store = FeatureStore(ws.features)
         keep_set = referenced_digests(store, set(list_manifests(ws))) | set(keep or [])
-        emit(gc(store, keep_set, dry_run=not apply), as_json, _gc_text)
+        items = referenced_items(store, ws, set(keep or []))
+        emit(gc(store, keep_set, dry_run=not apply, referenced_items=items), as_json, _gc_text)

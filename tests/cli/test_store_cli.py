@@ -44,7 +44,8 @@ def test_featurize_json_then_noop_and_augment(ingested):
     assert "audio s per wall s" in text.stdout
     sets = {s["dtype"]: s for s in json.loads(invoke("store", "ls", "--root", root, "--json").stdout)["sets"]}
     assert set(sets) == {"float16", "float32"} and sets["float16"]["items"] == 9
-    assert [m["name"] for m in sets["float16"]["manifests"]] == ["tiny"]
+    served = {(m["name"], tuple(m["variants"])) for m in sets["float16"]["manifests"]}
+    assert served == {("tiny", ("orig",)), ("tiny", ("orig", "speed=0.9", "speed=1.1"))}  # one record per request
     assert "logmel64" in invoke("store", "ls", "--root", root).stdout
 
 
@@ -86,6 +87,25 @@ def test_errors_name_the_bad_value(ingested):
     assert isinstance(bad_aug.exception, ConfigError) and "fast" in str(bad_aug.exception)
     bad_preset = invoke("featurize", "tiny", "--root", root, "--preset", "mfcc")
     assert isinstance(bad_preset.exception, ConfigError) and "mfcc" in str(bad_preset.exception)
+
+
+def test_gc_drops_items_of_recordings_gone_from_the_manifest(ingested, tmp_path):
+    root = str(ingested.root)
+    invoke("featurize", "tiny", "--root", root, "--workers", "1")
+    invoke("featurize", "tiny", "--root", root, "--augment", "noise=20", "--workers", "1")
+    paths = sorted((tmp_path / "c").glob("u*.wav"))
+    write_manifest(manifest_of(paths[:2], "tiny"), [], "tiny", ingested)  # u2 dropped on re-ingest
+    plan = json.loads(invoke("store", "gc", "--root", root, "--json").stdout)
+    assert plan["dry_run"] and plan["items_removed"] == 2 and plan["removed"] == []
+    assert sorted(c["items_dropped"] for c in plan["compacted"]) == [1, 1]  # orig batch and noise batch
+    text = invoke("store", "gc", "--root", root).stdout
+    assert "would compact 2 batch(es); 2 dead item(s)" in text and "keep 2, drop 1" in text
+    applied = invoke("store", "gc", "--root", root, "--apply", "--json")
+    assert applied.exit_code == 0
+    fset = FeatureStore(ingested.features).open_set(feature_spec("logmel64"))
+    assert len(fset) == 4 and {u.rsplit("/", 1)[1] for u in fset.index().utterance_id} == {"u0", "u1"}
+    assert json.loads(invoke("store", "verify", "--root", root, "--json").stdout)["ok"]
+    assert json.loads(invoke("store", "gc", "--root", root, "--json").stdout)["items_removed"] == 0
 
 
 @pytest.mark.slow  # starts a LocalCluster and warms librosa up: ~5-10 s

@@ -125,8 +125,52 @@ def test_force_recomputes_and_latest_batch_wins(store, make_corpus):
     fset = store.open_set(SPEC)
     assert len(fset) == 2 and fset.index().batch.nunique() == 1
     removed = gc(store, None, dry_run=False)["removed"]
-    assert [r["reason"] for r in removed] == ["batch superseded by later batches"]
+    assert [r["reason"] for r in removed] == ["2 item(s) superseded by a later batch"]
     assert verify(store)["ok"] and len(FeatureStore(store.path).open_set(SPEC)) == 2
+
+
+def _values(store: FeatureStore, keys: list[tuple[str, str]]) -> list[np.ndarray]:
+    fset = FeatureStore(store.path).open_set(SPEC)
+    return [fset.read(sha, variant) for sha, variant in keys]
+
+
+def test_gc_compacts_a_partly_superseded_batch(store, make_corpus):
+    frame = make_corpus(4)
+    materialise(frame, SPEC, None, store, batch_size=4)
+    materialise(frame.iloc[:2], SPEC, None, store, force=True)  # first two items replaced by a later batch
+    keys = [(sha, "orig") for sha in frame.sha256]
+    before = _values(store, keys)
+    old_batch = store.open_set(SPEC).index().set_index("sha256").batch[frame.sha256[3]]
+    plan = gc(store, None, dry_run=True)
+    assert plan["removed"] == [] and plan["items_removed"] == 2
+    assert [(c["items_kept"], c["items_dropped"]) for c in plan["compacted"]] == [(2, 2)]
+    assert plan["compacted"][0]["path"].endswith(old_batch)
+    applied = gc(store, None, dry_run=False)
+    assert applied["items_removed"] == 2
+    fset = FeatureStore(store.path).open_set(SPEC)
+    assert len(fset) == 4 and old_batch not in set(fset.index().batch) and fset.index().batch.nunique() == 2
+    assert all(np.array_equal(a, b) for a, b in zip(before, _values(store, keys), strict=True))
+    assert verify(store)["ok"]
+    again = gc(store, None, dry_run=True)
+    assert again["removed"] == again["compacted"] == [] and again["items_removed"] == 0
+    assert not list((fset.path / TMP).iterdir())  # nothing left half-deleted
+
+
+def test_gc_drops_items_no_manifest_references(store, make_corpus):
+    frame = make_corpus(4)
+    materialise(frame, SPEC, ["speed=0.9"], store, batch_size=8)  # one batch: 4 x (orig, speed=0.9)
+    kept = {(sha, v) for sha in frame.sha256[:3] for v in ("orig", "speed=0.9")}
+    before = _values(store, sorted(kept))
+    dry = gc(store, None, dry_run=True, referenced_items={SPEC.digest(): kept})
+    assert dry["items_removed"] == 2 and dry["compacted"][0]["reason"] == "2 item(s) in no manifest the set serves"
+    assert len(FeatureStore(store.path).open_set(SPEC)) == 8  # dry run
+    gc(store, None, dry_run=False, referenced_items={SPEC.digest(): kept})
+    fset = FeatureStore(store.path).open_set(SPEC)
+    assert set(fset.keys()) == kept and not fset.has(frame.sha256[3])
+    assert all(np.array_equal(a, b) for a, b in zip(before, _values(store, sorted(kept)), strict=True))
+    gone = gc(store, None, dry_run=False, referenced_items={SPEC.digest(): set()})  # nothing referenced
+    assert [r["reason"] for r in gone["removed"]] == ["6 item(s) in no manifest the set serves"]
+    assert len(FeatureStore(store.path).open_set(SPEC)) == 0 and verify(store)["ok"]
 
 
 def test_vanished_and_changed_files_fail_alone(store, make_corpus, write_wav):
