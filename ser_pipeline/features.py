@@ -177,10 +177,14 @@ def preemphasis(wave: np.ndarray, *, coef: float = 0.97) -> np.ndarray:
 
 def frame_signal(wave: np.ndarray, *, win_length: int, hop_length: int) -> np.ndarray:
     """Frames without centring: ``(n,)`` -> ``(T, win_length)`` view (zero-padded when n < win)."""
+    wave = np.ascontiguousarray(wave)
     if wave.size < win_length:
         wave = np.pad(wave, (0, win_length - wave.size))
     n_frames = 1 + (wave.size - win_length) // hop_length
-    return np.lib.stride_tricks.sliding_window_view(wave, win_length)[::hop_length][:n_frames]
+    step = wave.strides[0]
+    # as_strided directly: sliding_window_view's argument checks cost ~0.1 ms per call.
+    return np.lib.stride_tricks.as_strided(wave, shape=(n_frames, win_length), strides=(hop_length * step, step),
+                                           writeable=False)
 
 
 def power_frames(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:

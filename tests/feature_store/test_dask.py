@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from feature_store.maintenance import verify
-from feature_store.materialise import dask_client, materialise
+from feature_store.materialise import dask_client, materialise, task_size
 from feature_store.store import FeatureStore
 from ser_pipeline.errors import ConfigError, StoreError
 from ser_pipeline.features import feature_spec
@@ -21,6 +21,11 @@ def test_local_cluster_matches_in_process(tmp_path, make_corpus):
         assert len(client.scheduler_info()["workers"]) == 1
         threads = client.run(lambda: __import__("threadpoolctl").threadpool_info())
         assert all(pool["num_threads"] == 1 for pools in threads.values() for pool in pools)
+        # Dask's default MALLOC_TRIM_THRESHOLD_ slows extraction 1.6-1.9x; the profiler costs CPU too.
+        env = client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_", "unset"))
+        assert set(env.values()) == {"unset"}
+        profiling = client.run(lambda: __import__("dask").config.get("distributed.worker.profile.enabled"))
+        assert set(profiling.values()) == {False}
         report = materialise(frame, SPEC, ["noise=30"], remote, client=client, batch_size=3)
     assert (report.computed, report.failed, report.batches) == (10, [], 3)
     materialise(frame, SPEC, ["noise=30"], local)
@@ -51,3 +56,13 @@ def test_existing_scheduler_by_address(tmp_path, make_corpus, monkeypatch):
             assert client.scheduler.address == cluster.scheduler_address
             report = materialise(frame, SPEC, None, FeatureStore(tmp_path / "s"), client=client)
     assert report.computed == 2 and verify(FeatureStore(tmp_path / "s"))["ok"]
+
+
+@pytest.mark.parametrize(
+    ("total", "most", "parallel", "size"),
+    [(1200, 256, 2, 200), (1200, 256, 1, 240), (10, 256, 2, 5), (3, 256, 4, 1), (5000, 256, 2, 250), (1, 64, 1, 1)],
+)
+def test_task_size_is_bounded_and_balanced(total, most, parallel, size):
+    assert task_size(total, most, parallel) == size
+    n_tasks = -(-total // size)
+    assert size <= most and (n_tasks % parallel == 0 or total < parallel * size)
