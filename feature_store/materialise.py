@@ -293,7 +293,7 @@ def materialise(
     work, reused = plan(manifest, variants, fset.key_set(), force=force)
     report = MaterialiseReport(feature_digest=fset.digest, set_path=str(fset.path), variants=variants, reused=reused)
     total = sum(len(w.variants) for w in work)
-    parallel = 1 if client is None else max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+    parallel = 1 if client is None else cluster_threads(client)
     tasks = list(chunk_work(work, task_size(total, batch_size, parallel)))
     bar = _progress(total, progress and bool(work))
     try:
@@ -313,8 +313,14 @@ def materialise(
     return report
 
 
+def cluster_threads(client: Any) -> int:
+    """Tasks the cluster runs at once: the sum of its workers' threads (at least 1)."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+
 def _run_tasks(
-    tasks: list[list[WorkItem]], set_path: str, spec_dict: dict[str, Any], client: Any, n_workers: int,
+    tasks: list[list[WorkItem]], set_path: str, spec_dict: dict[str, Any], client: Any, parallel: int,
     fault: FaultHook | None,
 ) -> Iterator[tuple[TaskResult, int]]:
     """Yield ``(result, items in task)`` as tasks finish: in process, or on Dask with bounded flight."""
@@ -328,7 +334,7 @@ def _run_tasks(
     pending = iter(zip(tasks, sizes, strict=True))
     in_flight = {}
     completed = as_completed()
-    for task, size in _take(pending, 4 * n_workers):
+    for task, size in _take(pending, 4 * parallel):
         fut = client.submit(run_task, set_path, spec_dict, task, fault, pure=False)
         in_flight[fut.key] = size
         completed.add(fut)
