@@ -164,6 +164,53 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
     return np.ascontiguousarray(weights, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class BandSegments:
+    """A filter bank's non-zeros as contiguous segments: ``bins`` ``(nnz,)`` int, ``weights``
+    ``(nnz, 1)`` float32, ``starts`` ``(B',)`` segment starts, ``bands`` ``(B',)`` the non-empty
+    bands they belong to, ``n_bands`` the bank's band count."""
+
+    bins: np.ndarray
+    weights: np.ndarray
+    starts: np.ndarray
+    bands: np.ndarray
+    n_bands: int
+
+
+@functools.lru_cache(maxsize=32)
+def mel_segments(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> BandSegments:
+    """The Mel bank of :func:`mel_filterbank` as :class:`BandSegments` (cached)."""
+    bank = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
+    nonzero = [np.flatnonzero(row) for row in bank]
+    bands = np.array([b for b, nz in enumerate(nonzero) if nz.size], dtype=np.intp)
+    bins = np.concatenate([nonzero[b] for b in bands]) if bands.size else np.zeros(0, dtype=np.intp)
+    weights = np.concatenate([bank[b, nonzero[b]] for b in bands]) if bands.size else np.zeros(0)
+    starts = np.cumsum([0] + [nonzero[b].size for b in bands[:-1]]).astype(np.intp)
+    return BandSegments(bins, np.ascontiguousarray(weights, dtype=np.float32)[:, None], starts, bands, n_mels)
+
+
+def project_bands(power: np.ndarray, segments: BandSegments) -> np.ndarray:
+    """Filter-bank energies ``(B, T)`` float32 of a power spectrum ``(T, bins)``.
+
+    Computed with numpy ufuncs only (a gather, a product and ``add.reduceat``), never BLAS: a BLAS
+    matrix product splits its work by thread count, so its last bits depend on how many threads
+    the process allows. This way the same wave gives the same bits in any process on one machine
+    (stored items and :func:`extract` agree exactly). About 0.1 ms more than ``power @ bank.T``
+    per 300 frames.
+    """
+    out_dtype = np.float32
+    if segments.bands.size == 0:
+        return np.zeros((segments.n_bands, power.shape[0]), dtype=out_dtype)
+    gathered = power.T[segments.bins]  # (nnz, T)
+    gathered *= segments.weights
+    summed = np.add.reduceat(gathered, segments.starts, axis=0)  # (B', T)
+    if segments.bands.size == segments.n_bands:
+        return summed
+    out = np.zeros((segments.n_bands, power.shape[0]), dtype=out_dtype)
+    out[segments.bands] = summed
+    return out
+
+
 def preemphasis(wave: np.ndarray, *, coef: float = 0.97) -> np.ndarray:
     """``y[t] = x[t] - coef * x[t-1]``, ``y[0] = x[0]``. ``wave`` ``(n,)`` -> ``(n,)`` float32."""
     x = np.asarray(wave, dtype=np.float32)
@@ -250,11 +297,13 @@ def static_features(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:
         x = (x - x.mean()) / np.float32(x.std() + 1e-8)
     power = power_frames(preemphasis(x, coef=spec.preemphasis), spec)  # (T, bins)
     if spec.kind == "logmel":
-        bank = mel_filterbank(spec.sample_rate, spec.fft_size, spec.n_mels, spec.fmin, spec.fmax)
-        power = power @ bank.T  # (T, n_mels)
-    np.maximum(power, np.float32(spec.log_floor), out=power)
-    np.log(power, out=power)
-    return power.T
+        segments = mel_segments(spec.sample_rate, spec.fft_size, spec.n_mels, spec.fmin, spec.fmax)
+        bands = project_bands(power, segments)  # (n_mels, T)
+    else:
+        bands = np.ascontiguousarray(power.T)  # (bins, T)
+    np.maximum(bands, np.float32(spec.log_floor), out=bands)
+    np.log(bands, out=bands)
+    return bands
 
 
 def extract(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:

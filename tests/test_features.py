@@ -13,7 +13,9 @@ from ser_pipeline.features import (
     extract,
     feature_spec,
     mel_filterbank,
+    mel_segments,
     preemphasis,
+    project_bands,
     static_features,
 )
 from tests.conftest import make_tone
@@ -151,3 +153,24 @@ def test_unknown_preset_and_field():
 def test_bad_wave_is_rejected(bad):
     with pytest.raises(ConfigError, match="wave"):
         extract(bad, feature_spec("logmel64"))
+
+
+@pytest.mark.parametrize(("n_mels", "n_fft"), [(64, 512), (128, 256)])  # 128 bands on 129 bins: empty bands
+def test_band_projection_equals_the_dense_bank_product(n_mels, n_fft):
+    bank = mel_filterbank(16000, n_fft, n_mels, 0.0, 8000.0)
+    power = np.random.default_rng(0).random((37, n_fft // 2 + 1), dtype=np.float32)
+    got = project_bands(power, mel_segments(16000, n_fft, n_mels, 0.0, 8000.0))
+    assert got.shape == (n_mels, 37) and got.dtype == np.float32
+    np.testing.assert_allclose(got, (power.astype(np.float64) @ bank.T.astype(np.float64)).T, rtol=1e-5, atol=1e-7)
+
+
+def test_same_bits_whatever_the_blas_thread_count():
+    """Stored items are computed with BLAS limited to one thread; direct calls use every core."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    wave = make_tone(2.0, seed=5)
+    spec = feature_spec("logmel64")
+    outs = []
+    for threads in (1, 4):
+        with threadpoolctl.threadpool_limits(limits=threads):
+            outs.append(extract(wave, spec))
+    assert np.array_equal(outs[0], outs[1])
