@@ -94,7 +94,7 @@ def verify(store: FeatureStore) -> dict[str, Any]:
         try:
             attrs = read_json(set_dir / META)["attributes"]
             spec = FeatureSpec.from_dict(attrs["spec"])
-            if spec.digest() != set_dir.name:
+            if set_dir.name not in (spec.digest(), spec.legacy_digest()):  # legacy: written before spec v2
                 raise SerError(f"spec digest {spec.digest()} != folder name")
         except (SerError, KeyError, TypeError) as exc:
             report["corrupt"].append({"path": str(set_dir), "key": "*", "reason": f"set metadata: {exc}"})

@@ -53,19 +53,26 @@ class Spec:
         return json.loads(canonical_json(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; valid fields: {sorted(names)}")
+    def from_dict(cls, data: dict[str, Any], *, where: str = "") -> Self:
+        """Build from a mapping; ``where`` (e.g. ``models[cnn].train``) prefixes every error.
+
+        Unknown keys and values of the wrong type raise :class:`ConfigError` naming the field path,
+        the value and the valid names."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+        check_fields(where or cls.__name__, data, [f.name for f in dataclasses.fields(cls)])
         kwargs = {}
         for f in dataclasses.fields(cls):
             if f.name in data:
                 value = data[f.name]
                 if isinstance(value, list):
                     value = _to_tuple(value)
+                check_type(f"{where}.{f.name}" if where else f.name, value, f.type)
                 kwargs[f.name] = value
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.{exc}" if where else str(exc)) from None
 
     def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
@@ -76,6 +83,50 @@ class Spec:
 
 def _to_tuple(value: list[Any]) -> tuple[Any, ...]:
     return tuple(_to_tuple(v) if isinstance(v, list) else v for v in value)
+
+
+def check_fields(where: str, data: Any, valid: Any) -> None:
+    """ConfigError ``<where>: unknown field 'x'; valid: a, b`` unless every key of ``data`` is valid."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}={data!r}: expected a mapping")
+    names = sorted(valid)
+    unknown = sorted(str(k) for k in set(data) - set(names))
+    if unknown:
+        what = "field" if len(unknown) == 1 else "fields"
+        listed = ", ".join(repr(u) for u in unknown)
+        raise ConfigError(f"{where}: unknown {what} {listed}; valid: {', '.join(names)}")
+
+
+_SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def check_type(field: str, value: Any, annotation: Any) -> None:
+    """ConfigError ``<field>='abc': expected float`` when ``value`` does not fit a simple annotation.
+
+    Understands the string annotations of this package (``int``, ``float | None``, ``str``,
+    ``bool``, ``dict[...]``, ``tuple[...]``); anything else is left to the spec's ``validate``."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    options = [t.strip() for t in text.split("|")]
+    if value is None:
+        if "None" in options:
+            return
+        raise ConfigError(f"{field}=None: expected {text}")
+    for option in options:
+        base = option.split("[", 1)[0]
+        if base in _SCALARS:
+            if isinstance(value, bool) and base in ("int", "float"):
+                continue
+            if isinstance(value, _SCALARS[base]):
+                return
+        elif base == "dict":
+            if isinstance(value, dict):
+                return
+        elif base in ("tuple", "list"):
+            if isinstance(value, tuple | list):
+                return
+        elif base != "None":
+            return  # an annotation this check does not understand: the spec validates it
+    raise ConfigError(f"{field}={value!r}: expected {text}")
 
 
 def require(condition: bool, field: str, value: Any, why: str) -> None:

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.fft
 
-from ser_pipeline.config import Spec, require
+from ser_pipeline.config import Spec, check_fields, require, stable_digest
 from ser_pipeline.errors import ConfigError
 from ser_pipeline.registry import Registry
 
@@ -42,9 +42,13 @@ PRESETS.add("spectrogram", {"kind": "spectrogram"})
 
 @dataclass(frozen=True)
 class FeatureSpec(Spec):
-    """Everything that determines a feature tensor; its digest keys the feature set in the store."""
+    """Everything that determines a feature tensor; its digest keys the feature set in the store.
 
-    CODE_VERSION: ClassVar[str] = "1"
+    ``preset`` is a label (shown to users with :func:`feature_label`), not part of the digest:
+    two specs with equal parameters store and find the same arrays under the same key.
+    """
+
+    CODE_VERSION: ClassVar[str] = "2"  # 2: the preset name left the digest
 
     preset: str = "logmel64"
     kind: str = "logmel"
@@ -83,6 +87,16 @@ class FeatureSpec(Spec):
         require(isinstance(self.delta_width, int) and self.delta_width >= 1, "delta_width", self.delta_width, "must be an integer >= 1")
         require(self.dtype in FEATURE_DTYPES, "dtype", self.dtype, f"must be one of {FEATURE_DTYPES}")
 
+    def digest(self) -> str:
+        """sha256 of the parameters that determine the arrays (every field but ``preset``)."""
+        params = {k: v for k, v in self.to_dict().items() if k != "preset"}
+        return stable_digest(params, version=f"{type(self).__name__}:{self.CODE_VERSION}")
+
+    def legacy_digest(self) -> str:
+        """The key stores written before version 2 used (preset name included): such sets stay
+        readable and ``ser store gc`` reports them as superseded by :meth:`digest`."""
+        return stable_digest(self.to_dict(), version=f"{type(self).__name__}:1")
+
     @property
     def win_length(self) -> int:
         """Window length in samples."""
@@ -113,14 +127,22 @@ class FeatureSpec(Spec):
         return 1 + max(0, n_samples - self.win_length) // self.hop_length
 
 
-def feature_spec(preset: str = "logmel64", **overrides: Any) -> FeatureSpec:
-    """The preset's spec with ``overrides`` applied; ConfigError names an unknown preset or field."""
-    base = dict(PRESETS.get(preset))
-    unknown = sorted(set(overrides) - set(FeatureSpec.__dataclass_fields__))
-    if unknown:
-        raise ConfigError(f"FeatureSpec: unknown field(s) {unknown}")
-    base.update(overrides)
-    return FeatureSpec(preset=preset, **base)
+def feature_spec(preset: str = "logmel64", *, where: str = "features", **overrides: Any) -> FeatureSpec:
+    """The preset's spec with ``overrides`` applied; ConfigError names an unknown preset or field
+    (with the valid names) under the field path ``where``."""
+    if preset not in PRESETS:
+        raise ConfigError(f"{where}.preset={preset!r}: unknown preset; valid: {', '.join(PRESETS.names())}")
+    valid = sorted(set(FeatureSpec.__dataclass_fields__) - {"preset"})
+    check_fields(f"{where}.overrides", overrides, valid)
+    return FeatureSpec.from_dict({**PRESETS.get(preset), **overrides, "preset": preset}, where=where)
+
+
+def feature_label(spec: FeatureSpec) -> str:
+    """What users see for a spec: the preset and the fields that differ from it, e.g.
+    ``logmel64 n_mels=48`` (the preset alone when nothing differs)."""
+    base = FeatureSpec(**{**PRESETS.get(spec.preset), "preset": spec.preset}).to_dict()
+    changed = [f"{k}={v}" for k, v in sorted(spec.to_dict().items()) if k != "preset" and base.get(k) != v]
+    return " ".join([spec.preset, *changed])
 
 
 @functools.lru_cache(maxsize=32)
@@ -243,11 +265,6 @@ def power_frames(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     parts = spectrum.view(np.float32)  # (T, 2 * bins): re, im interleaved
     parts *= parts
     return np.add(parts[:, 0::2], parts[:, 1::2])  # re^2 + im^2, 40% faster than abs()**2
-
-
-def power_spectrum(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Hamming-windowed power spectrum ``(n_fft // 2 + 1, T)`` float32 of a pre-emphasised wave."""
-    return np.ascontiguousarray(power_frames(wave, spec).T)
 
 
 def deltas(x: np.ndarray, *, width: int = 2, out: np.ndarray | None = None) -> np.ndarray:

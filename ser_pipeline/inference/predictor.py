@@ -1,7 +1,8 @@
 """Prediction from audio files with a trained model (``ser predict``).
 
 A trained model folder (``<experiment>/model/``: ``model.json`` + weights, written by
-:mod:`ser_pipeline.evaluate`) records the exact feature spec, the view and the class names used
+:mod:`ser_pipeline.experiments.runner`; the format is
+:mod:`ser_pipeline.inference.model_folder`) records the exact feature spec, the view and the class names used
 in training; :func:`load_predictor` rebuilds all three, so training and inference cannot diverge.
 Each file is read, resampled to the spec's rate, checked (unreadable, empty, silent, non-finite
 files get a per-file error) and turned into ``(C, F, T)`` features with
@@ -9,7 +10,7 @@ files get a per-file error) and turned into ``(C, F, T)`` features with
 (segment views: mean of segment posteriors; two-stage models: stage-1 embeddings then stage 2).
 
 Registered MLflow models (``models:/<name>@champion``) wrap the same code as a pyfunc
-(:class:`ser_pipeline.tracking.SerAudioModel`); :func:`predict_with_uri` accepts either.
+(:class:`ser_pipeline.tracking.pyfunc.SerAudioModel`); this module never imports tracking.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import torch
+
+from ser_pipeline.audio import load, signal_problem
+from ser_pipeline.dataset.tables import DictSource, load_table, normalise_tables, normalise_with
+from ser_pipeline.dataset.views import ViewSpec
 from ser_pipeline.errors import AudioError, ConfigError, SerError
+from ser_pipeline.features import FeatureSpec, extract
+from ser_pipeline.inference.forward import STAGE2_VIEW, embed_table, predict_proba, sequence_table
+from ser_pipeline.inference.model_folder import load_trained_model
 
 
 @dataclass
@@ -31,8 +40,8 @@ class Predictor:
 
     model: Any
     stage2: Any | None
-    feature_spec: Any  # FeatureSpec
-    view: Any  # ViewSpec
+    feature_spec: FeatureSpec
+    view: ViewSpec
     classes: list[str]
     meta: dict[str, Any]
 
@@ -49,10 +58,6 @@ def model_folder(path: str | os.PathLike[str]) -> Path:
 
 def load_predictor(path: str | os.PathLike[str], *, device: str = "cpu") -> Predictor:
     """Rebuild the network and the recorded feature spec / view from a model (or experiment) folder."""
-    from ser_pipeline.evaluate import load_trained_model
-    from ser_pipeline.features import FeatureSpec
-    from ser_pipeline.views import ViewSpec
-
     folder = model_folder(path)
     model, stage2, meta = load_trained_model(folder, device=device)
     if not meta.get("feature_spec"):
@@ -62,11 +67,8 @@ def load_predictor(path: str | os.PathLike[str], *, device: str = "cpu") -> Pred
     return Predictor(model, stage2, spec, view, list(meta["classes"]), meta)
 
 
-def file_features(path: str | os.PathLike[str], spec: Any) -> np.ndarray:
+def file_features(path: str | os.PathLike[str], spec: FeatureSpec) -> np.ndarray:
     """``(C, F, T)`` float32 features of one audio file under ``spec``; AudioError names the file."""
-    from ser_pipeline.audio import load, signal_problem
-    from ser_pipeline.features import extract
-
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: file not found")
@@ -95,12 +97,6 @@ def posteriors(predictor: Predictor, features: list[np.ndarray]) -> np.ndarray:
     ``global`` applies the training statistics recorded with the model; ``speaker`` treats each file
     as its own unseen speaker (a test speaker's statistics are never seen in training either).
     """
-    import torch
-
-    from ser_pipeline.data import DictSource, load_table, normalise_tables, normalise_with
-    from ser_pipeline.train import embed_table, predict_proba, sequence_table
-    from ser_pipeline.views import ViewSpec
-
     n = len(features)
     ids = [f"file{i}" for i in range(n)]
     rows = pd.DataFrame({"utterance_id": ids, "sha256": ids, "emotion": [predictor.classes[0]] * n,
@@ -119,8 +115,7 @@ def posteriors(predictor: Predictor, features: list[np.ndarray]) -> np.ndarray:
         if predictor.stage2 is not None:
             emb = embed_table(predictor.model, table, predictor.view, bf16=False)
             seq = sequence_table(table, emb)
-            view2 = ViewSpec(kind="sequence", normalise="none", frames=0, channels=0)
-            return predict_proba(predictor.stage2, seq, view2, bf16=False)
+            return predict_proba(predictor.stage2, seq, STAGE2_VIEW, bf16=False)
         return predict_proba(predictor.model, table, predictor.view, bf16=False)
 
 
@@ -165,17 +160,3 @@ def frame_results(frame: pd.DataFrame) -> list[dict[str, Any]]:
         out.append({"path": row["path"], "emotion": row.get("emotion") or None, "error": error,
                     "probabilities": {} if error else {c: float(row[f"p_{c}"]) for c in classes}})
     return out
-
-
-def predict_with_uri(model_uri: str, paths: list[str], *, tracking_uri: str | None = None) -> list[dict[str, Any]]:
-    """Predict with a model folder (``<root>/experiments/<id>``) or an MLflow model URI
-    (``models:/<name>@champion``, ``runs:/<run>/model``)."""
-    if not paths:
-        raise ConfigError("AUDIO: give at least one audio file")
-    if Path(model_uri).exists():
-        return predict_paths(load_predictor(model_uri), list(paths))
-    from ser_pipeline.tracking import load_pyfunc
-
-    model = load_pyfunc(model_uri, uri=tracking_uri)
-    frame = model.predict(pd.DataFrame({"path": [str(p) for p in paths]}))
-    return frame_results(frame)

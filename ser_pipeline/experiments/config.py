@@ -1,0 +1,249 @@
+"""An experiment's configuration and its resolution against the model registry.
+
+:class:`ExperimentConfig` is what a user writes (``ser train`` flags and ``--set``, or one model of
+a ``ser run`` YAML); :func:`resolve` fills every default from the model entry and validates every
+section strictly, before any work, with the field path, the value and the valid names::
+
+    models[cnn].hparams: unknown field 'chanels'; valid: channels, dropout
+
+Training settings have one path: ``train`` (TrainConfig fields) for the main network,
+``stage2.recipe`` for the stage-2 head of a two-stage model, ``speaker_epochs``/``speaker_lr``
+under ``train`` for speaker pre-training. ``epochs`` is the experiment's epoch budget: it sets
+the main network's epochs and caps the other stages (never raises them). The device is not part of
+the configuration: it is a runtime argument of the runner.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ser_pipeline.augment import parse_augment
+from ser_pipeline.config import Spec, canonical_json, check_fields, require, stable_digest
+from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
+from ser_pipeline.dataset.views import ViewSpec
+from ser_pipeline.errors import ConfigError
+from ser_pipeline.features import FeatureSpec, feature_spec
+from ser_pipeline.models import ModelEntry, get_model
+from ser_pipeline.splits import PROTOCOLS
+from ser_pipeline.training.config import TrainConfig
+from ser_pipeline.training.trainers import TRAINERS, Trainer, TrainingPlan
+
+PRESETS = ("default", "paper")
+AUTO_PRESET = "auto"  # each model's registered feature preset
+SPEAKER_KEYS = ("speaker_epochs", "speaker_lr")  # speaker pre-training settings under ``train``
+
+
+@dataclass(frozen=True)
+class ExperimentConfig(Spec):
+    """One experiment: a model on a corpus under a protocol, with a seed.
+
+    Empty/None fields take the model entry's values. ``preset="paper"`` also takes the model's
+    paper protocol, waveform augmentation and spectrogram augmentation when those are not given;
+    ``"default"`` keeps the speaker-independent ``loso`` and no augmentation.
+    ``view``/``train``/``stage2`` are override mappings (ViewSpec fields; TrainConfig fields;
+    ``{"hparams": {...}, "recipe": {...}}``). ``max_folds`` runs only the first N folds.
+    ``features`` is a feature preset name ('' or 'auto': the model's); ``feature_overrides``
+    FeatureSpec fields.
+    """
+
+    CODE_VERSION = "1"
+
+    model: str = "cnn"
+    corpus: str = "demo"
+    features: str = ""
+    feature_overrides: dict[str, Any] = field(default_factory=dict)
+    augment: str = ""
+    protocol: str = ""
+    protocol_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    epochs: int | None = None
+    hparams: dict[str, Any] = field(default_factory=dict)
+    view: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    stage2: dict[str, Any] = field(default_factory=dict)
+    spec_augment: dict[str, Any] | None = None
+    preset: str = "default"
+    max_folds: int | None = None
+
+    def validate(self) -> None:
+        require(bool(self.model), "model", self.model, "name a registered model (see `ser models`)")
+        require(bool(self.corpus), "corpus", self.corpus, "name an ingested corpus")
+        require(self.preset in PRESETS, "preset", self.preset, f"valid: {', '.join(PRESETS)}")
+        require(self.epochs is None or self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        require(self.max_folds is None or self.max_folds >= 1, "max_folds", self.max_folds, "must be >= 1")
+        check_fields("stage2", self.stage2, ("hparams", "recipe"))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """An ExperimentConfig with every default filled in from the model entry."""
+
+    entry: ModelEntry
+    trainer: Trainer
+    protocol: str
+    features: FeatureSpec | None  # None for trainers that do not read the feature store
+    augment: str
+    plan: TrainingPlan
+
+    @property
+    def feature_digest(self) -> str:
+        return self.features.digest() if self.features is not None else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.plan
+        return json.loads(canonical_json({
+            "model": self.entry.describe(),
+            "protocol": self.protocol,
+            "feature_spec": self.features.to_dict() if self.features is not None else None,
+            "augment": self.augment,
+            "hparams": p.hparams,
+            "view": p.view.to_dict(),
+            "train": p.train.to_dict(),
+            "spec_augment": p.spec_augment.to_dict() if p.spec_augment else None,
+            "stage2_hparams": p.stage2_hparams,
+            "stage2_train": p.stage2_train.to_dict() if p.stage2_train else None,
+            "speaker_train": p.speaker_train.to_dict() if p.speaker_train else None,
+        }))
+
+
+def resolve_feature_spec(model: str | None, preset: str | None = None,
+                         overrides: dict[str, Any] | None = None, *, where: str = "features") -> FeatureSpec:
+    """The one place a feature spec is decided (``ser featurize``, ``ser train``, ``ser run``).
+
+    ``preset`` empty or ``auto`` takes ``model``'s registered preset. ``overrides`` are FeatureSpec
+    fields. The preset is a label: two specs with equal parameters have equal digests.
+    """
+    if not preset or preset == AUTO_PRESET:
+        require(bool(model), where, preset, "give a feature preset or a model")
+        preset = get_model(str(model)).feature_preset
+    return feature_spec(preset, where=where, **dict(overrides or {}))
+
+
+def hparam_names(build: Any, defaults: dict[str, Any]) -> list[str]:
+    """The hyperparameters a builder takes: its declared defaults and its keyword-only arguments."""
+    params = inspect.signature(build).parameters.values()
+    return sorted(set(defaults) | {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY})
+
+
+def check_hparams(where: str, given: dict[str, Any], build: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+    """``{**defaults, **given}`` after checking every given name (ConfigError names the valid ones)."""
+    check_fields(where, given, hparam_names(build, defaults))
+    return {**defaults, **given}
+
+
+def spec_augment_from_config(data: dict[str, Any] | None, *, where: str = "spec_augment") -> SpecAugmentSpec | None:
+    """Parse the model-entry form ``{"horizontal_mixup": {"a", "b", "c", "ratio"}, "cutout": {...},
+    "salt_pepper": {"amount"}, "random_cut": {}, "mixup": {"alpha", "ratio"}}`` or flat
+    :class:`SpecAugmentSpec` fields. Empty -> None."""
+    if not data:
+        return None
+    check_fields(where, data, data_names := {"horizontal_mixup", "hmixup", "mixup", "cutout", "salt_pepper",
+                                              "salt_and_pepper", "random_cut", *SpecAugmentSpec.__dataclass_fields__})
+    del data_names
+    names = set(SpecAugmentSpec.__dataclass_fields__)
+    if set(data) <= names:
+        return SpecAugmentSpec.from_dict(dict(data), where=where)
+    out: dict[str, Any] = {}
+    for key, opts in data.items():
+        opts = dict(opts or {}) if isinstance(opts, dict) else {}
+        if key in ("horizontal_mixup", "hmixup"):
+            check_fields(f"{where}.{key}", opts, ("a", "b", "c", "ratio"))
+            out["hmixup"] = (float(opts.get("a", 0.05)), float(opts.get("b", 1.25)), float(opts.get("c", 1.0)))
+            out["ratio"] = float(opts.get("ratio", 0.3))
+        elif key == "mixup":
+            check_fields(f"{where}.{key}", opts, ("alpha", "ratio"))
+            out["mixup"] = float(opts.get("alpha", 0.2))
+            out["ratio"] = float(opts.get("ratio", 0.3))
+        elif key == "cutout":
+            check_fields(f"{where}.{key}", opts, ("holes", "max_frac"))
+            out["cutout"] = int(opts.get("holes", 1))
+            if "max_frac" in opts:
+                out["cutout_frac"] = tuple(opts["max_frac"])
+        elif key in ("salt_pepper", "salt_and_pepper"):
+            check_fields(f"{where}.{key}", opts, ("amount",))
+            out["salt_pepper"] = float(opts.get("amount", 0.01))
+        elif key == "random_cut":
+            out["random_cut"] = True
+        else:
+            out[key] = opts if opts else data[key]
+    return SpecAugmentSpec.from_dict(out, where=where)
+
+
+def _train_config(recipe: dict[str, Any], *, where: str, seed: int) -> TrainConfig:
+    return TrainConfig.from_dict({**recipe, "seed": seed}, where=where)
+
+
+def _check_protocol(where: str, protocol: str, options: dict[str, Any]) -> None:
+    fn = PROTOCOLS.get(protocol)
+    params = inspect.signature(fn).parameters.values()
+    names = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "seed"]
+    check_fields(f"{where}protocol_options", options, names)
+
+
+def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
+    """Fill ``config`` from its model entry and validate every section.
+
+    ``where`` prefixes error paths (``models[cnn].``). Errors: ConfigError naming the field path,
+    the value and the valid names (unknown model, hparams, view, train, stage2, spec_augment,
+    feature and protocol fields; values of the wrong type or out of range).
+    """
+    entry = get_model(config.model)
+    trainer = TRAINERS.get(entry.trainer)
+    paper = config.preset == "paper"
+    protocol = config.protocol or (entry.protocol if paper else "loso")
+    _check_protocol(where, protocol, config.protocol_options)
+    augment = config.augment or (entry.augment if paper else "")
+    parse_augment(augment)
+    spec_aug = spec_augment_from_config(config.spec_augment if config.spec_augment is not None
+                                        else (entry.spec_augment if paper else None), where=f"{where}spec_augment")
+    view = (ViewSpec.from_dict({**entry.view, **config.view}, where=f"{where}view") if trainer.uses_view
+            else ViewSpec())
+    if not trainer.uses_view:
+        check_fields(f"{where}view", config.view, ())
+    hparams = check_hparams(f"{where}hparams", config.hparams, entry.build, entry.defaults)
+    features = (resolve_feature_spec(config.model, config.features, config.feature_overrides, where=f"{where}features")
+                if trainer.reads_features else None)
+
+    recipe = {**entry.recipe, **config.train}
+    speaker = {k: recipe.pop(k) for k in SPEAKER_KEYS if k in recipe}
+    if speaker and entry.trainer != "speaker_pretrain":
+        check_fields(f"{where}train", speaker, ())
+    if config.epochs is not None:
+        recipe["epochs"] = config.epochs
+    if entry.recipe.get("epochs") == 0 and "epochs" not in config.train:
+        recipe["epochs"] = 0  # an ablation that never trains this stage stays untrained
+    train = _train_config(recipe, where=f"{where}train", seed=config.seed)
+
+    stage2_train = None
+    stage2_hparams: dict[str, Any] = {}
+    if entry.stage2 is not None:
+        stage2_hparams = check_hparams(f"{where}stage2.hparams", dict(config.stage2.get("hparams") or {}),
+                                       entry.stage2, entry.stage2_defaults)
+        s2 = {**entry.stage2_recipe, **dict(config.stage2.get("recipe") or {})}
+        stage2_train = _train_config(s2, where=f"{where}stage2.recipe", seed=config.seed)
+        stage2_train = _capped(stage2_train, config.epochs)
+    elif config.stage2:
+        raise ConfigError(f"{where}stage2: model {entry.name!r} has no stage 2")
+    speaker_train = None
+    if "speaker_pretrain" == trainer.name:
+        epochs = int(speaker.get("speaker_epochs", train.epochs))
+        speaker_train = _capped(train.replace(epochs=epochs, lr=float(speaker.get("speaker_lr", train.lr)),
+                                              class_weighted=False), config.epochs)
+    plan = TrainingPlan(entry, hparams, view, train, spec_aug, stage2_hparams, stage2_train, speaker_train)
+    return Resolved(entry, trainer, protocol, features, augment, plan)
+
+
+def _capped(train: TrainConfig, budget: int | None) -> TrainConfig:
+    """A secondary stage's settings with its epochs capped by the experiment's budget."""
+    return train if budget is None or train.epochs <= budget else train.replace(epochs=budget)
+
+
+def experiment_digest(config: ExperimentConfig, resolved: Resolved) -> str:
+    """The experiment's identity: the config with the feature preset name replaced by the feature
+    spec digest (equal arrays, equal identity). No device, no paths."""
+    data = {k: v for k, v in config.to_dict().items() if k not in ("features", "feature_overrides")}
+    return stable_digest({"config": data, "features": resolved.feature_digest},
+                         version=f"ExperimentConfig:{config.CODE_VERSION}")

@@ -1,0 +1,251 @@
+"""The fold runner: resolve a config, make sure the features exist, run every fold with the model's
+trainer, and write the experiment folder with its :class:`ExperimentRecord` (see
+:mod:`ser_pipeline.experiments.record` for the files).
+
+Checkpoint selection never sees the test fold: the validation set is the protocol's validation
+speaker, else held-out training speakers (:func:`ser_pipeline.splits.holdout_validation`), or a
+stratified part of the training set for speaker-dependent (random) splits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from feature_store.store import FeatureStore
+from ser_pipeline.augment import parse_augment
+from ser_pipeline.config import stable_digest
+from ser_pipeline.experiments.config import ExperimentConfig, Resolved, experiment_digest, resolve
+from ser_pipeline.experiments.features import ExperimentFeatures, ensure_features
+from ser_pipeline.experiments.record import Digests, ExperimentRecord, json_default, write_json
+from ser_pipeline.experiments.reports import write_confusion_csv, write_confusion_png, write_curves_png
+from ser_pipeline.features import feature_label
+from ser_pipeline.inference.model_folder import save_model_folder
+from ser_pipeline.manifest import manifest_digest, read_manifest
+from ser_pipeline.metrics import aggregate, confusion, score
+from ser_pipeline.splits import Fold, holdout_validation, make_folds
+from ser_pipeline.training.config import resolve_device
+from ser_pipeline.training.loop import EpochCallback
+from ser_pipeline.training.trainers import FoldOutcome, FoldRun
+from ser_pipeline.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT_VERSION = "2"  # 2: identity without the device and the feature preset name
+
+
+def experiment_id(config: ExperimentConfig, resolved: Resolved, manifest_digest_: str) -> str:
+    """``<corpus>-<model>-<protocol>-s<seed>-<digest8>``: stable for a config and manifest, the same
+    on any device."""
+    tag = stable_digest({"config": experiment_digest(config, resolved), "manifest": manifest_digest_},
+                        version=EXPERIMENT_VERSION, length=8)
+    return f"{config.corpus}-{config.model}-{resolved.protocol}-s{config.seed}-{tag}"
+
+
+def _validation(manifest: pd.DataFrame, fold: Fold, seed: int) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    if fold.val:
+        return tuple(fold.train), tuple(fold.val), "protocol"
+    train, val = holdout_validation(manifest, fold.train, speaker_dependent=fold.speaker_dependent, seed=seed)
+    return train, val, "held-out training part (stratified)" if fold.speaker_dependent else "held-out training speakers"
+
+
+def _without(fold: Fold, drop: set[str]) -> Fold:
+    return Fold(fold.name, tuple(u for u in fold.train if u not in drop), tuple(u for u in fold.val if u not in drop),
+                tuple(u for u in fold.test if u not in drop), fold.speaker_dependent)
+
+
+@dataclass
+class _Collected:
+    """What the fold loop gathers."""
+
+    classes: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    stage1: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    predictions: list[pd.DataFrame] = field(default_factory=list)
+    info: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    best: tuple[float, FoldOutcome | None] = (-np.inf, None)
+    pooled: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+
+    def __post_init__(self) -> None:
+        self.pooled = np.zeros((len(self.classes), len(self.classes)), dtype=np.int64)
+
+
+def _score_fold(out: Path, c: _Collected, fold: Fold, index: int, outcome: FoldOutcome, test_rows: pd.DataFrame,
+                seconds: float, model: str) -> None:
+    classes = c.classes
+    y_true = np.array([classes.index(e) for e in test_rows["emotion"]])
+    y_pred = outcome.probs.argmax(axis=1)
+    m = score(y_true, y_pred, classes, where=f"fold {fold.name}")
+    c.pooled += confusion(y_true, y_pred, len(classes))
+    c.rows.append({"fold": fold.name, "speaker_dependent": fold.speaker_dependent, "best_epoch": outcome.best_epoch,
+                   "val_ua": outcome.val_ua, "seconds": round(seconds, 3), "timing": outcome.timing,
+                   **outcome.extra, **m})
+    c.histories[fold.name] = outcome.history
+    if outcome.stage1_history:
+        c.stage1[fold.name] = outcome.stage1_history
+    frame = pd.DataFrame({"utterance_id": test_rows["utterance_id"].to_numpy(), "fold": fold.name,
+                          "speaker": test_rows["speaker"].to_numpy(), "true": [classes[k] for k in y_true],
+                          "pred": [classes[k] for k in y_pred]})
+    for k, name in enumerate(classes):
+        frame[f"p_{name}"] = outcome.probs[:, k]
+    c.predictions.append(frame)
+    cm = np.array(m["confusion"])
+    write_confusion_csv(cm, classes, out / f"confusion_{fold.name}.csv")
+    write_confusion_png(cm, classes, out / f"confusion_{fold.name}.png", title=f"{model} {fold.name}")
+    c.artifacts.update({f"confusion_{fold.name}_csv": f"confusion_{fold.name}.csv",
+                        f"confusion_{fold.name}_png": f"confusion_{fold.name}.png"})
+    key = outcome.val_ua if np.isfinite(outcome.val_ua) else -index
+    if c.best[1] is None or key > c.best[0]:
+        c.best = (key, outcome)
+    log.info("fold %s: UA %.3f WA %.3f (%.1fs)", fold.name, m["ua"], m["wa"], seconds)
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    workspace: Workspace,
+    *,
+    device: str = "auto",
+    callbacks: Sequence[EpochCallback] | None = None,
+    force: bool = False,
+) -> ExperimentRecord:
+    """Run every fold of ``config`` on ``device`` and write the experiment folder.
+
+    A finished experiment with the same id (its record) is returned as is unless ``force``; the
+    id does not depend on the device. Errors: ConfigError / ProtocolError naming the field and the
+    valid names, a protocol that cannot be formed (ProtocolError), CUDA requested but absent
+    (TrainingError).
+    """
+    resolved = resolve(config)
+    torch_device = resolve_device(device) if resolved.trainer.uses_device else torch.device("cpu")
+    manifest = read_manifest(config.corpus, workspace)
+    m_digest = manifest_digest(manifest)
+    exp_id = experiment_id(config, resolved, m_digest)
+    out = workspace.experiments / exp_id
+    found = ExperimentRecord.find(out)
+    if found is not None and not force:
+        return found
+    folds = make_folds(resolved.protocol, manifest, seed=config.seed, **config.protocol_options)
+    if config.max_folds:
+        folds = folds[: config.max_folds]
+    classes = sorted(manifest["emotion"].unique())
+    workdir = out / "checkpoints"
+    out.mkdir(parents=True, exist_ok=True)
+    if force:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    features: ExperimentFeatures | None = None
+    failed: dict[str, str] = {}
+    if resolved.features is not None:
+        train_union = set().union(*(set(f.train) for f in folds))
+        features = ensure_features(manifest, resolved.features, resolved.augment, FeatureStore(workspace.features),
+                                   train_union, manifest_name=config.corpus, manifest_digest=m_digest)
+        failed = features.failed
+        if failed:
+            warnings.warn(f"{len(failed)} utterance(s) have no features and are left out: {sorted(failed)[:3]}",
+                          stacklevel=2)
+    variants = features.variants if features else ("orig",)
+    usable = manifest[~manifest["utterance_id"].isin(failed)].reset_index(drop=True)
+
+    collected = _Collected(classes)
+    t_start = time.perf_counter()
+    for i, fold in enumerate(folds):
+        fold = _without(fold, set(failed))
+        train_ids, val_ids, val_source = _validation(usable, fold, config.seed)
+        run = FoldRun(fold.name, i, resolved.plan, usable, train_ids, val_ids, tuple(fold.test), classes, torch_device,
+                      workdir / fold.name, list(callbacks or ()), features.feature_set if features else None,
+                      features.store if features else None, resolved.feature_digest, tuple(variants),
+                      workspace.features)
+        t0 = time.perf_counter()
+        outcome = resolved.trainer.run(run)
+        outcome.fold = fold.name
+        test_rows = usable.set_index("utterance_id", drop=False).loc[list(fold.test)]
+        _score_fold(out, collected, fold, i, outcome, test_rows, time.perf_counter() - t0, config.model)
+        collected.info.append({"name": fold.name, "n_train": len(train_ids), "n_val": len(val_ids),
+                               "n_test": len(fold.test), "validation": val_source,
+                               "speaker_dependent": fold.speaker_dependent,
+                               "test_speakers": sorted(test_rows["speaker"].unique())})
+    return _write(out, config, resolved, collected, exp_id, m_digest, failed, variants, str(torch_device),
+                  speaker_dependent=any(f.speaker_dependent for f in folds), seconds=time.perf_counter() - t_start)
+
+
+def _write(out: Path, config: ExperimentConfig, resolved: Resolved, c: _Collected, exp_id: str, m_digest: str,
+           failed: dict[str, str], variants: Sequence[str], device: str, *, speaker_dependent: bool,
+           seconds: float) -> ExperimentRecord:
+    classes = c.classes
+    agg = aggregate(c.rows, c.pooled, classes)
+    metrics = {
+        "experiment_id": exp_id, "folds": c.rows, **agg, "classes": classes, "protocol": resolved.protocol,
+        "speaker_dependent": speaker_dependent,
+        "evaluation": "speaker-dependent (same speakers in train and test)" if speaker_dependent else "speaker-independent",
+        "aggregation": {"pooled": "metrics of all test predictions of all folds together",
+                        "mean": "unweighted mean of the per-fold metrics", "std": "sample std (ddof=1) of the per-fold metrics"},
+        "seconds": round(seconds, 3),
+    }
+    write_confusion_csv(c.pooled, classes, out / "confusion_pooled.csv")
+    write_confusion_png(c.pooled, classes, out / "confusion_pooled.png", title=f"{config.model} pooled ({resolved.protocol})")
+    pd.concat(c.predictions).to_csv(out / "predictions.csv", index=False)
+    write_curves_png(c.histories, out / "curves.png")
+    write_json(out / "history.json", c.histories)
+    artifacts = {**c.artifacts, "confusion_pooled_csv": "confusion_pooled.csv", "confusion_pooled_png": "confusion_pooled.png",
+                 "predictions": "predictions.csv", "curves": "curves.png", "history": "history.json",
+                 "config": "config.json", "metrics": "metrics.json"}
+    if c.stage1:
+        write_json(out / "history_stage1.json", c.stage1)
+        artifacts["history_stage1"] = "history_stage1.json"
+    digests = Digests(manifest=m_digest, features=resolved.feature_digest,
+                      augment=parse_augment(resolved.augment).digest(), config=experiment_digest(config, resolved))
+    _save_model(out / "model", c.best[1], config, resolved, classes)
+    spec = resolved.features
+    write_json(out / "config.json", {
+        "experiment_id": exp_id, "config": config.to_dict(), "resolved": resolved.to_dict(),
+        "digests": digests.__dict__, "folds": c.info, "speaker_dependent": speaker_dependent,
+        "protocol": resolved.protocol, "classes": classes, "skipped": failed, "device": device,
+        "feature_spec": spec.to_dict() if spec else None, "variants": list(variants),
+    })
+    write_json(out / "metrics.json", metrics)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    record = ExperimentRecord(
+        experiment_id=exp_id, folder=out, model=config.model, corpus=config.corpus, seed=config.seed,
+        protocol=resolved.protocol, speaker_dependent=speaker_dependent, classes=tuple(classes), digests=digests,
+        config=config.to_dict(), feature_label=feature_label(spec) if spec else "", metrics=metrics,
+        artifacts=artifacts, model_folder="model", device=device)
+    record.write()  # last: its presence marks a finished experiment
+    return record
+
+
+def _save_model(model_dir: Path, outcome: FoldOutcome | None, config: ExperimentConfig, resolved: Resolved,
+                classes: list[str]) -> None:
+    """The model folder of the fold with the best validation UA."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if outcome is None:
+        return
+    p = resolved.plan
+    spec = resolved.features
+    meta: dict[str, Any] = {
+        "model": config.model, "trainer": p.entry.trainer, "classes": classes, "n_classes": len(classes),
+        "hparams": p.hparams, "view": p.view.to_dict(), "feature_spec": spec.to_dict() if spec else None,
+        "selected_by": "best validation UA over folds", "fold": outcome.fold, "stage2_hparams": p.stage2_hparams,
+    }
+    if isinstance(outcome.model, torch.nn.Module):
+        meta["in_channels"] = p.view.channels or (spec.channels if spec is not None else 3)
+        if outcome.stage2 is not None:
+            meta["embed_dim"] = outcome.extra.get("embed_dim")
+    save_model_folder(model_dir, write_ready(meta), model=outcome.model, stage2=outcome.stage2, stats=outcome.stats)
+
+
+def write_ready(obj: Any) -> Any:
+    """``obj`` as plain JSON types (tuples to lists, numpy scalars to Python)."""
+    return json.loads(json.dumps(obj, default=json_default))

@@ -1,0 +1,94 @@
+"""Forward passes shared by training and inference: logits of a view batch, utterance posteriors,
+stage-1 embeddings and the stage-2 sequence table (no optimiser, no training state)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ser_pipeline.config import require
+from ser_pipeline.dataset.tables import FeatureTable, _pack, index_batches
+from ser_pipeline.dataset.views import ViewBatch, ViewSpec, apply_view, flatten_segments, mean_segment_posteriors
+
+STAGE2_VIEW = ViewSpec(kind="sequence", normalise="none", frames=0, channels=0)
+"""The view stage 2 of a two-stage model reads: ``(B, S, D)`` sequences of stage-1 embeddings."""
+
+
+def _accepts_mask(model: nn.Module) -> bool:
+    try:
+        return "mask" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def forward_batch(model: nn.Module, batch: ViewBatch, view: ViewSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits for a view batch: ``(B, K)``, or ``(B, S, K)`` with the segment mask for segment views."""
+    if view.segmented:
+        xs, mask = flatten_segments(batch)
+        B, S = batch.x.shape[:2]
+        return model(xs).reshape(B, S, -1), mask.reshape(B, S)
+    if batch.mask is not None and _accepts_mask(model):
+        return model(batch.x, mask=batch.mask), None
+    return model(batch.x), None
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_size: int = 64,
+                  bf16: bool = True) -> np.ndarray:
+    """Utterance posteriors ``(N, K)`` float64 (segment views: mean of valid segment posteriors)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for idx in index_batches(len(table), batch_size, shuffle=False):
+        x, lengths = table.batch(idx)
+        vb = apply_view(view, x.to(device), lengths.to(device), train=False)
+        with _autocast(device, bf16):
+            logits, mask = forward_batch(model, vb, view)
+        probs = torch.softmax(logits.float(), dim=-1)
+        if mask is not None:
+            probs = mean_segment_posteriors(probs, mask)
+        out.append(probs.double().cpu())
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def embed_table(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_size: int = 64,
+                bf16: bool = True) -> list[np.ndarray]:
+    """Stage-1 embeddings per item: ``(S_i, D)`` float32 (valid segments only; ``S_i = 1`` for
+    non-segment views). ``model`` must expose ``embed(x) -> (N, D)``."""
+    require(hasattr(model, "embed"), "model", type(model).__name__, "needs embed(x) for two-stage training")
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[np.ndarray] = []
+    for idx in index_batches(len(table), batch_size, shuffle=False):
+        x, lengths = table.batch(idx)
+        vb = apply_view(view, x.to(device), lengths.to(device), train=False)
+        if view.segmented:
+            xs, mask = flatten_segments(vb)
+            B, S = vb.x.shape[:2]
+        else:
+            xs, mask, B, S = vb.x, torch.ones(vb.x.shape[0], dtype=torch.bool, device=device), vb.x.shape[0], 1
+        with _autocast(device, bf16):
+            z = model.embed(xs)
+        z = z.float().reshape(B, S, -1).cpu()
+        m = mask.reshape(B, S).cpu()
+        out.extend(z[i][m[i]].numpy().astype(np.float32) for i in range(B))
+    return out
+
+
+def sequence_table(table: FeatureTable, embeddings: Sequence[np.ndarray]) -> FeatureTable:
+    """A table of stage-2 inputs: item ``i`` is ``embeddings[i].T[None]``, i.e. ``(1, D, S_i)``,
+    read by the ``sequence`` view as ``(B, S, D)``. Labels and speakers are kept."""
+    require(len(embeddings) == len(table), "embeddings", len(embeddings), f"need one per item ({len(table)})")
+    arrays = [np.ascontiguousarray(e.T[None]) for e in embeddings]
+    return _pack(arrays, table.labels.cpu(), table.speakers.cpu(), table.utterance_ids, table.variants,
+                 table.speaker_names, device=table.device)
+

@@ -1,0 +1,91 @@
+"""Training settings: :class:`TrainConfig` (strict), optimiser and schedule registries, device
+and seeding helpers. ``device`` is a runtime choice and never part of a TrainConfig's digest."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ser_pipeline.config import Spec, require
+from ser_pipeline.errors import ConfigError, TrainingError
+from ser_pipeline.registry import Registry
+
+@dataclass(frozen=True)
+class TrainConfig(Spec):
+    """Optimisation settings for one network (a model recipe overrides the defaults).
+
+    ``patience``: epochs without a validation-UA gain before stopping (None: run all epochs).
+    The device is not a field: it is a runtime argument (:func:`resolve_device`), so the same
+    settings have the same digest on any machine.
+    """
+
+    CODE_VERSION = "1"
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    grad_clip: float = 0.0
+    patience: int | None = 8
+    class_weighted: bool = True
+    seed: int = 0
+    bf16: bool = True
+    eval_batch_size: int = 64
+
+    def validate(self) -> None:
+        require(self.epochs >= 0, "epochs", self.epochs, "must be >= 0 (0 only for a stage a model never trains)")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "must be >= 1")
+        require(self.lr > 0, "lr", self.lr, "must be positive")
+        require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"valid names: {OPTIMIZERS.names()}")
+        require(self.schedule in SCHEDULES, "schedule", self.schedule, f"valid names: {SCHEDULES.names()}")
+        require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0")
+        require(self.patience is None or self.patience >= 1, "patience", self.patience, "must be >= 1 or None")
+
+
+# ----------------------------------------------------------------------------------------------
+# Registries
+
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
+OPTIMIZERS.add("adam", lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay))
+OPTIMIZERS.add("sgd", lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay))
+OPTIMIZERS.add("nadam", lambda p, c: torch.optim.NAdam(p, lr=c.lr, weight_decay=c.weight_decay))
+
+SCHEDULES: Registry[Callable[..., Any]] = Registry("schedule")
+SCHEDULES.add("none", lambda opt, c: None)
+SCHEDULES.add("cosine", lambda opt, c: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, c.epochs)))
+SCHEDULES.add("step", lambda opt, c: torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, c.epochs // 3), gamma=0.1))
+SCHEDULES.add("plateau", lambda opt, c: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2))
+
+
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+
+
+def check_device(name: str) -> None:
+    """ConfigError unless ``name`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (checked before any work)."""
+    ok = isinstance(name, str) and (name in ("auto", "cpu", "cuda") or
+                                    (name.startswith("cuda:") and name[5:].isdigit()))
+    require(ok, "device", name, f"valid: {DEVICE_HELP}")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cuda`` without CUDA -> TrainingError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device={name!r} requested but CUDA is not available on this machine (use cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device={name!r}: {exc}") from None
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global RNG (weight init, dropout) and return a CPU generator for data order."""
+    torch.manual_seed(seed)

@@ -1,0 +1,100 @@
+"""The trainer protocol and what one fold hands a trainer (:class:`FoldRun`) and gets back
+(:class:`FoldOutcome`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
+from ser_pipeline.dataset.tables import FeatureSource, FoldData, build_fold_data
+from ser_pipeline.dataset.views import ViewSpec
+from ser_pipeline.models import ModelEntry
+from ser_pipeline.registry import Registry
+from ser_pipeline.training.config import TrainConfig
+from ser_pipeline.training.loop import EpochCallback
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """Everything a trainer needs to know about the model and its optimisation (resolved once by
+    :func:`ser_pipeline.experiments.config.resolve`)."""
+
+    entry: ModelEntry
+    hparams: dict[str, Any]
+    view: ViewSpec
+    train: TrainConfig
+    spec_augment: SpecAugmentSpec | None = None
+    stage2_hparams: dict[str, Any] = field(default_factory=dict)
+    stage2_train: TrainConfig | None = None
+    speaker_train: TrainConfig | None = None
+
+
+@dataclass
+class FoldRun:
+    """One fold: the ids of its three parts, the data source and where to keep checkpoints."""
+
+    name: str
+    index: int
+    plan: TrainingPlan
+    manifest: pd.DataFrame
+    train_ids: tuple[str, ...]
+    val_ids: tuple[str, ...]
+    test_ids: tuple[str, ...]
+    classes: list[str]
+    device: torch.device
+    workdir: Path
+    callbacks: Sequence[EpochCallback]
+    source: FeatureSource | None = None  # the feature set (trainers that read the store)
+    store: Any = None  # FeatureStore: two-stage derived items
+    feature_digest: str = ""
+    train_variants: tuple[str, ...] = ("orig",)
+    functionals_dir: Path | None = None
+
+    @property
+    def seed(self) -> int:
+        return self.plan.train.seed + 1000 * self.index
+
+    def fold_data(self) -> FoldData:
+        assert self.source is not None, "this trainer reads features; the runner passes the feature set"
+        return build_fold_data(
+            self.source, self.manifest, name=self.name, train_ids=self.train_ids, val_ids=self.val_ids,
+            test_ids=self.test_ids, classes=self.classes, train_variants=self.train_variants,
+            normalise=self.plan.view.normalise, device=self.device)
+
+
+@dataclass
+class FoldOutcome:
+    """Test posteriors ``probs (N_test, K)`` in ``test_ids`` order, plus what to save."""
+
+    probs: np.ndarray
+    history: list[dict[str, float]]
+    best_epoch: int
+    val_ua: float
+    model: Any = None
+    stage2: Any = None
+    stage1_history: list[dict[str, float]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    fold: str = ""
+
+
+class Trainer(Protocol):
+    """One trainer kind: ``run(fold) -> FoldOutcome`` plus what the runner must prepare for it."""
+
+    name: str
+    reads_features: bool  # needs the log-Mel feature set from the store
+    uses_view: bool  # the model entry's view applies
+    uses_device: bool  # runs on the requested device (else on CPU)
+
+    def run(self, fold: FoldRun) -> FoldOutcome: ...
+
+
+TRAINERS: Registry[Trainer] = Registry("trainer")

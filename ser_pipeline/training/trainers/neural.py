@@ -1,0 +1,131 @@
+"""The neural trainer kinds: ``standard``, ``speaker_pretrain`` and ``two_stage``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
+from ser_pipeline.dataset.tables import FeatureTable, FoldData
+from ser_pipeline.dataset.views import ViewSpec
+from ser_pipeline.inference.forward import STAGE2_VIEW, embed_table, predict_proba, sequence_table
+from ser_pipeline.training.config import TrainConfig, seed_everything
+from ser_pipeline.training.loop import FitResult, fit, state_digest
+from ser_pipeline.training.speaker import pretrain_speakers
+from ser_pipeline.training.trainers.base import TRAINERS, FoldOutcome, FoldRun
+
+
+def _build(run: FoldRun, data: FoldData) -> nn.Module:
+    seed_everything(run.seed)
+    p = run.plan
+    in_channels = p.view.channels or data.train.shape[0]
+    model = p.entry.build(n_classes=len(run.classes), in_channels=in_channels, **p.hparams)
+    return model.to(run.device)
+
+
+def _fit(run: FoldRun, model: nn.Module, train: FeatureTable, val: FeatureTable, *, view: ViewSpec,
+         config: TrainConfig, tag: str = "", spec_aug: SpecAugmentSpec | None = None) -> FitResult:
+    return fit(model, train, val, view=view, config=config.replace(seed=run.seed), n_classes=len(run.classes),
+               spec_augment=spec_aug, fold=run.name + tag, checkpoint_dir=run.workdir / (tag.strip("/") or "main"),
+               callbacks=run.callbacks if not tag else ())
+
+
+def _outcome(model: nn.Module, data: FoldData, result: FitResult, plan: Any, **extra: Any) -> FoldOutcome:
+    probs = predict_proba(model, data.test, plan.view, batch_size=plan.train.eval_batch_size, bf16=plan.train.bf16)
+    return FoldOutcome(probs, result.history, result.best_epoch, result.best_val_ua, model=model, timing=result.timing,
+                       stats=data.stats, **extra)
+
+
+@dataclass(frozen=True)
+class StandardTrainer:
+    """One network end to end on the view."""
+
+    name: str = "standard"
+    reads_features: bool = True
+    uses_view: bool = True
+    uses_device: bool = True
+
+    def run(self, fold: FoldRun) -> FoldOutcome:
+        p = fold.plan
+        data = fold.fold_data()
+        model = _build(fold, data)
+        result = _fit(fold, model, data.train, data.val, view=p.view, config=p.train, spec_aug=p.spec_augment)
+        return _outcome(model, data, result, p)
+
+
+@dataclass(frozen=True)
+class SpeakerPretrainTrainer:
+    """Stage 1: speaker identification on the training speakers; freeze the backbone; stage 2:
+    the emotion layers on the same training data."""
+
+    name: str = "speaker_pretrain"
+    reads_features: bool = True
+    uses_view: bool = True
+    uses_device: bool = True
+
+    def run(self, fold: FoldRun) -> FoldOutcome:
+        p = fold.plan
+        assert p.speaker_train is not None
+        data = fold.fold_data()
+        model = _build(fold, data)
+        stage1 = pretrain_speakers(model, data.train, view=p.view, config=p.speaker_train.replace(seed=fold.seed),
+                                   fold=fold.name, checkpoint_dir=fold.workdir / "speaker")
+        result = _fit(fold, model, data.train, data.val, view=p.view, config=p.train, spec_aug=p.spec_augment)
+        return _outcome(model, data, result, p, stage1_history=stage1.history,
+                        extra={"speaker_val_acc": stage1.best_val_ua})
+
+
+@dataclass(frozen=True)
+class TwoStageTrainer:
+    """Stage 1 on segments; its embeddings for every utterance of the fold go to the store as
+    derived items keyed by the stage-1 checkpoint digest; stage 2 trains on ``(B, S, D)``."""
+
+    name: str = "two_stage"
+    reads_features: bool = True
+    uses_view: bool = True
+    uses_device: bool = True
+
+    def run(self, fold: FoldRun) -> FoldOutcome:
+        p = fold.plan
+        assert p.stage2_train is not None and p.entry.stage2 is not None
+        data = fold.fold_data()
+        model = _build(fold, data)
+        stage1 = _fit(fold, model, data.train, data.val, view=p.view, config=p.train, spec_aug=p.spec_augment,
+                      tag="/stage1")
+        digest = state_digest(model)
+        tables = data.tables()
+        embeddings = {name: embed_table(model, t, p.view, batch_size=p.train.eval_batch_size, bf16=p.train.bf16)
+                      for name, t in tables.items()}
+        if fold.store is not None:
+            embeddings = _through_store(fold, digest, tables, embeddings)
+        seq = {name: sequence_table(t, embeddings[name]) for name, t in tables.items()}
+        dim = int(seq["train"].shape[1])
+        seed_everything(fold.seed + 1)
+        head = p.entry.stage2(len(fold.classes), dim, **p.stage2_hparams).to(fold.device)
+        result = _fit(fold, head, seq["train"], seq["val"], view=STAGE2_VIEW, config=p.stage2_train)
+        probs = predict_proba(head, seq["test"], STAGE2_VIEW, batch_size=p.stage2_train.eval_batch_size,
+                              bf16=p.train.bf16)
+        return FoldOutcome(probs, result.history, result.best_epoch, result.best_val_ua, model=model, stage2=head,
+                           stage1_history=stage1.history, timing=result.timing,
+                           extra={"stage1_checkpoint_digest": digest, "embed_dim": dim}, stats=data.stats)
+
+
+def _through_store(fold: FoldRun, digest: str, tables: dict[str, FeatureTable],
+                   embeddings: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Write the embeddings as derived items (once per checkpoint digest) and read them back."""
+    derived = fold.store.derived(fold.feature_digest, digest)
+    items = {}
+    for name, t in tables.items():
+        for uid, var, emb in zip(t.utterance_ids, t.variants, embeddings[name], strict=True):
+            items[(uid, var)] = emb
+    todo = {k: v for k, v in items.items() if not derived.has(*k)}
+    if todo:
+        derived.write(todo)
+    return {name: [derived.read(uid, var) for uid, var in zip(t.utterance_ids, t.variants, strict=True)]
+            for name, t in tables.items()}
+
+
+for _trainer in (StandardTrainer(), SpeakerPretrainTrainer(), TwoStageTrainer()):
+    TRAINERS.add(_trainer.name, _trainer)
