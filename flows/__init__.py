@@ -4,7 +4,7 @@
 - :mod:`flows.pipeline`: the whole chain (``ser run``);
 - :mod:`flows.serve`: deployments from ``prefect.yaml`` served from one process (``ser schedule``).
 
-The stage logic lives in :mod:`flows.stages` (plain functions, no prefect) and the environment
+The stage logic lives in :mod:`ser_pipeline.pipeline.stages` (plain functions, no prefect) and the environment
 defaults (telemetry off, ``PREFECT_HOME`` under the workspace) in :mod:`flows.env`; import
 :func:`flows.env.configure` before any module that imports prefect.
 """

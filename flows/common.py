@@ -7,8 +7,8 @@ from typing import Any
 
 from prefect.states import State
 
-from flows import stages
 from ser_pipeline.errors import TrackingError
+from ser_pipeline.pipeline.records import is_done, read_record
 
 
 def digest_cache_key(stage: str) -> Callable[[Any, dict[str, Any]], str | None]:
@@ -22,8 +22,8 @@ def digest_cache_key(stage: str) -> Callable[[Any, dict[str, Any]], str | None]:
             return None
         key, root = parameters["key"], parameters["root"]
         if stage == "track":
-            return f"ser-track-{key}" if stages.read_record(root, "track", key) else None
-        return f"ser-{stage}-{key}" if stages.is_done(root, stage, key) else None
+            return f"ser-track-{key}" if read_record(root, "track", key) else None
+        return f"ser-{stage}-{key}" if is_done(root, stage, key) else None
 
     key_fn.__name__ = f"{stage}_cache_key"
     return key_fn

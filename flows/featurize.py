@@ -7,21 +7,21 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows import stages
 from flows.common import digest_cache_key, outcome
-from ser_pipeline.pipeline_config import PipelineConfig, experiment_dicts, load_config
+from ser_pipeline.pipeline import stages
+from ser_pipeline.pipeline.config import PipelineConfig, PlannedExperiment, load_config, plan_experiments
 from ser_pipeline.workspace import Workspace
 
 
-@task(name="featurize-corpus", task_run_name="featurize-{corpus}-{features[preset]}", cache_key_fn=digest_cache_key("featurize"),
-      persist_result=True)
-def featurize_corpus(corpus: str, root: str, key: str, manifest_digest: str, features: dict[str, Any],
-                     augment: str, workers: int = 1, force: bool = False) -> dict[str, Any]:
+@task(name="featurize-corpus", task_run_name="featurize-{corpus}-{setting[label]}",
+      cache_key_fn=digest_cache_key("featurize"), persist_result=True)
+def featurize_corpus(corpus: str, root: str, key: str, manifest_digest: str, setting: dict[str, Any],
+                     workers: int = 1, force: bool = False) -> dict[str, Any]:
     """Materialise one corpus's feature set (see :func:`stages.featurize_stage`)."""
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core"):
         logging.getLogger(name).setLevel(logging.WARNING)  # Prefect's handler would print Dask's INFO chatter
-    return stages.featurize_stage(corpus, root, features=features, augment=augment, key=key,
-                                  manifest_digest=manifest_digest, workers=workers, force=force)
+    return stages.featurize_stage(corpus, root, setting=setting, key=key, manifest_digest=manifest_digest,
+                                  workers=workers, force=force)
 
 
 def manifests_on_disk(config: PipelineConfig, root: str) -> dict[str, str]:
@@ -29,18 +29,17 @@ def manifests_on_disk(config: PipelineConfig, root: str) -> dict[str, str]:
     return {c.name: stages.manifest_state(c.name, root)["manifest_digest"] for c in config.corpora}
 
 
-def run_featurize(config: PipelineConfig, root: str, manifests: dict[str, str], *,
-                  force: bool = False) -> list[dict[str, Any]]:
+def run_featurize(config: PipelineConfig, root: str, manifests: dict[str, str], *, force: bool = False,
+                  planned: list[PlannedExperiment] | None = None) -> list[dict[str, Any]]:
     """Featurize every corpus in ``manifests`` (``{corpus: manifest digest}``) with every feature
-    setting its models need (the config's preset, or each model's own with ``preset: auto``)."""
+    set its models read (the config's preset, or each model's own with ``preset: auto``)."""
+    planned = planned if planned is not None else plan_experiments(config)
     task_ = featurize_corpus.with_options(refresh_cache=True) if force else featurize_corpus
     results = []
     for corpus, manifest_digest in manifests.items():
-        for setting in stages.feature_settings(experiment_dicts(config, corpus), root):
+        for setting in stages.feature_settings(planned, corpus):
             key = stages.featurize_key(manifest_digest, setting)
-            features = {"preset": setting["preset"], "overrides": setting["overrides"]}
-            state = task_(corpus, root, key, manifest_digest, features, config.augment, config.workers, force,
-                          return_state=True)
+            state = task_(corpus, root, key, manifest_digest, setting, config.workers, force, return_state=True)
             results.append(outcome(state))
     return results
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows import stages
 from flows.common import digest_cache_key, outcome
-from ser_pipeline.pipeline_config import PipelineConfig, load_config
+from ser_pipeline.pipeline import stages
+from ser_pipeline.pipeline.config import PipelineConfig, load_config
 from ser_pipeline.workspace import Workspace
 
 

@@ -19,7 +19,8 @@ from prefect import flow
 from flows.featurize import manifests_on_disk, run_featurize
 from flows.ingest import run_ingest
 from flows.train import raise_failures, run_train
-from ser_pipeline.pipeline_config import STAGES, default_tracking_uri, load_config
+from ser_pipeline.pipeline.config import STAGES, check_config
+from ser_pipeline.tracking.uri import default_tracking_uri
 from ser_pipeline.workspace import Workspace
 
 COMPARE_KEYS = ("label", "model", "corpus", "seed", "ua", "ua_std", "wa", "macro_f1", "pooled_ua", "folds",
@@ -41,7 +42,7 @@ def pipeline_flow(config: str, root: str | None = None, stages: list[str] | None
                   force: list[str] | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
     """Run ``stages`` (default all) of the YAML experiment config ``config`` on workspace ``root``."""
     start = time.perf_counter()
-    cfg = load_config(config)
+    cfg, planned = check_config(config)
     root_ = str(Workspace.resolve(root).root)
     plan = list(stages or STAGES)
     forced = set(force or [])
@@ -56,9 +57,10 @@ def pipeline_flow(config: str, root: str | None = None, stages: list[str] | None
         else:
             manifests = manifests_on_disk(cfg, root_)
         if "featurize" in plan:
-            summary["featurize"] = run_featurize(cfg, root_, manifests, force="featurize" in forced)
+            summary["featurize"] = run_featurize(cfg, root_, manifests, force="featurize" in forced, planned=planned)
         if "train" in plan:
-            result = run_train(cfg, root_, manifests, force="train" in forced, force_track="track" in forced, uri=uri)
+            result = run_train(cfg, root_, manifests, force="train" in forced, force_track="track" in forced, uri=uri,
+                               planned=planned)
             summary.update(result)
             summary["comparison"] = comparison_rows(result["train"])
             summary["experiments"] = sorted({r["experiment"] for r in result["train"] if r.get("experiment")})

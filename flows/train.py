@@ -14,16 +14,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 
-from flows import stages
 from flows.common import digest_cache_key, outcome, retry_on_tracking_error
 from ser_pipeline.errors import TrainingError
-from ser_pipeline.pipeline_config import (
-    PipelineConfig,
-    default_tracking_uri,
-    experiment_dicts,
-    experiment_name,
-    load_config,
-)
+from ser_pipeline.pipeline import stages
+from ser_pipeline.pipeline.config import PipelineConfig, PlannedExperiment, experiment_name, load_config, plan_experiments
+from ser_pipeline.pipeline.records import is_done, read_record
+from ser_pipeline.tracking.uri import check_reachable, default_tracking_uri
 from ser_pipeline.workspace import Workspace
 
 TRACK_RETRIES = 3
@@ -31,8 +27,8 @@ TRACK_RETRIES = 3
 
 @task(name="train-model", task_run_name="train-{exp[_label]}-{exp[corpus]}-s{exp[seed]}",
       cache_key_fn=digest_cache_key("train"), persist_result=True)
-def train_model(exp: dict[str, Any], root: str, key: str, manifest_digest: str, digests: dict[str, str],
-                device: str | None = None, force: bool = False) -> dict[str, Any]:
+def train_model(exp: dict[str, Any], root: str, key: str, manifest_digest: str, device: str = "auto",
+                force: bool = False) -> dict[str, Any]:
     """Train one experiment (every fold) on ``device``; returns paths, digests and summary metrics.
     Progress: one log line per fold and epoch (train/val loss, val UA)."""
     logger = get_run_logger()
@@ -41,8 +37,8 @@ def train_model(exp: dict[str, Any], root: str, key: str, manifest_digest: str, 
         shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
         logger.info("%s %s epoch %d: %s", exp["_label"], fold, epoch, shown)
 
-    return stages.train_stage(exp, root, key=key, manifest_digest=manifest_digest, digests=digests,
-                              device=device, force=force, on_epoch_end=progress)
+    return stages.train_stage(exp, root, key=key, manifest_digest=manifest_digest, device=device, force=force,
+                              on_epoch_end=progress)
 
 
 @task(name="track-model", task_run_name="track-{trained[label]}", cache_key_fn=digest_cache_key("track"),
@@ -55,37 +51,36 @@ def track_model(trained: dict[str, Any], root: str, key: str, experiment: str, u
                               force=force)
 
 
-def visible_devices() -> list[str | None]:
-    """``["cuda:0", ...]`` for each visible GPU (``CUDA_VISIBLE_DEVICES`` applies), else ``[None]`` (CPU)."""
-    import torch
+def visible_devices(requested: str = "auto") -> list[str]:
+    """``["cuda:0", ...]`` for each visible GPU with ``auto`` (``CUDA_VISIBLE_DEVICES`` applies),
+    else ``[requested]`` (``cpu``, or one named device)."""
+    if requested != "auto":
+        return [requested]
+    import torch  # only when something must train: a fully cached run never needs it
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [f"cuda:{i}" for i in range(count)] or [None]
+    return [f"cuda:{i}" for i in range(count)] or ["cpu"]
 
 
-def plan_jobs(config: PipelineConfig, manifests: dict[str, str], root: str) -> list[dict[str, Any]]:
-    """One job per (corpus, model configuration, seed): the experiment dict, its keys and digests."""
-    jobs = []
-    for corpus, manifest_digest in manifests.items():
-        for exp in experiment_dicts(config, corpus):
-            digests = stages.experiment_digests(exp, root)
-            jobs.append({"exp": exp, "manifest_digest": manifest_digest, "digests": digests,
-                         "key": stages.train_key(manifest_digest, digests),
-                         "experiment": experiment_name(config, corpus)})
-    return jobs
+def plan_jobs(config: PipelineConfig, manifests: dict[str, str],
+              planned: list[PlannedExperiment] | None = None) -> list[dict[str, Any]]:
+    """One job per (corpus, model configuration, seed): the experiment dict and its key."""
+    planned = planned if planned is not None else plan_experiments(config)
+    return [{"exp": p.exp, "manifest_digest": manifests[p.corpus], "key": stages.train_key(manifests[p.corpus], p),
+             "experiment": experiment_name(config, p.corpus)} for p in planned if p.corpus in manifests]
 
 
-def _train_all(jobs: list[dict[str, Any]], root: str, *, force: bool, devices: list[str | None]) -> list[dict[str, Any]]:
+def _train_all(jobs: list[dict[str, Any]], root: str, *, force: bool, devices: list[str]) -> list[dict[str, Any]]:
     task_ = train_model.with_options(refresh_cache=True) if force else train_model
     results: list[dict[str, Any]] = []
     width = len(devices)
     for start in range(0, len(jobs), width):
         batch = jobs[start:start + width]
         if width == 1:
-            states = [task_(j["exp"], root, j["key"], j["manifest_digest"], j["digests"], devices[0], force,
+            states = [task_(j["exp"], root, j["key"], j["manifest_digest"], devices[0], force,
                             return_state=True) for j in batch]
         else:
-            futures = [task_.submit(j["exp"], root, j["key"], j["manifest_digest"], j["digests"], device, force)
+            futures = [task_.submit(j["exp"], root, j["key"], j["manifest_digest"], device, force)
                        for j, device in zip(batch, devices, strict=False)]
             for future in futures:
                 future.wait()
@@ -117,26 +112,25 @@ def _track_all(trained: list[dict[str, Any]], root: str, *, uri: str, register: 
 
 def needs_tracking(trained: list[dict[str, Any]], root: str, *, uri: str, register: bool) -> bool:
     """True when some trained model has no track record yet (then the store is checked before training)."""
-    return any(row.get("status") != "failed" and stages.read_record(root, "track", stages.track_key(row["key"], uri, register)) is None
+    return any(row.get("status") != "failed" and read_record(root, "track", stages.track_key(row["key"], uri, register)) is None
                for row in trained)
 
 
 def run_train(config: PipelineConfig, root: str, manifests: dict[str, str], *, force: bool = False,
-              force_track: bool = False, uri: str | None = None, track: bool = True) -> dict[str, Any]:
+              force_track: bool = False, uri: str | None = None, track: bool = True,
+              planned: list[PlannedExperiment] | None = None) -> dict[str, Any]:
     """Train every job, then track every success. Returns ``{"train": [...], "track": [...], "failed": [...]}``.
 
     Before any training, an unreachable tracking store fails fast (unless everything is already
     tracked, which keeps a fully cached run free of the mlflow import).
     """
     uri = uri or default_tracking_uri()
-    jobs = plan_jobs(config, manifests, root)
+    jobs = plan_jobs(config, manifests, planned)
     if track and (force or force_track or needs_tracking(
             [{"key": j["key"]} for j in jobs], root, uri=uri, register=config.register)):
-        from ser_pipeline.tracking import check_reachable
-
         check_reachable(uri)
-    pending = force or any(not stages.is_done(root, "train", j["key"]) for j in jobs)
-    trained = _train_all(jobs, root, force=force, devices=visible_devices() if pending else [None])
+    pending = force or any(not is_done(root, "train", j["key"]) for j in jobs)
+    trained = _train_all(jobs, root, force=force, devices=visible_devices(config.device) if pending else ["cpu"])
     tracked = _track_all(trained, root, uri=uri, register=config.register, force=force or force_track) if track else []
     failed = [r for r in trained + tracked if r["status"] == "failed"]
     return {"train": trained, "track": tracked, "failed": failed}

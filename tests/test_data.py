@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ser_pipeline.data import (
+from ser_pipeline.dataset.tables import (
     DictSource,
     SourceDataset,
     TableDataset,

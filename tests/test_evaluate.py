@@ -22,7 +22,7 @@ from ser_pipeline.evaluate import (
 )
 from ser_pipeline.manifest import read_manifest, write_manifest
 from ser_pipeline.models import MODELS, load_all
-from ser_pipeline.spec_augment import SpecAugmentSpec
+from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
 from ser_pipeline.workspace import Workspace
 
 TINY = {"model": "cnn", "corpus": "demo", "epochs": 2, "batch_size": 8, "lr": 0.003, "device": "cpu",
@@ -76,10 +76,10 @@ def test_experiment_directory_follows_the_contract(ws: Workspace) -> None:
     model, stage2, meta = load_trained_model(out / "model")
     assert stage2 is None and meta["classes"] == metrics["classes"] and meta["view"]["frames"] == 120
     from feature_store.store import FeatureStore
-    from ser_pipeline.data import load_table, normalise_with
+    from ser_pipeline.dataset.tables import load_table, normalise_with
     from ser_pipeline.features import FeatureSpec
     from ser_pipeline.train import predict_proba
-    from ser_pipeline.views import ViewSpec
+    from ser_pipeline.dataset.views import ViewSpec
 
     fold_name = meta["fold"]
     test_ids = preds.loc[preds.fold == fold_name, "utterance_id"].tolist()

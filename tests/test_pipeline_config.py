@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ser_pipeline.errors import ConfigError
-from ser_pipeline.pipeline_config import (
+from ser_pipeline.pipeline.config import (
     PipelineConfig,
     default_tracking_uri,
     experiment_dicts,

@@ -14,7 +14,7 @@ from ser_pipeline.corpora.demo import generate_demo_corpus
 from ser_pipeline.errors import ConfigError
 from ser_pipeline.features import extract, feature_spec
 from ser_pipeline.models import build_model
-from ser_pipeline.predict import (
+from ser_pipeline.inference.predictor import (
     file_features,
     frame_results,
     load_predictor,
@@ -22,7 +22,7 @@ from ser_pipeline.predict import (
     predict_with_uri,
     results_frame,
 )
-from ser_pipeline.views import ViewSpec
+from ser_pipeline.dataset.views import ViewSpec
 
 CLASSES = ["anger", "sadness"]
 
@@ -76,7 +76,7 @@ def test_uses_the_recorded_feature_spec(tmp_path: Path, demo_files: list[Path]) 
 
 def test_matches_a_direct_forward_pass(tmp_path: Path, demo_files: list[Path]) -> None:
     """The predictor's posteriors equal feature extraction + utterance normalisation + view + network by hand."""
-    from ser_pipeline.views import apply_view
+    from ser_pipeline.dataset.views import apply_view
 
     predictor = load_predictor(make_model_dir(tmp_path / "model", seed=3))
     got = predict_paths(predictor, [str(demo_files[1])])[0]["probabilities"]

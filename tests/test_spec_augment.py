@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ser_pipeline.errors import ConfigError
-from ser_pipeline.spec_augment import (
+from ser_pipeline.dataset.spec_augment import (
     SpecAugmentSpec,
     augment_batch,
     cutout,

@@ -65,7 +65,7 @@ def make_model_dir(folder: Path) -> None:
 
     from ser_pipeline.features import feature_spec
     from ser_pipeline.models import build_model
-    from ser_pipeline.views import ViewSpec
+    from ser_pipeline.dataset.views import ViewSpec
 
     torch.manual_seed(0)
     hparams = {"channels": [4, 4, 8, 8], "dropout": 0.0}

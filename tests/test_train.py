@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from ser_pipeline.data import FeatureTable, _pack
+from ser_pipeline.dataset.tables import FeatureTable, _pack
 from ser_pipeline.errors import ConfigError, TrainingError
 from ser_pipeline.models.baselines import PlainCNN
-from ser_pipeline.spec_augment import SpecAugmentSpec
+from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
 from ser_pipeline.train import (
     OPTIMIZERS,
     TrainConfig,
@@ -26,7 +26,7 @@ from ser_pipeline.train import (
     sequence_table,
     state_digest,
 )
-from ser_pipeline.views import ViewSpec
+from ser_pipeline.dataset.views import ViewSpec
 
 VIEW = ViewSpec(kind="fixed", frames=24, channels=0, normalise="none")
 K = 3

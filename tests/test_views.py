@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ser_pipeline.errors import ConfigError
-from ser_pipeline.views import (
+from ser_pipeline.dataset.views import (
     ViewSpec,
     apply_view,
     crop_starts,

@@ -16,7 +16,12 @@ from typing import Annotated, Any
 import typer
 
 from ser_pipeline.cli.common import JsonOption, RootOption, emit, table, workspace
-from ser_pipeline.errors import SerError
+from ser_pipeline.errors import ConfigError, SerError
+from ser_pipeline.inference.predictor import frame_results, load_predictor, predict_paths
+from ser_pipeline.pipeline import stages
+from ser_pipeline.pipeline.config import STAGES, PipelineConfig, PlannedExperiment, check_config, stage_plan
+from ser_pipeline.pipeline.records import is_done
+from ser_pipeline.tracking.uri import default_tracking_uri
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 TrackingOption = Annotated[
@@ -42,9 +47,9 @@ def stage_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             item = r.get("corpus") if stage in ("ingest", "featurize") else r.get("label")
             detail = r.get("error") or ""
             if stage == "featurize" and r.get("status") == "computed":
-                detail = f"{r.get('preset')}: computed {r.get('computed', 0)}  reused {r.get('reused', 0)}  failed {r.get('failed', 0)}"
+                detail = f"{r['label']}: computed {r['computed']}  reused {r['reused']}  failed {r['failed']}"
             elif stage == "featurize" and r.get("status") == "cached":
-                detail = f"{r.get('preset')}: feature set {r.get('feature_digest')}"
+                detail = f"{r['label']}: feature set {r['feature_digest']}"
             if stage == "track" and r.get("run_id"):
                 detail = f"run {r['run_id'][:12]}  {r.get('registered') or ''}"
             rows.append({"stage": stage, "item": item, "status": r.get("status"),
@@ -58,7 +63,7 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
         "model": r.get("label") or r.get("run"),
         "UA": f"{_fmt(r.get('ua'))} ± {_fmt(r.get('ua_std'))}" if r.get("ua") is not None else "-",
         "WA": _fmt(r.get("wa")),
-        "F1": _fmt(r.get("macro_f1", r.get("f1"))),
+        "F1": _fmt(r.get("macro_f1")),
         "pooled UA": _fmt(r.get("pooled_ua")),
         "folds": _fmt(r.get("folds")),
         "protocol": r.get("protocol") or "-",
@@ -90,7 +95,7 @@ def human_run(summary: dict[str, Any]) -> str:
 def run_pipeline(config: str, root: str | None, *, stages: list[str], force: list[str],
                  tracking_uri: str | None) -> dict[str, Any]:
     """Run the pipeline flow in-process (Prefect local mode unless PREFECT_API_URL is set)."""
-    from flows.env import configure
+    from flows.env import configure  # prefect: imported only by the commands that run flows
 
     ws = workspace(root)
     configure(ws.root)
@@ -113,6 +118,60 @@ def run_pipeline(config: str, root: str | None, *, stages: list[str], force: lis
     return {**summary, "error": error, "state": state.name}
 
 
+def predict_with_uri(model_uri: str, paths: list[str], *, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Predict with a model folder (``<root>/experiments/<id>``) or an MLflow model URI
+    (``models:/<name>@champion``, ``runs:/<run>/model``)."""
+    if not paths:
+        raise ConfigError("AUDIO: give at least one audio file")
+    if Path(model_uri).exists():
+        return predict_paths(load_predictor(model_uri), list(paths))
+    import pandas as pd
+
+    from ser_pipeline.tracking.pyfunc import load_pyfunc  # mlflow: only for a registry URI
+
+    model = load_pyfunc(model_uri, uri=tracking_uri)
+    return frame_results(model.predict(pd.DataFrame({"path": [str(p) for p in paths]})))
+
+
+def pipeline_plan(cfg: PipelineConfig, planned: list[PlannedExperiment], root: Path, plan: list[str],
+                  forced: list[str], uri: str) -> dict[str, Any]:
+    """What ``ser run`` would do: per stage and item, ``run`` or ``cached`` (from the stage records;
+    stages after an uncached one are ``run`` when their inputs are not known yet)."""
+    root_ = str(root)
+    rows: list[dict[str, Any]] = []
+    manifests: dict[str, str | None] = {}
+    for corpus in cfg.corpora:
+        key = stages.ingest_key(corpus.to_dict())
+        done = is_done(root_, "ingest", key) and "ingest" not in forced
+        try:
+            manifests[corpus.name] = stages.manifest_state(corpus.name, root_)["manifest_digest"] if done or \
+                "ingest" not in plan else None
+        except SerError:
+            manifests[corpus.name] = None
+        if "ingest" in plan:
+            rows.append({"stage": "ingest", "item": corpus.name, "status": "cached" if done else "run"})
+    for corpus, digest in manifests.items():
+        for setting in stages.feature_settings(planned, corpus):
+            done = digest is not None and "featurize" not in forced and is_done(
+                root_, "featurize", stages.featurize_key(digest, setting))
+            if "featurize" in plan:
+                rows.append({"stage": "featurize", "item": f"{corpus} {setting['label']}",
+                             "status": "cached" if done else "run"})
+    for p in planned:
+        digest = manifests.get(p.corpus)
+        done = digest is not None and "train" not in forced and is_done(root_, "train", stages.train_key(digest, p))
+        if "train" in plan:
+            rows.append({"stage": "train", "item": f"{p.label} ({p.corpus}, seed {p.config.seed})",
+                         "status": "cached" if done else "run"})
+    return {"config": cfg.name, "root": root_, "tracking_uri": uri, "stages": plan, "plan": rows,
+            "experiments": len(planned)}
+
+
+def human_plan(p: dict[str, Any]) -> str:
+    return "\n".join([f"config {p['config']}: valid; {p['experiments']} experiment(s); root {p['root']}",
+                      table(p["plan"], ["stage", "item", "status"]), "(--check: nothing was started)"])
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     import json
 
@@ -131,17 +190,21 @@ def register(app: typer.Typer) -> None:
             "--force", help="Recompute this stage even if cached (repeatable; also 'track').")] = None,
         root: RootOption = None,
         tracking_uri: TrackingOption = None,
+        check: Annotated[bool, typer.Option("--check", help="Validate the config and print the plan (which "
+                                            "stages would run, which are cached); start nothing.")] = False,
         as_json: JsonOption = False,
     ) -> None:
         """Run the pipeline DAG through Prefect: ingest -> featurize -> train -> MLflow, with caching."""
-        from ser_pipeline.pipeline_config import STAGES, load_config, stage_plan
-
         plan = list(stage_plan(stage=stage, start=start))
         forced = list(force or [])
         bad = [f for f in forced if f not in (*STAGES, "track")]
         if bad:
             raise SerError(f"--force {bad[0]!r}: valid stages: {', '.join((*STAGES, 'track'))}")
-        load_config(config)  # fail fast, before Prefect starts, on a bad config
+        cfg, planned = check_config(config)  # every section validated, before Prefect starts
+        if check:
+            uri = tracking_uri or default_tracking_uri()
+            emit(pipeline_plan(cfg, planned, workspace(root).root, plan, forced, uri), as_json, human_plan)
+            return
         summary = run_pipeline(config, root, stages=plan, force=forced, tracking_uri=tracking_uri)
         emit(summary, as_json, human_run)
         if summary.get("error"):
@@ -174,18 +237,18 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Print models side by side from MLflow (UA, WA, F1, folds, protocol, speaker-dependent flag)."""
-        from ser_pipeline import tracking
+        from ser_pipeline.tracking import compare  # mlflow: imported only by the commands that use it
 
-        uri = tracking_uri or tracking.tracking_uri()
-        names = [experiment] if experiment else tracking.list_experiments(uri)
+        uri = tracking_uri or default_tracking_uri()
+        names = [experiment] if experiment else compare.list_experiments(uri)
         payload: dict[str, Any] = {"tracking_uri": uri,
-                                   "experiments": {n: tracking.compare_runs(n, uri=uri) for n in names}}
+                                   "experiments": {n: compare.compare_runs(n, uri=uri) for n in names}}
         if test:
             if len(names) != 1:
                 raise SerError("--test needs one EXPERIMENT argument")
-            a = tracking.fold_scores(names[0], test[0], metric=metric, uri=uri)
-            b = tracking.fold_scores(names[0], test[1], metric=metric, uri=uri)
-            payload["test"] = {"a": test[0], "b": test[1], "metric": metric, **tracking.paired_test(a, b)}
+            a = compare.fold_scores(names[0], test[0], metric=metric, uri=uri)
+            b = compare.fold_scores(names[0], test[1], metric=metric, uri=uri)
+            payload["test"] = {"a": test[0], "b": test[1], "metric": metric, **compare.paired_test(a, b)}
 
         def human(p: dict[str, Any]) -> str:
             parts = []
@@ -208,8 +271,6 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Predict the emotion of audio files with a registered model (per-file errors, others still predicted)."""
-        from ser_pipeline.predict import predict_with_uri
-
         results = predict_with_uri(model_uri, audio, tracking_uri=tracking_uri)
 
         def human(rows: list[dict[str, Any]]) -> str:
@@ -232,8 +293,6 @@ def register(app: typer.Typer) -> None:
         tracking_uri: TrackingOption = None,
     ) -> None:
         """Print (or launch) the command that opens the MLflow UI on the local store, bound to 127.0.0.1."""
-        from ser_pipeline.pipeline_config import default_tracking_uri
-
         uri = tracking_uri or default_tracking_uri()
         if uri.startswith(("http://", "https://")):
             typer.echo(f"open {uri} in a browser")

@@ -7,9 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
+from feature_store.maintenance import gc, verify
+from feature_store.store import FeatureStore
+from ser_pipeline.augment import parse_augment
 from ser_pipeline.cli.common import JsonOption, RootOption, emit, table, workspace
+from ser_pipeline.cli.train_cmds import apply_sets
+from ser_pipeline.experiments.config import resolve_feature_spec
+from ser_pipeline.experiments.features import featurize
+from ser_pipeline.features import FeatureSpec, feature_label
+from ser_pipeline.manifest import list_manifests, manifest_digest, read_manifest
 
-PresetOption = Annotated[str, typer.Option("--preset", help="Feature preset (logmel64, logmel60, logmel64_norm, spectrogram).")]
+PresetOption = Annotated[str, typer.Option("--preset", help="Feature preset (logmel64, logmel60, logmel64_norm, spectrogram; "
+                                                            "'auto' with --model: the model's).")]
 AugmentOption = Annotated[
     str, typer.Option("--augment", help="Waveform variants, e.g. 'speed=0.8,0.9,1.0,1.1,1.2;noise=20' (training data only).")
 ]
@@ -22,43 +31,26 @@ AddressOption = Annotated[
 
 
 def run_featurize(
-    name: str, *, root: str | None, preset: str, augment: str, float32: bool, force: bool,
-    workers: int | None, dask_address: str | None, batch_size: int, progress: bool,
+    name: str, *, root: str | None, preset: str, model: str | None, overrides: dict[str, Any], augment: str,
+    float32: bool, force: bool, workers: int | None, dask_address: str | None, batch_size: int, progress: bool,
 ) -> dict[str, Any]:
     """Featurize manifest ``name``; returns the report dict (plus ``wall_seconds`` incl. cluster start)."""
-    from feature_store.materialise import dask_client, materialise, plan, variant_list
-    from feature_store.store import FeatureStore
-    from ser_pipeline.augment import parse_augment
-    from ser_pipeline.features import feature_spec
-    from ser_pipeline.manifest import manifest_digest, read_manifest
-
     start = time.perf_counter()
     ws = workspace(root)
     frame = read_manifest(name, ws)
-    spec = feature_spec(preset, **({"dtype": "float32"} if float32 else {}))
-    aug = parse_augment(augment)
-    store = FeatureStore(ws.features)
-    store.ensure_writable()
-    fset = store.open_set(spec, create=True)
-    work, _ = plan(frame, variant_list(aug), fset.key_set(), force=force)
-    todo = sum(len(w.variants) for w in work)
-    kwargs = {"manifest_name": name, "manifest_digest": manifest_digest(frame), "batch_size": batch_size,
-              "force": force, "progress": progress}
-    in_process = todo == 0 or (workers == 1 and not dask_address) or (todo <= batch_size and not dask_address)
-    if in_process:
-        report = materialise(frame, spec, aug, store, **kwargs)
-    else:
-        with dask_client(workers, dask_address) as client:
-            report = materialise(frame, spec, aug, store, client=client, **kwargs)
+    spec = resolve_feature_spec(model, preset, {**overrides, **({"dtype": "float32"} if float32 else {})})
+    report, executor = featurize(frame, spec, parse_augment(augment), FeatureStore(ws.features), manifest_name=name,
+                                 manifest_digest=manifest_digest(frame), workers=workers, dask_address=dask_address,
+                                 batch_size=batch_size, force=force, progress=progress)
     out = report.to_dict()
-    out.update({"manifest": name, "preset": preset, "dtype": spec.dtype, "wall_seconds": round(time.perf_counter() - start, 3),
-                "executor": "in-process" if in_process else (dask_address or f"LocalCluster({workers or 'auto'})")})
+    out.update({"manifest": name, "preset": spec.preset, "label": feature_label(spec), "dtype": spec.dtype,
+                "wall_seconds": round(time.perf_counter() - start, 3), "executor": executor})
     return out
 
 
 def _featurize_text(r: dict[str, Any]) -> str:
     lines = [
-        f"feature set {r['feature_digest']} ({r['preset']}, {r['dtype']}) variants: {', '.join(r['variants'])}",
+        f"feature set {r['feature_digest']} ({r['label']}, {r['dtype']}) variants: {', '.join(r['variants'])}",
         f"computed {r['computed']}  reused {r['reused']}  failed {len(r['failed'])}",
         f"{r['seconds']:.2f} s ({r['wall_seconds']:.2f} s with start-up, {r['executor']}); "
         f"{r['audio_seconds']:.1f} audio s, {r['audio_seconds_per_second']:.1f} audio s per wall s",
@@ -72,7 +64,19 @@ def _ls_text(sets: list[dict[str, Any]]) -> str:
         return "no feature sets"
     rows = [{**s, "MB": f"{s['bytes'] / 1e6:.1f}", "variants": ",".join(s["variants"]),
              "manifests": ",".join(sorted({m["name"] for m in s["manifests"]}))} for s in sets]
-    return table(rows, ["digest", "preset", "dtype", "items", "utterances", "variants", "frames", "MB", "created", "manifests"])
+    return table(rows, ["digest", "label", "dtype", "items", "utterances", "variants", "frames", "MB", "created",
+                        "manifests", "superseded_by"])
+
+
+def labelled(sets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The store's set listing with the user-facing label (preset and overrides) and, for sets
+    keyed by the old digest (preset name included), the digest that supersedes them."""
+    out = []
+    for s in sets:
+        spec = FeatureSpec.from_dict(s["spec"])
+        legacy = s["digest"] != spec.digest() and s["digest"] == spec.legacy_digest()
+        out.append({**s, "label": feature_label(spec), "superseded_by": spec.digest() if legacy else ""})
+    return out
 
 
 def _verify_text(r: dict[str, Any]) -> str:
@@ -84,19 +88,21 @@ def _verify_text(r: dict[str, Any]) -> str:
 
 def _gc_text(r: dict[str, Any]) -> str:
     verb, compact = ("would remove", "would compact") if r["dry_run"] else ("removed", "compacted")
+    superseded = [f"  superseded {x['digest']} ({x['label']}) by {x['superseded_by']}" for x in r.get("superseded", [])]
     lines = [f"{verb} {len(r['removed'])} path(s), {r['bytes'] / 1e6:.1f} MB; {compact} {len(r['compacted'])} batch(es); "
              f"{r['items_removed']} dead item(s)" + (" (dry run; --apply to delete)" if r["dry_run"] else "")]
     lines += [f"  remove {x['path']}: {x['reason']}" for x in r["removed"]]
     lines += [f"  compact {x['path']}: keep {x['items_kept']}, drop {x['items_dropped']} ({x['reason']})" for x in r["compacted"]]
-    return "\n".join(lines)
+    return "\n".join(lines + superseded)
 
 
 def referenced_digests(store: Any, manifest_names: set[str]) -> set[str]:
-    """Sets that served a manifest still present, or that record no manifest at all (kept to be safe)."""
+    """Sets that served a manifest still present, or that record no manifest at all (kept to be safe).
+    A set keyed by the old digest (preset name included) is superseded, never referenced."""
     keep = set()
-    for s in store.list_sets():
+    for s in labelled(store.list_sets()):
         served = {m["name"] for m in s["manifests"]}
-        if not served or served & manifest_names:
+        if not s["superseded_by"] and (not served or served & manifest_names):
             keep.add(s["digest"])
     return keep
 
@@ -109,8 +115,6 @@ def referenced_items(store: Any, ws: Any, keep: set[str]) -> dict[str, set[tuple
     manifest, sets named with ``--keep`` and sets serving no present manifest are left out (kept
     whole, or removed whole by ``referenced_digests``).
     """
-    from ser_pipeline.manifest import list_manifests, read_manifest
-
     present = set(list_manifests(ws))
     shas: dict[str, set[str]] = {}
     out: dict[str, set[tuple[str, str]]] = {}
@@ -139,6 +143,8 @@ def register(app: typer.Typer) -> None:
     def featurize(
         name: Annotated[str, typer.Argument(help="Ingested manifest name.")],
         preset: PresetOption = "logmel64",
+        model: Annotated[str | None, typer.Option("--model", help="Take the preset of this model (with --preset auto).")] = None,
+        sets: Annotated[list[str] | None, typer.Option("--set", help="Override a FeatureSpec field: n_mels=48, hop_ms=5 ...")] = None,
         augment: AugmentOption = "",
         float32: Annotated[bool, typer.Option("--float32", help="Store float32 instead of float16.")] = False,
         force: Annotated[bool, typer.Option("--force", help="Recompute items already stored.")] = False,
@@ -149,17 +155,16 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Compute missing feature items of manifest NAME into the store (incremental, crash-safe)."""
-        report = run_featurize(name, root=root, preset=preset, augment=augment, float32=float32, force=force,
+        report = run_featurize(name, root=root, preset=preset, model=model, overrides=apply_sets({}, sets),
+                               augment=augment, float32=float32, force=force,
                                workers=workers, dask_address=dask_address, batch_size=batch_size, progress=not as_json)
         emit(report, as_json, _featurize_text)
 
     @store_app.command("ls")
     def ls(root: RootOption = None, as_json: JsonOption = False) -> None:
         """List feature sets with their lineage."""
-        from feature_store.store import FeatureStore
-
         store = FeatureStore(workspace(root).features)
-        sets = store.list_sets()
+        sets = labelled(store.list_sets())
         if as_json:
             emit({"sets": sets, "derived": store.list_derived()}, True)
         else:
@@ -169,8 +174,6 @@ def register(app: typer.Typer) -> None:
     def verify_cmd(root: RootOption = None, as_json: JsonOption = False) -> None:
         """Check every committed item's checksum and shape; exit 1 when anything is corrupt."""
         from feature_store.maintenance import verify
-        from feature_store.store import FeatureStore
-
         report = verify(FeatureStore(workspace(root).features))
         emit(report, as_json, _verify_text)
         if not report["ok"]:
@@ -191,12 +194,12 @@ def register(app: typer.Typer) -> None:
         Batches of only dead items are removed; mixed batches are rewritten without them.
         Run it when no featurize or training reads the store.
         """
-        from feature_store.maintenance import gc
-        from feature_store.store import FeatureStore
-        from ser_pipeline.manifest import list_manifests
-
         ws = workspace(root)
         store = FeatureStore(ws.features)
+        superseded = [{k: s[k] for k in ("digest", "label", "superseded_by")}  # listed before any removal
+                      for s in labelled(store.list_sets()) if s["superseded_by"]]
         keep_set = referenced_digests(store, set(list_manifests(ws))) | set(keep or [])
         items = referenced_items(store, ws, set(keep or []))
-        emit(gc(store, keep_set, dry_run=not apply, referenced_items=items), as_json, _gc_text)
+        report = gc(store, keep_set, dry_run=not apply, referenced_items=items)
+        report["superseded"] = superseded
+        emit(report, as_json, _gc_text)

@@ -8,6 +8,11 @@ import typer
 
 from ser_pipeline.cli.common import JsonOption, RootOption, emit, table, workspace
 from ser_pipeline.errors import ConfigError
+from ser_pipeline.experiments.config import ExperimentConfig, resolve
+from ser_pipeline.experiments.record import ExperimentRecord
+from ser_pipeline.experiments.runner import experiment_folder, run_experiment
+from ser_pipeline.models import load_all
+from ser_pipeline.training.config import check_device
 
 METRICS = ("wa", "ua", "macro_f1")
 
@@ -55,12 +60,13 @@ def fold_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def train_summary(result: Any) -> dict[str, Any]:
+def train_summary(result: ExperimentRecord, *, cached: bool) -> dict[str, Any]:
     """The JSON document of ``ser train``."""
     m = result.metrics
     pick = lambda d: {k: d[k] for k in METRICS}  # noqa: E731
     return {
-        "experiment_id": result.experiment_id, "directory": str(result.directory), "cached": result.cached,
+        "experiment_id": result.experiment_id, "directory": str(result.folder), "cached": cached,
+        "features": result.feature_label, "device": result.device,
         "protocol": m["protocol"], "speaker_dependent": m["speaker_dependent"], "classes": m["classes"],
         "folds": [{"fold": f["fold"], **pick(f)} for f in m["folds"]],
         "pooled": pick(m["pooled"]), "mean": pick(m["mean"]), "std": pick(m["std"]),
@@ -79,8 +85,6 @@ def register(app: typer.Typer) -> None:
     @app.command("models")
     def models_cmd(as_json: JsonOption = False) -> None:
         """List registered models with their reference, input view, trainer and default hyperparameters."""
-        from ser_pipeline.models import load_all
-
         entries = [e.describe() for _, e in load_all().items()]
 
         def human(items: list[dict[str, Any]]) -> str:
@@ -100,7 +104,7 @@ def register(app: typer.Typer) -> None:
                                                    "(default: loso; with --preset paper the model's).")] = "",
         features: Annotated[str, typer.Option(help="Feature preset (default: the model's).")] = "",
         augment: Annotated[str, typer.Option(help="Waveform augmentation for training utterances, e.g. speed=0.9,1.1.")] = "",
-        epochs: Annotated[int | None, typer.Option(help="Epochs (default: the model's recipe).")] = None,
+        epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the model's recipe).")] = None,
         seed: Annotated[int, typer.Option(help="Seed for weights, order and augmentation.")] = 0,
         device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
         preset: Annotated[str, typer.Option(help="default, or paper (the model's protocol and augmentation).")] = "default",
@@ -111,16 +115,18 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Train MODEL on CORPUS under a protocol; every fold, then per-fold, pooled and mean±std metrics."""
-        from ser_pipeline.evaluate import ExperimentConfig, run_experiment
-
         base = {"model": model, "corpus": corpus, "protocol": protocol, "features": features, "augment": augment,
-                "epochs": epochs, "seed": seed, "device": device, "preset": preset}
+                "epochs": epochs, "seed": seed, "preset": preset}
         config = ExperimentConfig.from_dict(apply_sets(base, sets))
+        check_device(device)
+        resolve(config)  # every section validated before any work
 
         def progress(fold: str, epoch: int, metrics: dict[str, float]) -> None:
             typer.echo(f"{fold} epoch {epoch}: train_loss {metrics['train_loss']:.4f} val_loss "
                        f"{metrics['val_loss']:.4f} val_ua {metrics['val_ua']:.3f}", err=True)
 
-        result = run_experiment(config, workspace(root), callbacks=[progress], force=force)
-        summary = train_summary(result)
+        ws = workspace(root)
+        cached = not force and ExperimentRecord.find(experiment_folder(config, ws)) is not None
+        result = run_experiment(config, ws, device=device, callbacks=[progress], force=force)
+        summary = train_summary(result, cached=cached)
         emit(summary, as_json, lambda s: human_train(s, result.metrics))

@@ -19,7 +19,7 @@ sequence    ``(B, T_max, C*F)`` (stage-2 inputs)    ``(B, T_max)``
 
 ``C'`` is ``channels`` (the first ``channels`` feature channels; a single channel is repeated),
 ``H, W`` are ``F, T`` or ``resize`` (bilinear). Normalisation (``normalise``) is applied to the
-stored tables when they are preloaded (see :func:`ser_pipeline.data.normalise_table`), with
+stored tables when they are preloaded (see :func:`ser_pipeline.dataset.tables.normalise_tables`), with
 statistics from the training split only; views never see unnormalised padding.
 """
 

@@ -113,6 +113,12 @@ def _score_fold(out: Path, c: _Collected, fold: Fold, index: int, outcome: FoldO
     log.info("fold %s: UA %.3f WA %.3f (%.1fs)", fold.name, m["ua"], m["wa"], seconds)
 
 
+def experiment_folder(config: ExperimentConfig, workspace: Workspace) -> Path:
+    """Where ``config``'s experiment is (or will be) written."""
+    resolved = resolve(config)
+    return workspace.experiments / experiment_id(config, resolved, manifest_digest(read_manifest(config.corpus, workspace)))
+
+
 def run_experiment(
     config: ExperimentConfig,
     workspace: Workspace,

@@ -153,7 +153,7 @@ RECIPE = {"optimizer": "adam", "lr": 1e-4, "batch_size": 32, "epochs": 50, "pati
           "speaker_epochs": 20, "speaker_lr": 1e-3}
 DEFAULTS = {"width": 64, "se_reduction": 16, "stem": "imagenet", "layers": 2, "heads": 8, "ff_dim": 1024,
             "dropout": 0.1, "positional": True}
-# SpecAugmentSpec fields (ser_pipeline.spec_augment): Horizontal Mixup (a, b, c), adding 30 %
+# SpecAugmentSpec fields (ser_pipeline.dataset.spec_augment): Horizontal Mixup (a, b, c), adding 30 %
 SPEC_AUGMENT = {"hmixup": (0.05, 1.25, 1.0), "ratio": 0.3}
 ABLATIONS = {
     "single_stage": "res_trans_single_stage: end to end, no speaker pre-training, nothing frozen",

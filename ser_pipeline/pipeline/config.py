@@ -24,18 +24,21 @@ Everything here is pure: parsing, validation and the expansion into one experime
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
 
-from ser_pipeline.config import Spec, require, stable_digest
+from ser_pipeline.config import Spec, check_fields, require, stable_digest
 from ser_pipeline.errors import ConfigError
+from ser_pipeline.experiments.config import AUTO_PRESET, ExperimentConfig, Resolved, resolve
+from ser_pipeline.training.config import check_device
 
 STAGES = ("ingest", "featurize", "train")
 DEMO_ADAPTER = "demo"
-AUTO_PRESET = "auto"  # each model's registered feature preset
+# ExperimentConfig fields a model's ``options`` may set (the others have their own YAML keys)
+OPTION_FIELDS = ("view", "train", "stage2", "spec_augment", "preset", "max_folds", "protocol", "protocol_options",
+                 "augment")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +80,7 @@ class ModelRun(Spec):
                 f"models[{self.name}].epochs", self.epochs, "must be a positive integer")
         require(self.features is None or _features_ok(self.features), f"models[{self.name}].features",
                 self.features, "a mapping with a 'preset' (and optional 'overrides')")
+        check_fields(f"models[{self.name}].options", self.options, OPTION_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +98,7 @@ class PipelineConfig(Spec):
     protocol_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
     epochs: int = 10
-    device: str = "auto"
+    device: str = "auto"  # a runtime choice: never part of an experiment's identity
     workers: int = 1
     experiment: str | None = None  # MLflow experiment name; default "<corpus>-<protocol>"
     register: bool = True  # register models and set the champion alias
@@ -111,6 +115,7 @@ class PipelineConfig(Spec):
                 "a non-empty list of integers")
         require(isinstance(self.epochs, int) and self.epochs > 0, "epochs", self.epochs, "a positive integer")
         require(isinstance(self.workers, int) and self.workers > 0, "workers", self.workers, "a positive integer")
+        check_device(self.device)
         keys = [model_key(m) for m in self.models]
         dupes = sorted({k for k in keys if keys.count(k) > 1})
         require(not dupes, "models", dupes, "the same model configuration is listed twice")
@@ -164,7 +169,7 @@ def _corpus(item: Any) -> CorpusEntry:
     item.setdefault("name", item.get("adapter"))
     if item.get("keep") is not None:
         item["keep"] = tuple(item["keep"])
-    return CorpusEntry.from_dict(item)
+    return CorpusEntry.from_dict(item, where=f"corpora[{item.get('name')}]")
 
 
 def _model(item: Any) -> ModelRun:
@@ -175,7 +180,7 @@ def _model(item: Any) -> ModelRun:
     item = dict(item)
     if item.get("features") is not None:
         item["features"] = _normalise_features(item["features"])
-    return ModelRun.from_dict(item)
+    return ModelRun.from_dict(item, where=f"models[{item.get('name')}]")
 
 
 def model_key(model: ModelRun) -> str:
@@ -200,6 +205,16 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise ConfigError(f"experiment config {path}: {exc}") from None
 
 
+def check_config(path: str | Path) -> tuple[PipelineConfig, list[PlannedExperiment]]:
+    """Read the YAML config and validate every section of every experiment (models, hparams,
+    options, train, view, spec augment, features and overrides, augmentation, protocol)."""
+    config = load_config(path)
+    try:
+        return config, plan_experiments(config)
+    except ConfigError as exc:
+        raise ConfigError(f"experiment config {path}: {exc}") from None
+
+
 def stage_plan(*, stage: str | None = None, start: str | None = None) -> tuple[str, ...]:
     """The stages to run: one ``stage``, everything from ``start`` on, or all of them."""
     for field, value in (("--stage", stage), ("--from", start)):
@@ -211,14 +226,12 @@ def stage_plan(*, stage: str | None = None, start: str | None = None) -> tuple[s
 
 
 def experiment_dicts(config: PipelineConfig, corpus: str) -> list[dict[str, Any]]:
-    """One ``ExperimentConfig``-shaped dict per (model, seed) for ``corpus``.
+    """One ``ExperimentConfig.to_dict()`` per (model, seed) for ``corpus``, plus ``_label``.
 
-    ``features`` is the preset name, or None for the model's registered preset (``auto``).
+    ``features`` is the preset name, or '' for the model's registered preset (``auto``).
     Per-model ``epochs``, ``features`` and ``options`` override the config-wide values; ``hparams`` override the
-    model's registered defaults. The keys are the ExperimentConfig fields the engine documents
-    (model, corpus, features, feature_overrides, augment, protocol, protocol_options, seed, epochs,
-    hparams, device) plus ``options``; :func:`flows.stages.to_experiment_config` drops the ones the
-    installed engine does not know.
+    model's registered defaults. Parsed strictly: an unknown field anywhere is a ConfigError naming
+    ``models[<name>]...`` and the valid names.
     """
     out = []
     names = [m.name for m in config.models]
@@ -229,7 +242,7 @@ def experiment_dicts(config: PipelineConfig, corpus: str) -> list[dict[str, Any]
             out.append({
                 "model": model.name,
                 "corpus": corpus,
-                "features": None if features["preset"] == AUTO_PRESET else features["preset"],
+                "features": "" if features["preset"] == AUTO_PRESET else features["preset"],
                 "feature_overrides": dict(features.get("overrides") or {}),
                 "augment": config.augment,
                 "protocol": config.protocol,
@@ -237,25 +250,40 @@ def experiment_dicts(config: PipelineConfig, corpus: str) -> list[dict[str, Any]
                 "seed": int(seed),
                 "epochs": int(model.epochs or config.epochs),
                 "hparams": dict(model.hparams),
-                "device": config.device,
                 **dict(model.options),
                 "_label": label,
             })
     return out
 
 
+def experiment_config(exp: dict[str, Any]) -> ExperimentConfig:
+    """The ExperimentConfig of one :func:`experiment_dicts` entry (strict; errors name ``models[<label>]``)."""
+    data = {k: v for k, v in exp.items() if not k.startswith("_")}
+    return ExperimentConfig.from_dict(data, where=f"models[{exp['_label']}]")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedExperiment:
+    """One experiment of a pipeline config, parsed and resolved (every section validated)."""
+
+    label: str
+    corpus: str
+    exp: dict[str, Any]  # what crosses the Prefect task boundary (JSON)
+    config: ExperimentConfig
+    resolved: Resolved
+
+
+def plan_experiment(exp: dict[str, Any]) -> PlannedExperiment:
+    """One :func:`experiment_dicts` entry parsed and resolved (ConfigError names ``models[<label>]``)."""
+    cfg = experiment_config(exp)
+    return PlannedExperiment(exp["_label"], cfg.corpus, exp, cfg, resolve(cfg, where=f"models[{exp['_label']}]."))
+
+
+def plan_experiments(config: PipelineConfig) -> list[PlannedExperiment]:
+    """Every experiment of ``config``, validated before any work (and before Prefect starts)."""
+    return [plan_experiment(exp) for corpus in config.corpora for exp in experiment_dicts(config, corpus.name)]
+
+
 def experiment_name(config: PipelineConfig, corpus: str) -> str:
     """The MLflow experiment: one per corpus and protocol unless the config names one."""
     return config.experiment or f"{corpus}-{config.protocol}"
-
-
-def default_tracking_uri(base: str | os.PathLike[str] | None = None) -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<base or cwd>/mlruns/mlflow.db``.
-
-    MLflow 3 recommends a database backend over the plain file store for local use; SQLite needs no
-    service. Lives here (not in :mod:`ser_pipeline.tracking`) so a fully cached run never imports mlflow.
-    """
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{Path(base or Path.cwd()).resolve() / 'mlruns' / 'mlflow.db'}"

@@ -10,7 +10,7 @@ import pytest
 
 from flows import env, stages
 from ser_pipeline.errors import ConfigError, TrainingError
-from ser_pipeline.pipeline_config import PipelineConfig, experiment_dicts
+from ser_pipeline.pipeline.config import PipelineConfig, experiment_dicts
 
 
 def csv_corpus(folder: Path, write_wav: Callable[..., Path], *, n: int = 2) -> Path:

@@ -20,7 +20,7 @@ from ser_pipeline.models.baselines import CNNLSTM, PlainCNN
 from ser_pipeline.models.blocks import BasicBlock, SqueezeExcitation
 from ser_pipeline.models.resnet import ResNet18
 from ser_pipeline.train import SpeakerClassifier, freeze_backbone
-from ser_pipeline.views import ViewSpec, apply_view, flatten_segments
+from ser_pipeline.dataset.views import ViewSpec, apply_view, flatten_segments
 
 load_all()
 NEURAL = [name for name, e in MODELS.items() if e.trainer != "classic"]

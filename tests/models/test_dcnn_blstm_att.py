@@ -112,7 +112,7 @@ def test_bad_options_raise_config_error() -> None:
 def test_entries_are_valid_for_the_engine(name: str) -> None:
     from ser_pipeline.augment import parse_augment
     from ser_pipeline.features import PRESETS
-    from ser_pipeline.views import ViewSpec, window_count
+    from ser_pipeline.dataset.views import ViewSpec, window_count
 
     entry = get_model(name)
     view = ViewSpec.from_dict(entry.view)
