@@ -17,7 +17,7 @@ from ser_pipeline.workspace import Workspace
 
 runner = CliRunner()
 FAST = ["--device", "cpu", "--set", "hparams.channels=[8,16]", "--set", "view.frames=100", "--set", "view.normalise=global",
-        "--set", "lr=0.003", "--set", "batch_size=8", "--set", "train.patience=null"]
+        "--set", "train.lr=0.003", "--set", "train.batch_size=8", "--set", "train.patience=null"]
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
