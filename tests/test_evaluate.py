@@ -12,20 +12,17 @@ import pytest
 from ser_pipeline.corpora import ingest
 from ser_pipeline.corpora.demo import generate_demo_corpus
 from ser_pipeline.errors import ConfigError, ProtocolError
-from ser_pipeline.evaluate import (
-    ExperimentConfig,
-    compare_experiments,
-    load_trained_model,
-    resolve,
-    run_experiment,
-    spec_augment_from_config,
-)
+from ser_pipeline.experiments.compare import compare_experiments
+from ser_pipeline.experiments.config import ExperimentConfig, resolve, spec_augment_from_config
+from ser_pipeline.experiments.record import ExperimentRecord
+from ser_pipeline.experiments.runner import experiment_folder, run_experiment
+from ser_pipeline.inference.model_folder import load_trained_model
 from ser_pipeline.manifest import read_manifest, write_manifest
 from ser_pipeline.models import MODELS, load_all
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
 from ser_pipeline.workspace import Workspace
 
-TINY = {"model": "cnn", "corpus": "demo", "epochs": 2, "batch_size": 8, "lr": 0.003, "device": "cpu",
+TINY = {"model": "cnn", "corpus": "demo", "epochs": 2, "train": {"batch_size": 8, "lr": 0.003},
         "hparams": {"channels": [8, 16]}, "view": {"frames": 120, "normalise": "global"}}
 
 
@@ -44,7 +41,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 @pytest.mark.slow
 def test_experiment_directory_follows_the_contract(ws: Workspace) -> None:
     result = run_experiment(ExperimentConfig.from_dict({**TINY, "max_folds": 2}), ws)
-    out = result.directory
+    out = result.folder
     assert out.parent == ws.experiments and out.name == result.experiment_id
     config = json.loads((out / "config.json").read_text())
     assert set(config["digests"]) == {"manifest", "features", "augment", "config"}
@@ -78,7 +75,7 @@ def test_experiment_directory_follows_the_contract(ws: Workspace) -> None:
     from feature_store.store import FeatureStore
     from ser_pipeline.dataset.tables import load_table, normalise_with
     from ser_pipeline.features import FeatureSpec
-    from ser_pipeline.train import predict_proba
+    from ser_pipeline.inference.forward import predict_proba
     from ser_pipeline.dataset.views import ViewSpec
 
     fold_name = meta["fold"]
@@ -94,11 +91,12 @@ def test_experiment_directory_follows_the_contract(ws: Workspace) -> None:
 
 def test_same_config_and_seed_reproduce_the_metrics(ws: Workspace) -> None:
     config = ExperimentConfig.from_dict({**TINY, "max_folds": 1, "seed": 7})
-    first = run_experiment(config, ws)
-    cached = run_experiment(config, ws)
-    assert cached.cached and cached.directory == first.directory
-    again = run_experiment(config, ws, force=True)
-    assert not again.cached
+    first = run_experiment(config, ws, device="cpu")
+    assert ExperimentRecord.find(experiment_folder(config, ws)) == first
+    cached = run_experiment(config, ws, device="cpu")
+    assert cached == first  # the record is the one done check
+    again = run_experiment(config, ws, device="cpu", force=True)
+    assert (again.folder / "record.json").stat().st_mtime_ns >= (first.folder / "record.json").stat().st_mtime_ns
     a, b = first.metrics, again.metrics
     assert [f["ua"] for f in a["folds"]] == [f["ua"] for f in b["folds"]]
     assert a["folds"][0]["confusion"] == b["folds"][0]["confusion"]
@@ -106,8 +104,8 @@ def test_same_config_and_seed_reproduce_the_metrics(ws: Workspace) -> None:
 
 def test_random_protocol_is_labelled_speaker_dependent_everywhere(ws: Workspace) -> None:
     result = run_experiment(ExperimentConfig.from_dict({**TINY, "protocol": "random", "epochs": 1, "augment": "gain=3"}), ws)
-    metrics = json.loads((result.directory / "metrics.json").read_text())
-    config = json.loads((result.directory / "config.json").read_text())
+    metrics = json.loads((result.folder / "metrics.json").read_text())
+    config = json.loads((result.folder / "config.json").read_text())
     assert metrics["speaker_dependent"] is True and "speaker-dependent" in metrics["evaluation"]
     assert config["speaker_dependent"] is True and metrics["folds"][0]["speaker_dependent"] is True
     assert "speaker-dependent" in metrics["folds"][0]["fold"]
@@ -118,7 +116,7 @@ def test_random_protocol_is_labelled_speaker_dependent_everywhere(ws: Workspace)
 
     index = FeatureStore(ws.features).open_set(FeatureSpec.from_dict(config["feature_spec"])).index()
     manifest = read_manifest("demo", ws)
-    test_ids = set(pd.read_csv(result.directory / "predictions.csv")["utterance_id"])
+    test_ids = set(pd.read_csv(result.folder / "predictions.csv")["utterance_id"])
     test_sha = set(manifest.loc[manifest.utterance_id.isin(test_ids), "sha256"])
     augmented = set(index.loc[index.variant == "gain=3", "sha256"])
     assert augmented and not (augmented & test_sha)
@@ -140,7 +138,7 @@ def test_bad_model_protocol_and_unsplittable_corpus(ws: Workspace) -> None:
 def test_compare_experiments_pairs_folds(ws: Workspace) -> None:
     a = run_experiment(ExperimentConfig.from_dict({**TINY, "epochs": 1, "max_folds": 2}), ws)
     b = run_experiment(ExperimentConfig.from_dict({**TINY, "epochs": 1, "max_folds": 2, "seed": 1}), ws)
-    out = compare_experiments(a.directory, b.directory)
+    out = compare_experiments(a.folder, b.folder)
     assert out["folds"] == ["loso-demo-spk01", "loso-demo-spk02"] and out["n_folds"] == 2
     ua_a = [f["ua"] for f in a.metrics["folds"]]
     ua_b = [f["ua"] for f in b.metrics["folds"]]
@@ -149,9 +147,9 @@ def test_compare_experiments_pairs_folds(ws: Workspace) -> None:
 
 def test_resolution_and_spec_augment_forms() -> None:
     load_all()
-    default = resolve(ExperimentConfig(model="cnn", epochs=3, lr=0.01))
-    assert default.protocol == "loso" and default.train.epochs == 3 and default.train.lr == 0.01
-    assert default.view.frames == MODELS.get("cnn").view["frames"] and default.augment == ""
+    default = resolve(ExperimentConfig(model="cnn", epochs=3, train={"lr": 0.01}))
+    assert default.protocol == "loso" and default.plan.train.epochs == 3 and default.plan.train.lr == 0.01
+    assert default.plan.view.frames == MODELS.get("cnn").view["frames"] and default.augment == ""
     parsed = spec_augment_from_config({"horizontal_mixup": {"a": 0.05, "b": 1.25, "c": 1.0, "ratio": 0.3}, "cutout": {"holes": 2}})
     assert parsed == SpecAugmentSpec(hmixup=(0.05, 1.25, 1.0), ratio=0.3, cutout=2)
     assert spec_augment_from_config({"mixup": 0.4, "ratio": 0.5}) == SpecAugmentSpec(mixup=0.4, ratio=0.5)
@@ -161,31 +159,31 @@ def test_resolution_and_spec_augment_forms() -> None:
         ExperimentConfig(preset="fast")
     if "res_trans" in MODELS:  # a seed model with a paper recipe: speaker pre-training + Horizontal Mixup
         paper = resolve(ExperimentConfig(model="res_trans", preset="paper", epochs=2))
-        assert paper.spec_augment == SpecAugmentSpec(hmixup=(0.05, 1.25, 1.0), ratio=0.3)
-        assert paper.speaker_train is not None and paper.speaker_train.epochs == 2
-        assert resolve(ExperimentConfig(model="res_trans", epochs=2)).spec_augment is None
+        assert paper.plan.spec_augment == SpecAugmentSpec(hmixup=(0.05, 1.25, 1.0), ratio=0.3)
+        assert paper.plan.speaker_train is not None and paper.plan.speaker_train.epochs == 2
+        assert resolve(ExperimentConfig(model="res_trans", epochs=2)).plan.spec_augment is None
 
 
 @pytest.mark.skipif("alexnet_sru" not in load_all(), reason="seed model alexnet_sru not registered")
 def test_two_stage_writes_stage1_embeddings_to_the_store(ws: Workspace) -> None:
     config = ExperimentConfig.from_dict({
-        "model": "alexnet_sru", "corpus": "demo", "epochs": 1, "batch_size": 8, "device": "cpu", "max_folds": 1,
+        "model": "alexnet_sru", "corpus": "demo", "epochs": 1, "train": {"batch_size": 8}, "max_folds": 1,
         "hparams": {"width_mult": 0.0625}, "view": {"resize": [67, 67], "n_segments": 2, "frames": 32},
         "stage2": {"hparams": {"hidden_size": 8}, "recipe": {"epochs": 1}}})
-    result = run_experiment(config, ws)
+    result = run_experiment(config, ws, device="cpu")
     from feature_store.store import FeatureStore
 
     digest = result.metrics["folds"][0]["stage1_checkpoint_digest"]
     derived = [d for d in FeatureStore(ws.features).list_derived() if d["checkpoint_digest"] == digest]
     assert len(derived) == 1 and derived[0]["items"] == 48  # every utterance of the fold
-    assert (result.directory / "history_stage1.json").exists() and (result.directory / "model" / "stage2.pt").exists()
+    assert (result.folder / "history_stage1.json").exists() and (result.folder / "model" / "stage2.pt").exists()
 
 
 @pytest.mark.slow
 def test_classic_svm_on_cached_functionals(ws: Workspace) -> None:
     pytest.importorskip("opensmile")
     config = ExperimentConfig.from_dict({"model": "svm", "corpus": "demo", "max_folds": 2})
-    result = run_experiment(config, ws)
+    result = run_experiment(config, ws, device="cpu")
     assert result.metrics["mean"]["ua"] > 0.25
     cache = Path(ws.features) / "functionals" / "eGeMAPSv02.parquet"
     stamp = cache.stat().st_mtime_ns
@@ -202,7 +200,7 @@ def test_one_bad_recording_is_left_out_not_fatal(tmp_path: Path) -> None:
     Path(bad["path"]).write_bytes(b"not audio any more")  # bytes changed since ingest
     with pytest.warns(UserWarning, match="left out"):
         result = run_experiment(ExperimentConfig.from_dict({**TINY, "corpus": "small", "epochs": 1, "max_folds": 1}), ws)
-    config = json.loads((result.directory / "config.json").read_text())
+    config = json.loads((result.folder / "config.json").read_text())
     assert list(config["skipped"]) == [bad["utterance_id"]]
-    preds = pd.read_csv(result.directory / "predictions.csv")
+    preds = pd.read_csv(result.folder / "predictions.csv")
     assert bad["utterance_id"] not in set(preds["utterance_id"]) and len(preds) == 8 - 1

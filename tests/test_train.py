@@ -14,18 +14,10 @@ from ser_pipeline.dataset.tables import FeatureTable, _pack
 from ser_pipeline.errors import ConfigError, TrainingError
 from ser_pipeline.models.baselines import PlainCNN
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
-from ser_pipeline.train import (
-    OPTIMIZERS,
-    TrainConfig,
-    embed_table,
-    fit,
-    predict_proba,
-    pretrain_speakers,
-    resolve_device,
-    seed_everything,
-    sequence_table,
-    state_digest,
-)
+from ser_pipeline.inference.forward import embed_table, predict_proba, sequence_table
+from ser_pipeline.training.config import OPTIMIZERS, TrainConfig, resolve_device, seed_everything
+from ser_pipeline.training.loop import fit, state_digest
+from ser_pipeline.training.speaker import pretrain_speakers
 from ser_pipeline.dataset.views import ViewSpec
 
 VIEW = ViewSpec(kind="fixed", frames=24, channels=0, normalise="none")
@@ -51,7 +43,7 @@ def tiny_cnn(seed: int = 0) -> PlainCNN:
     return PlainCNN(K, 2, channels=(8, 8), dropout=0.2)
 
 
-CONFIG = TrainConfig(epochs=4, batch_size=8, lr=1e-2, patience=None, device="cpu", seed=3)
+CONFIG = TrainConfig(epochs=4, batch_size=8, lr=1e-2, patience=None, seed=3)
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

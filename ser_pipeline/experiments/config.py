@@ -24,7 +24,7 @@ from ser_pipeline.augment import parse_augment
 from ser_pipeline.config import Spec, canonical_json, check_fields, require, stable_digest
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
 from ser_pipeline.dataset.views import ViewSpec
-from ser_pipeline.errors import ConfigError
+from ser_pipeline.errors import ConfigError, ProtocolError
 from ser_pipeline.features import FeatureSpec, feature_spec
 from ser_pipeline.models import ModelEntry, get_model
 from ser_pipeline.splits import PROTOCOLS
@@ -177,7 +177,10 @@ def _train_config(recipe: dict[str, Any], *, where: str, seed: int) -> TrainConf
 
 
 def _check_protocol(where: str, protocol: str, options: dict[str, Any]) -> None:
-    fn = PROTOCOLS.get(protocol)
+    try:
+        fn = PROTOCOLS.get(protocol)
+    except ConfigError as exc:
+        raise ProtocolError(f"{where}protocol: {exc}") from None
     params = inspect.signature(fn).parameters.values()
     names = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "seed"]
     check_fields(f"{where}protocol_options", options, names)

@@ -8,7 +8,7 @@ import pytest
 from prefect import flow, task
 from prefect.states import Completed, Failed
 
-from flows import stages
+from ser_pipeline.pipeline import stages
 from flows.common import digest_cache_key, outcome, retry_on_tracking_error
 from ser_pipeline.errors import TrackingError, TrainingError
 

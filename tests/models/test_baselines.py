@@ -19,7 +19,7 @@ from ser_pipeline.models.alexnet import AlexNet, load_imagenet_weights
 from ser_pipeline.models.baselines import CNNLSTM, PlainCNN
 from ser_pipeline.models.blocks import BasicBlock, SqueezeExcitation
 from ser_pipeline.models.resnet import ResNet18
-from ser_pipeline.train import SpeakerClassifier, freeze_backbone
+from ser_pipeline.training.speaker import SpeakerClassifier, freeze_backbone
 from ser_pipeline.dataset.views import ViewSpec, apply_view, flatten_segments
 
 load_all()

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ser_pipeline.errors import ConfigError
-from ser_pipeline.evaluate import ExperimentConfig, run_experiment
+from ser_pipeline.experiments.config import ExperimentConfig
+from ser_pipeline.experiments.runner import run_experiment
 from ser_pipeline.models import build_model, get_model
 from ser_pipeline.models.blocks import BasicBlock
 from ser_pipeline.models.rescnn import ResCNN
