@@ -9,13 +9,13 @@ import pytest
 from ser_pipeline.errors import ConfigError
 from ser_pipeline.pipeline.config import (
     PipelineConfig,
-    default_tracking_uri,
     experiment_dicts,
     experiment_name,
     load_config,
     model_key,
     stage_plan,
 )
+from ser_pipeline.tracking.uri import default_tracking_uri
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -69,7 +69,7 @@ def test_experiment_dicts_cross_models_and_seeds(tmp_path: Path) -> None:
 
 def test_auto_preset_defers_to_the_model(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, MINIMAL.replace("preset: logmel64", "preset: auto")))
-    assert all(e["features"] is None for e in experiment_dicts(cfg, "small"))
+    assert all(e["features"] == "" for e in experiment_dicts(cfg, "small"))
 
 
 def test_digest_changes_with_any_parameter(tmp_path: Path) -> None:

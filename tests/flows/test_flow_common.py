@@ -8,7 +8,8 @@ import pytest
 from prefect import flow, task
 from prefect.states import Completed, Failed
 
-from ser_pipeline.pipeline import stages
+from ser_pipeline.pipeline import stages  # noqa: F401
+from ser_pipeline.pipeline.records import is_done, read_record, write_record  # noqa: F401
 from flows.common import digest_cache_key, outcome, retry_on_tracking_error
 from ser_pipeline.errors import TrackingError, TrainingError
 
@@ -19,7 +20,7 @@ def test_cache_key_only_when_the_outputs_exist(tmp_path: Path) -> None:
     assert key_fn(None, params) is None  # nothing on disk: never trust a cache
     out = tmp_path / "set"
     out.mkdir()
-    stages.write_record(tmp_path, "featurize", "abc", {"outputs": [str(out)]})
+    write_record(tmp_path, "featurize", "abc", {"outputs": [str(out)]})
     assert key_fn(None, params) == "ser-featurize-abc"
     assert key_fn(None, {**params, "force": True}) is None
     out.rmdir()

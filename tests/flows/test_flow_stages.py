@@ -1,4 +1,4 @@
-"""The stage functions under the flows (no Prefect): stage records, input keys, digests, memo."""
+"""The pipeline stage functions under the flows (no Prefect): stage records, input keys, digests."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from flows import env, stages
+from flows import env
+from ser_pipeline.pipeline import stages
+from ser_pipeline.pipeline.records import is_done, read_record, record_path, write_record
 from ser_pipeline.errors import ConfigError, TrainingError
-from ser_pipeline.pipeline.config import PipelineConfig, experiment_dicts
+from ser_pipeline.pipeline.config import PipelineConfig, experiment_dicts, plan_experiment, plan_experiments
 
 
 def csv_corpus(folder: Path, write_wav: Callable[..., Path], *, n: int = 2) -> Path:
@@ -36,14 +38,14 @@ def config(**changes) -> PipelineConfig:
 def test_records_are_atomic_and_checked_against_outputs(tmp_path: Path) -> None:
     out = tmp_path / "out.bin"
     out.write_bytes(b"x")
-    stages.write_record(tmp_path, "featurize", "k1", {"outputs": [str(out)], "value": 1})
-    assert stages.read_record(tmp_path, "featurize", "k1")["value"] == 1
-    assert stages.is_done(tmp_path, "featurize", "k1")
+    write_record(tmp_path, "featurize", "k1", {"outputs": [str(out)], "value": 1})
+    assert read_record(tmp_path, "featurize", "k1")["value"] == 1
+    assert is_done(tmp_path, "featurize", "k1")
     out.unlink()
-    assert not stages.is_done(tmp_path, "featurize", "k1")  # outputs gone: not done
-    stages.record_path(tmp_path, "featurize", "k2").write_text('{"outputs": [')  # torn write
-    assert stages.read_record(tmp_path, "featurize", "k2") is None
-    assert not stages.is_done(tmp_path, "featurize", "k2")
+    assert not is_done(tmp_path, "featurize", "k1")  # outputs gone: not done
+    record_path(tmp_path, "featurize", "k2").write_text('{"outputs": [')  # torn write
+    assert read_record(tmp_path, "featurize", "k2") is None
+    assert not is_done(tmp_path, "featurize", "k2")
     assert not list((tmp_path / "runs" / "featurize").glob("*.tmp*"))
 
 
@@ -75,59 +77,48 @@ def test_ingest_stage_computes_then_reports_cached(tmp_path: Path, write_wav: Ca
     assert stages.ingest_key(entry) != key
 
 
-def test_digests_follow_what_changed(tmp_path: Path) -> None:
-    root = str(tmp_path)
-    base = stages.experiment_digests(experiment_dicts(config(), "c")[0], root)
-    feat = stages.experiment_digests(
-        experiment_dicts(config(features={"preset": "logmel64", "overrides": {"n_mels": 40}}), "c")[0], root)
-    model = stages.experiment_digests(
-        experiment_dicts(config(models=[{"name": "cnn", "hparams": {"channels": [4, 4, 8, 16]}}]), "c")[0], root)
-    assert feat["features"] != base["features"] and feat["config"] != base["config"]
-    assert model["features"] == base["features"] and model["augment"] == base["augment"]
-    assert model["config"] != base["config"]
+def _keys(cfg: PipelineConfig) -> tuple[dict, object]:
+    planned = plan_experiments(cfg)[0]
+    return stages.feature_settings([planned], "c")[0], planned
+
+
+def test_digests_follow_what_changed() -> None:
+    base_f, base = _keys(config())
+    feat_f, feat = _keys(config(features={"preset": "logmel64", "overrides": {"n_mels": 40}}))
+    model_f, model = _keys(config(models=[{"name": "cnn", "hparams": {"channels": [4, 4, 8, 16]}}]))
+    label_f, label = _keys(config(features={"preset": "logmel60", "overrides": {"n_mels": 32}}))
     m = "manifest-digest"
-    assert stages.featurize_key(m, model) == stages.featurize_key(m, base)  # model change: featurize cached
+    assert stages.featurize_key(m, model_f) == stages.featurize_key(m, base_f)  # model change: featurize cached
     assert stages.train_key(m, model) != stages.train_key(m, base)  # ... train re-runs
-    assert stages.featurize_key(m, feat) != stages.featurize_key(m, base)  # feature change: both re-run
+    assert stages.featurize_key(m, feat_f) != stages.featurize_key(m, base_f)  # feature change: both re-run
     assert stages.train_key(m, feat) != stages.train_key(m, base)
     assert stages.train_key("other-manifest", base) != stages.train_key(m, base)
+    # another preset name with the same parameters: the same arrays, the same keys
+    assert stages.featurize_key(m, label_f) == stages.featurize_key(m, base_f)
+    assert stages.train_key(m, label) == stages.train_key(m, base)
+    assert label_f["label"] == "logmel60 n_mels=32" and base_f["label"] == "logmel64 n_mels=32"
 
 
-def test_auto_preset_resolves_to_the_models_own(tmp_path: Path) -> None:
-    exps = experiment_dicts(config(features={"preset": "auto"},
-                                   models=["cnn", {"name": "att_res"}]), "c")
-    settings = stages.feature_settings(exps, str(tmp_path))
+def test_device_does_not_enter_the_train_key() -> None:
+    _, cpu = _keys(config(device="cpu"))
+    _, gpu = _keys(config(device="cuda:1"))
+    assert stages.train_key("m", cpu) == stages.train_key("m", gpu)
+
+
+def test_auto_preset_resolves_to_the_models_own() -> None:
+    planned = plan_experiments(config(features={"preset": "auto"}, models=["cnn", {"name": "att_res"}]))
+    settings = stages.feature_settings(planned, "c")
     from ser_pipeline.models import get_model
 
-    assert [s["preset"] for s in settings] == [get_model("cnn").feature_preset, get_model("att_res").feature_preset]
-
-
-def test_memo_computes_once_per_code_version(tmp_path: Path) -> None:
-    calls = []
-
-    def compute() -> dict:
-        calls.append(1)
-        return {"x": len(calls)}
-
-    stages._MEMO.clear()
-    assert stages.memoised(tmp_path, {"a": 1}, compute) == {"x": 1}
-    assert stages.memoised(tmp_path, {"a": 1}, compute) == {"x": 1}
-    stages._MEMO.clear()  # a new process reads the memo from disk
-    assert stages.memoised(tmp_path, {"a": 1}, compute) == {"x": 1}
-    assert stages.memoised(tmp_path, {"a": 2}, compute) == {"x": 2}
-    assert len(calls) == 2
-    assert len(stages.code_fingerprint()) == 16
+    assert [s["label"] for s in settings] == [get_model("cnn").feature_preset, get_model("att_res").feature_preset]
 
 
 def test_unknown_model_option_is_named() -> None:
-    exp = experiment_dicts(config(models=[{"name": "cnn", "options": {"bogus": 1}}]), "c")[0]
-    with pytest.raises(ConfigError, match="bogus"):
-        stages.to_experiment_config(exp)
-
-
-def test_metrics_summary_requires_a_finished_experiment(tmp_path: Path) -> None:
-    with pytest.raises(TrainingError, match="metrics.json is missing"):
-        stages.metrics_summary(tmp_path)
+    exp = experiment_dicts(config(models=[{"name": "cnn", "options": {"view": {"bogus": 1}}}]), "c")[0]
+    with pytest.raises(ConfigError, match=r"models\[cnn\]\.view: unknown field 'bogus'; valid: .*frames"):
+        plan_experiment(exp)
+    with pytest.raises(ConfigError, match=r"models\[cnn\]\.options: unknown field 'bogus'"):
+        config(models=[{"name": "cnn", "options": {"bogus": 1}}])
 
 
 def test_failure_row_names_the_model() -> None:
