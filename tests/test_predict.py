@@ -19,9 +19,9 @@ from ser_pipeline.inference.predictor import (
     frame_results,
     load_predictor,
     predict_paths,
-    predict_with_uri,
     results_frame,
 )
+from ser_pipeline.cli.run_cmds import predict_with_uri
 from ser_pipeline.dataset.views import ViewSpec
 
 CLASSES = ["anger", "sadness"]

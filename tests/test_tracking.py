@@ -12,7 +12,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from ser_pipeline import tracking
+import types
+
+from ser_pipeline.experiments.record import Digests, ExperimentRecord
+from ser_pipeline.tracking import compare as _compare
+from ser_pipeline.tracking import pyfunc as _pyfunc
+from ser_pipeline.tracking import runs as _runs
+from ser_pipeline.tracking import uri as _uri
+
+tracking = types.SimpleNamespace(**{**vars(_uri), **vars(_pyfunc), **vars(_runs), **vars(_compare)})
 from ser_pipeline.errors import TrackingError
 
 CLASSES = ["anger", "sadness"]
@@ -56,6 +64,20 @@ def make_experiment_dir(folder: Path, *, fold_ua: dict[str, float], digest: str,
                   "p_anger": [0.9], "p_sadness": [0.1]}).to_csv(folder / "predictions.csv", index=False)
     if model_dir:
         make_model_dir(folder / "model")
+    fig = plt.figure(figsize=(1, 1))
+    fig.savefig(folder / "curves.png")
+    plt.close(fig)
+    pd.DataFrame([[6, 2], [2, 6]], index=CLASSES, columns=CLASSES).to_csv(folder / "confusion_pooled.csv")
+    fig = plt.figure(figsize=(1, 1))
+    fig.savefig(folder / "confusion_pooled.png")
+    plt.close(fig)
+    artifacts = {f"confusion_{f}_{e}": f"confusion_{f}.{e}" for f in fold_ua for e in ("csv", "png")}
+    artifacts.update({"confusion_pooled_csv": "confusion_pooled.csv", "confusion_pooled_png": "confusion_pooled.png",
+                      "predictions": "predictions.csv", "curves": "curves.png", "history": "history.json",
+                      "config": "config.json", "metrics": "metrics.json"})
+    ExperimentRecord(experiment_id=folder.name, folder=folder, model="cnn", corpus="demo", seed=0, protocol="loso",
+                     speaker_dependent=False, classes=tuple(CLASSES), digests=Digests(**digests), config=config,
+                     feature_label="logmel64 n_mels=32", metrics=metrics, artifacts=artifacts).write()
     return folder
 
 
@@ -133,7 +155,7 @@ def test_nested_fold_runs_with_epoch_history(logged: dict, store: str) -> None:
 def test_parent_artifacts_and_dataset_lineage(logged: dict, store: str) -> None:
     client = MlflowClient(store)
     paths = {a.path for a in client.list_artifacts(logged["run_id"])}
-    assert {"predictions.csv", "config.json", "metrics.json", "training_curves.png"} <= paths
+    assert {"predictions.csv", "config.json", "metrics.json", "curves.png"} <= paths
     inputs = client.get_run(logged["run_id"]).inputs.dataset_inputs
     assert len(inputs) == 1
     assert inputs[0].dataset.name == "demo"
@@ -152,9 +174,9 @@ def test_idempotent_unless_forced(logged: dict, store: str, manifest: Path, tmp_
 def test_compare_and_paired_tests(logged: dict, store: str, tmp_path: Path) -> None:
     other = {"spk1": 0.55, "spk2": 0.70, "spk3": 0.72}
     exp = make_experiment_dir(tmp_path / "e2", fold_ua=other, digest="cfg2")
-    cfg = json.loads((exp / "config.json").read_text())
-    cfg["config"]["seed"] = 7
-    (exp / "config.json").write_text(json.dumps(cfg))
+    record = json.loads((exp / "record.json").read_text())
+    record["config"]["seed"] = record["seed"] = 7
+    (exp / "record.json").write_text(json.dumps(record))
     tracking.log_experiment(exp, experiment="demo-loso", uri=store)
     rows = tracking.compare_runs("demo-loso", uri=store)
     by_name = {r["run"]: r for r in rows}
@@ -200,12 +222,10 @@ def test_unreachable_server_fails_fast_naming_the_uri() -> None:
         tracking.check_reachable(uri, timeout=1.0)
 
 
-def test_incomplete_experiment_dir(tmp_path: Path) -> None:
-    with pytest.raises(TrackingError, match="config.json is missing"):
-        tracking.read_experiment_dir(tmp_path)
-    (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(TrackingError, match=f"{tmp_path}.*metrics.json is missing"):
-        tracking.read_experiment_dir(tmp_path)
+def test_incomplete_experiment_dir(tmp_path: Path, store: str) -> None:
+    (tmp_path / "metrics.json").write_text("{}")  # no record: the experiment never finished
+    with pytest.raises(TrackingError, match=f"{tmp_path}.*record.json is missing"):
+        tracking.log_experiment(tmp_path, experiment="x", uri=store)
 
 
 def test_flatten_and_labels() -> None:

@@ -20,7 +20,7 @@ from typing import Any  # noqa: E402
 
 from ser_pipeline.errors import ConfigError, TrackingError  # noqa: E402
 from ser_pipeline.experiments.record import ExperimentRecord  # noqa: E402
-from ser_pipeline.tracking.pyfunc import log_model  # noqa: E402
+from ser_pipeline.tracking.pyfunc import log_model as log_pyfunc  # noqa: E402
 from ser_pipeline.tracking.uri import artifact_root, check_reachable, default_tracking_uri  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def log_experiment(
     uri: str | None = None,
     manifest_path: str | os.PathLike[str] | None = None,
     register: bool = True,
-    log_model_: bool = True,
+    log_model: bool = True,
     force: bool = False,
     example_audio: str | None = None,
     label: str | None = None,
@@ -153,8 +153,8 @@ def log_experiment(
         run_id = _log_runs(exp_id, record, manifest_path, run_label(record.config, label))
         model_info = None
         model_dir = record.folder / record.model_folder
-        if log_model_ and (model_dir / "model.json").is_file():
-            model_info = log_model(run_id, record.folder, model_dir, registered=registered_name(record.config)
+        if log_model and (model_dir / "model.json").is_file():
+            model_info = log_pyfunc(run_id, record.folder, model_dir, registered=registered_name(record.config)
                                    if register else None, example_audio=example_audio)
         return _summary(client.get_run(run_id), experiment, "logged", model_info)
     except TrackingError:
