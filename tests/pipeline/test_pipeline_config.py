@@ -17,7 +17,7 @@ from ser_pipeline.pipeline.config import (
 )
 from ser_pipeline.tracking.uri import default_tracking_uri
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 MINIMAL = """
 name: t
