@@ -48,7 +48,7 @@ class FeatureSpec(Spec):
     two specs with equal parameters store and find the same arrays under the same key.
     """
 
-    CODE_VERSION: ClassVar[str] = "2"  # 2: the preset name left the digest
+    CODE_VERSION: ClassVar[str] = "1"
 
     preset: str = "logmel64"
     kind: str = "logmel"
@@ -90,12 +90,12 @@ class FeatureSpec(Spec):
     def digest(self) -> str:
         """sha256 of the parameters that determine the arrays (every field but ``preset``)."""
         params = {k: v for k, v in self.to_dict().items() if k != "preset"}
-        return stable_digest(params, version=f"{type(self).__name__}:{self.CODE_VERSION}")
+        return stable_digest(params, version=f"{type(self).__name__}:{self.CODE_VERSION}:params")
 
     def legacy_digest(self) -> str:
-        """The key stores written before version 2 used (preset name included): such sets stay
+        """The key stores used before the preset left the digest (preset name included): such sets stay
         readable and ``ser store gc`` reports them as superseded by :meth:`digest`."""
-        return stable_digest(self.to_dict(), version=f"{type(self).__name__}:1")
+        return stable_digest(self.to_dict(), version=f"{type(self).__name__}:{self.CODE_VERSION}")
 
     @property
     def win_length(self) -> int:

@@ -128,3 +128,23 @@ def test_bench_featurize_on_a_folder(tmp_path, write_wav):
     assert naive["seconds"] == pytest.approx(sum(naive["runs_s"]) / 2, abs=0.002)  # median of two
     assert figures["ratio_range"][0] <= figures["ratio_range"][1]
     assert list(tmp_path.glob("ser-bench-*")) == []  # scratch removed
+
+
+def test_override_label_and_sets_from_before_the_key_change_reported_superseded(ingested):
+    root = str(ingested.root)
+    out = json.loads(invoke("featurize", "tiny", "--root", root, "--set", "n_mels=48", "--json").stdout)
+    assert out["label"] == "logmel64 n_mels=48"
+    assert out["feature_digest"] == feature_spec("logmel60", n_mels=48).digest()  # preset is only a label
+    spec = feature_spec("logmel64", n_mels=48)
+    sets_dir = ingested.features / "sets"
+    (sets_dir / spec.digest()).rename(sets_dir / spec.legacy_digest())  # a set keyed the old way
+    listed = json.loads(invoke("store", "ls", "--root", root, "--json").stdout)["sets"]
+    assert [(s["digest"], s["label"], s["superseded_by"]) for s in listed] == [
+        (spec.legacy_digest(), "logmel64 n_mels=48", spec.digest())]
+    assert invoke("store", "verify", "--root", root).exit_code == 0  # still readable and verifiable
+    gc = json.loads(invoke("store", "gc", "--root", root, "--json").stdout)
+    assert gc["superseded"] == [{"digest": spec.legacy_digest(), "label": "logmel64 n_mels=48",
+                                 "superseded_by": spec.digest()}]
+    assert any(spec.legacy_digest() in r["path"] for r in gc["removed"])  # not kept as referenced
+    bad = invoke("featurize", "tiny", "--root", root, "--set", "n_mel=48")
+    assert bad.exit_code != 0

@@ -157,7 +157,7 @@ def test_tracking_server_receives_the_run_through_the_flow(ws: dict, tmp_path: P
         assert run.data.metrics["mean_ua"] == pytest.approx(metrics["mean"]["ua"])
         assert run.data.metrics["pooled_ua"] == pytest.approx(metrics["pooled"]["ua"])
         paths = {a.path for a in client.list_artifacts(run_id)}
-        assert {"predictions.csv", "config.json", "confusion", "training_curves.png"} <= paths
+        assert {"predictions.csv", "config.json", "confusion", "curves.png"} <= paths
         experiment = client.get_experiment(run.info.experiment_id)
         assert experiment.name == "tiny-loso"
         again = pipeline_flow(config=write_config(ws["base"], "base", BASE), root=ws["root"], tracking_uri=uri)
