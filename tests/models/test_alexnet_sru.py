@@ -165,11 +165,11 @@ def test_sru_classifier_mask_ignores_padded_steps(readout: str) -> None:
 def test_one_epoch_through_the_engine(tiny_ws: Workspace, name: str) -> None:
     from feature_store import FeatureStore
 
-    config = ExperimentConfig(model=name, corpus="tiny", epochs=1, max_folds=1, device="cpu",
+    config = ExperimentConfig(model=name, corpus="tiny", epochs=1, max_folds=1,
                               hparams={"width_mult": 0.02} if name != "alexnet_sru_sru_only" else {"pool": 4},
                               view={"resize": (67, 67), "frames": 67, "n_segments": 3},
                               stage2={"hparams": {"hidden_size": 16}})
-    result = run_experiment(config, tiny_ws)
+    result = run_experiment(config, tiny_ws, device="cpu")
     fold = result.metrics["folds"][0]
     assert 0.0 <= fold["ua"] <= 1.0
     cfg = json.loads((result.path / "config.json").read_text())

@@ -117,9 +117,9 @@ def test_entries_are_valid_for_the_engine(name: str) -> None:
 
 
 def test_one_epoch_through_the_engine(tiny_ws: Workspace) -> None:
-    config = ExperimentConfig(model="att_res", corpus="tiny", epochs=1, max_folds=1, device="cpu",
+    config = ExperimentConfig(model="att_res", corpus="tiny", epochs=1, max_folds=1,
                               hparams={"width": 0.125}, view={"resize": (32, 32), "frames": 32})
-    result = run_experiment(config, tiny_ws)
+    result = run_experiment(config, tiny_ws, device="cpu")
     fold = result.metrics["folds"][0]
     assert fold["best_epoch"] == 1 and 0.0 <= fold["ua"] <= 1.0
     assert len((result.path / "predictions.csv").read_text().strip().splitlines()) == 1 + 6

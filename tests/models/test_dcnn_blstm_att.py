@@ -144,10 +144,10 @@ def test_mask_gives_the_same_result_as_the_unpadded_sequence(attention: bool) ->
 def test_one_epoch_through_the_engine(tiny_ws: Workspace) -> None:
     from feature_store import FeatureStore
 
-    config = ExperimentConfig(model="dcnn_blstm_att", corpus="tiny", epochs=1, max_folds=1, device="cpu",
+    config = ExperimentConfig(model="dcnn_blstm_att", corpus="tiny", epochs=1, max_folds=1,
                               hparams={"width_mult": 0.02}, view={"resize": (67, 67), "frames": 96},
                               stage2={"hparams": {"hidden": 8, "dnn": (16, 8, 8)}})
-    result = run_experiment(config, tiny_ws)
+    result = run_experiment(config, tiny_ws, device="cpu")
     fold = result.metrics["folds"][0]
     assert 0.0 <= fold["ua"] <= 1.0
     cfg = json.loads((result.path / "config.json").read_text())

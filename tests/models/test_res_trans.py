@@ -98,9 +98,9 @@ def test_entry_is_valid_for_the_engine() -> None:
 
 
 def test_speaker_pretraining_through_the_engine(tiny_ws: Workspace) -> None:
-    config = ExperimentConfig(model="res_trans", corpus="tiny", epochs=1, max_folds=1, device="cpu",
+    config = ExperimentConfig(model="res_trans", corpus="tiny", epochs=1, max_folds=1,
                               hparams={"width": 4, "heads": 2, "ff_dim": 16}, view={"frames": 64})
-    result = run_experiment(config, tiny_ws)
+    result = run_experiment(config, tiny_ws, device="cpu")
     fold = result.metrics["folds"][0]
     assert "speaker_val_acc" in fold  # stage 1 ran: speaker identification on training speakers
     assert fold["best_epoch"] == 1 and 0.0 <= fold["ua"] <= 1.0

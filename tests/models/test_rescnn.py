@@ -74,9 +74,9 @@ def test_entry_is_valid_for_the_engine() -> None:
 
 
 def test_one_epoch_through_the_engine(tiny_ws: Workspace) -> None:
-    config = ExperimentConfig(model="rescnn", corpus="tiny", epochs=1, max_folds=1, device="cpu",
+    config = ExperimentConfig(model="rescnn", corpus="tiny", epochs=1, max_folds=1,
                               hparams={"width": 0.125}, view={"resize": (40, 36), "frames": 36})
-    result = run_experiment(config, tiny_ws)
+    result = run_experiment(config, tiny_ws, device="cpu")
     fold = result.metrics["folds"][0]
     assert result.metrics["protocol"] == "loso" and not result.metrics["speaker_dependent"]
     assert fold["best_epoch"] == 1 and 0.0 <= fold["ua"] <= 1.0
