@@ -127,13 +127,14 @@ class FeatureSpec(Spec):
         return 1 + max(0, n_samples - self.win_length) // self.hop_length
 
 
-def feature_spec(preset: str = "logmel64", *, where: str = "features", **overrides: Any) -> FeatureSpec:
+def feature_spec(preset: str = "logmel64", *, where: str = "", **overrides: Any) -> FeatureSpec:
     """The preset's spec with ``overrides`` applied; ConfigError names an unknown preset or field
     (with the valid names) under the field path ``where``."""
     if preset not in PRESETS:
-        raise ConfigError(f"{where}.preset={preset!r}: unknown preset; valid: {', '.join(PRESETS.names())}")
+        raise ConfigError(f"{where + '.' if where else ''}preset={preset!r}: unknown preset; "
+                          f"valid: {', '.join(PRESETS.names())}")
     valid = sorted(set(FeatureSpec.__dataclass_fields__) - {"preset"})
-    check_fields(f"{where}.overrides", overrides, valid)
+    check_fields(f"{where}.overrides" if where else "FeatureSpec", overrides, valid)
     return FeatureSpec.from_dict({**PRESETS.get(preset), **overrides, "preset": preset}, where=where)
 
 

@@ -172,9 +172,9 @@ def test_one_epoch_through_the_engine(tiny_ws: Workspace, name: str) -> None:
     result = run_experiment(config, tiny_ws, device="cpu")
     fold = result.metrics["folds"][0]
     assert 0.0 <= fold["ua"] <= 1.0
-    cfg = json.loads((result.path / "config.json").read_text())
+    cfg = json.loads((result.folder / "config.json").read_text())
     derived = FeatureStore(tiny_ws.features).derived(cfg["digests"]["features"], fold["stage1_checkpoint_digest"])
-    uid = (result.path / "predictions.csv").read_text().splitlines()[1].split(",")[0]
+    uid = (result.folder / "predictions.csv").read_text().splitlines()[1].split(",")[0]
     item = derived.read(uid, "orig")
     expected_dim = 3 * 4 * 4 if name == "alexnet_sru_sru_only" else fold["embed_dim"]
     assert item.shape == (3, expected_dim)  # N = 3 segments of stage-1 embeddings

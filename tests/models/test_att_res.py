@@ -122,6 +122,6 @@ def test_one_epoch_through_the_engine(tiny_ws: Workspace) -> None:
     result = run_experiment(config, tiny_ws, device="cpu")
     fold = result.metrics["folds"][0]
     assert fold["best_epoch"] == 1 and 0.0 <= fold["ua"] <= 1.0
-    assert len((result.path / "predictions.csv").read_text().strip().splitlines()) == 1 + 6
-    history = json.loads((result.path / "history.json").read_text())
+    assert len((result.folder / "predictions.csv").read_text().strip().splitlines()) == 1 + 6
+    history = json.loads((result.folder / "history.json").read_text())
     assert [row["epoch"] for row in history[fold["fold"]]] == [1]

@@ -150,8 +150,8 @@ def test_one_epoch_through_the_engine(tiny_ws: Workspace) -> None:
     result = run_experiment(config, tiny_ws, device="cpu")
     fold = result.metrics["folds"][0]
     assert 0.0 <= fold["ua"] <= 1.0
-    cfg = json.loads((result.path / "config.json").read_text())
+    cfg = json.loads((result.folder / "config.json").read_text())
     assert cfg["feature_spec"]["normalize_waveform"] is True  # logmel64_norm
     derived = FeatureStore(tiny_ws.features).derived(cfg["digests"]["features"], fold["stage1_checkpoint_digest"])
-    uid = (result.path / "predictions.csv").read_text().splitlines()[1].split(",")[0]
+    uid = (result.folder / "predictions.csv").read_text().splitlines()[1].split(",")[0]
     assert derived.read(uid, "orig").shape == (2, fold["embed_dim"])  # 96 frames: windows at 0 and 32

@@ -104,5 +104,5 @@ def test_speaker_pretraining_through_the_engine(tiny_ws: Workspace) -> None:
     fold = result.metrics["folds"][0]
     assert "speaker_val_acc" in fold  # stage 1 ran: speaker identification on training speakers
     assert fold["best_epoch"] == 1 and 0.0 <= fold["ua"] <= 1.0
-    stage1 = json.loads((result.path / "history_stage1.json").read_text())
+    stage1 = json.loads((result.folder / "history_stage1.json").read_text())
     assert [row["epoch"] for row in stage1[fold["fold"]]] == [1]

@@ -80,14 +80,14 @@ def test_one_epoch_through_the_engine(tiny_ws: Workspace) -> None:
     fold = result.metrics["folds"][0]
     assert result.metrics["protocol"] == "loso" and not result.metrics["speaker_dependent"]
     assert fold["best_epoch"] == 1 and 0.0 <= fold["ua"] <= 1.0
-    preds = (result.path / "predictions.csv").read_text().strip().splitlines()
+    preds = (result.folder / "predictions.csv").read_text().strip().splitlines()
     assert len(preds) == 1 + 6  # header + one test speaker's 6 utterances
-    resolved = json.loads((result.path / "config.json").read_text())["resolved"]
+    resolved = json.loads((result.folder / "config.json").read_text())["resolved"]
     assert resolved["view"]["resize"] == [40, 36] and resolved["train"]["optimizer"] == "adam"
 
 
 def test_paper_preset_uses_the_random_split_and_augmentation(tiny_ws: Workspace) -> None:
-    from ser_pipeline.evaluate import resolve
+    from ser_pipeline.experiments.config import resolve
 
     resolved = resolve(ExperimentConfig(model="rescnn", corpus="tiny", preset="paper"))
     assert resolved.protocol == "random"
