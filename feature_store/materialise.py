@@ -73,6 +73,9 @@ class MaterialiseReport:
     seconds: float = 0.0
     audio_seconds: float = 0.0
     batches: int = 0
+    repaired: int = 0  # stored items found damaged (checksum, unreadable chunk) and recomputed
+    damaged: list[tuple[str, str, str]] = field(default_factory=list)  # (utterance_id, variant, reason) found damaged
+    unreadable_batches: list[str] = field(default_factory=list)  # batches whose item list is unreadable (set aside)
 
     @property
     def audio_seconds_per_second(self) -> float:
@@ -81,6 +84,7 @@ class MaterialiseReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["failed"] = [{"utterance_id": u, "variant": v, "reason": r} for u, v, r in self.failed]
+        out["damaged"] = [{"utterance_id": u, "variant": v, "reason": r} for u, v, r in self.damaged]
         out["audio_seconds_per_second"] = round(self.audio_seconds_per_second, 1)
         out["seconds"] = round(self.seconds, 3)
         out["audio_seconds"] = round(self.audio_seconds, 3)
@@ -195,6 +199,27 @@ def check_manifest(manifest: pd.DataFrame) -> None:
         raise ConfigError(f"manifest: missing column(s) {missing}")
 
 
+class _Without:
+    """``have`` minus ``bad``, for ``in`` tests only."""
+
+    def __init__(self, have: Any, bad: Any) -> None:
+        self.have, self.bad = have, bad
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.have and key not in self.bad
+
+
+def reusable_keys(manifest: pd.DataFrame, variants: Sequence[str], have: Any) -> list[tuple[str, str]]:
+    """The ``(sha256, variant)`` keys of ``manifest`` already in ``have`` (each recording once)."""
+    shas = dict.fromkeys(str(s) for s in manifest["sha256"])
+    return [(sha, v) for sha in shas for v in variants if (sha, v) in have]
+
+
+def damaged_items(fset: Any, manifest: pd.DataFrame, variants: Sequence[str]) -> dict[tuple[str, str], str]:
+    """``{(sha256, variant): reason}`` of stored items ``manifest`` would reuse that fail their checks."""
+    return fset.check(reusable_keys(manifest, variants, fset.key_set()))
+
+
 def plan(
     manifest: pd.DataFrame, variants: Sequence[str], have: set[tuple[str, str]] | Any, *, force: bool = False
 ) -> tuple[list[WorkItem], int]:
@@ -278,7 +303,12 @@ def materialise(
 ) -> MaterialiseReport:
     """Compute every missing (recording, variant) item of ``manifest`` into the set of ``spec``.
 
-    Returns counts of computed, reused and failed items, with each failure's reason. StoreError
+    A stored item is reused only after its checks pass (:meth:`FeatureSet.check`: checksum,
+    readable chunks); a damaged item counts as missing and is recomputed into a new batch (which
+    supersedes it), counted in ``repaired``. Items of a batch whose item list is unreadable are
+    missing too; the batch is named in ``unreadable_batches`` (``verify --repair`` sets it aside).
+
+    Returns counts of computed, reused, repaired and failed items, with each failure's reason. StoreError
     before any work when the store cannot be written; StoreError when a write fails mid-run (the
     batches committed before stay readable). ``fault`` is passed to the writer (tests).
     """
@@ -290,8 +320,12 @@ def materialise(
     store.ensure_writable()
     fset = store.open_set(spec, create=True)
     remove_abandoned_tmp(fset.path)
-    work, reused = plan(manifest, variants, fset.key_set(), force=force)
-    report = MaterialiseReport(feature_digest=fset.digest, set_path=str(fset.path), variants=variants, reused=reused)
+    damaged = {} if force else damaged_items(fset, manifest, variants)
+    work, reused = plan(manifest, variants, _Without(fset.key_set(), damaged), force=force)
+    report = MaterialiseReport(feature_digest=fset.digest, set_path=str(fset.path), variants=variants, reused=reused,
+                               unreadable_batches=sorted(fset.unreadable_batches()))
+    uid_of = {w.sha256: w.utterance_id for w in work}
+    report.damaged = [(uid_of.get(sha, sha), var, why) for (sha, var), why in damaged.items()]
     total = sum(len(w.variants) for w in work)
     parallel = 1 if client is None else cluster_threads(client)
     tasks = list(chunk_work(work, task_size(total, batch_size, parallel)))
@@ -307,6 +341,8 @@ def materialise(
     finally:
         if bar is not None:
             bar.close()
+    failed_keys = {(uid, var) for uid, var, _ in report.failed}
+    report.repaired = sum((uid, var) not in failed_keys for uid, var, _ in report.damaged)
     fset.record_manifest(manifest_name, manifest_digest, variants)
     fset.refresh()
     report.seconds = time.perf_counter() - start
