@@ -223,8 +223,9 @@ class _BatchedItems:
                 continue
             yield pos, part
 
-    def _read_checked(self, items: Sequence[dict[str, Any]]) -> list[np.ndarray]:
-        """Stored-dtype arrays of ``items`` (index entries), in order; StoreError on the first bad one."""
+    def _read_checked(self, items: Sequence[dict[str, Any]], dtype: Any = None) -> list[np.ndarray]:
+        """Arrays of ``items`` (index entries), in order, each checked then cast to ``dtype`` (None: as
+        stored) before the next is read; StoreError on the first bad one."""
         by_batch: dict[str, list[int]] = defaultdict(list)
         for pos, item in enumerate(items):
             by_batch[item["batch"]].append(pos)
@@ -233,7 +234,7 @@ class _BatchedItems:
             for local, part in self.checked_parts(batch, [items[p] for p in positions]):
                 if isinstance(part, StoreError):
                     raise part
-                out[positions[local]] = part
+                out[positions[local]] = part if dtype is None else part.astype(dtype)
         return out  # type: ignore[return-value]
 
     def check(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -285,16 +286,15 @@ class FeatureSet(_BatchedItems):
 
     def read(self, sha256: str, variant: str = "orig") -> np.ndarray:
         """Features ``(C, F, T)`` float32 of one item, checked; StoreError names a missing or damaged item."""
-        (part,) = self._read_checked([self._item(sha256, variant)])
-        return part.astype(np.float32)
+        (part,) = self._read_checked([self._item(sha256, variant)], np.float32)
+        return part
 
     def read_many(self, keys: list[tuple[str, str]]) -> list[np.ndarray]:
         """Bulk read, in ``keys`` order: one contiguous read per batch. Each ``(C, F, T_i)`` float32.
 
         Every item is checked against its recorded checksum; StoreError names the first bad one.
         """
-        parts = self._read_checked([self._item(sha, variant) for sha, variant in keys])
-        return [p.astype(np.float32) for p in parts]
+        return self._read_checked([self._item(sha, variant) for sha, variant in keys], np.float32)
 
     def lineage(self) -> dict[str, Any]:
         """Set attributes (spec, code and library versions, created) plus the manifests served."""
