@@ -73,7 +73,7 @@ def measure(fset: FeatureSet, repeat: int) -> dict[str, Any]:
     runs = {"checked": fset.read_many, "unchecked": lambda k: unchecked_read_many(fset, k), "check_only": fset.check,
             "load_checked": lambda k: load_table(fset, rows, ["x"], ["s"], variants=variants),
             "load_unchecked": lambda k: load_table(UncheckedSource(fset), rows, ["x"], ["s"], variants=variants)}
-    for name, fn in runs.items():  # warm the page cache and zarr's metadata once
+    for fn in runs.values():  # warm the page cache and zarr's metadata once
         fset.refresh()
         fn(keys)
     for _ in range(repeat):
