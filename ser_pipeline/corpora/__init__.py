@@ -4,6 +4,11 @@ Every adapter registers ``prepare(corpus_dir: Path, **options) -> (rows, rejects
 :func:`register_corpus`. Parsing never writes; :func:`ingest` validates, applies the label
 configuration (keep / merge) and writes the manifest through :mod:`ser_pipeline.manifest`.
 
+Options every adapter takes (``COMMON_OPTIONS``), applied here to the adapter's rows:
+``min_duration`` (seconds, default 0.25): shorter utterances are rejected as
+``too short: 0.004 s < 0.25 s``. Truncated files are rejected by every adapter's audio check
+(:func:`ser_pipeline.audio.recording_problem`).
+
 >>> from ser_pipeline.corpora import CORPORA
 >>> "casia" in CORPORA
 True
@@ -18,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ser_pipeline.audio import MIN_DURATION_S
 from ser_pipeline.config import require
+from ser_pipeline.corpora.common import drop_short
 from ser_pipeline.corpora.emotions import LabelConfig
 from ser_pipeline.errors import ConfigError, ManifestError
 from ser_pipeline.manifest import Reject, to_frame, write_manifest
@@ -26,6 +33,10 @@ from ser_pipeline.registry import Registry
 from ser_pipeline.workspace import Workspace
 
 PrepareFn = Callable[..., tuple[list[dict[str, Any]], list[Reject]]]
+
+COMMON_OPTIONS: dict[str, tuple[Any, str]] = {
+    "min_duration": (MIN_DURATION_S, "shortest utterance kept, in seconds (shorter: rejected as 'too short')"),
+}
 
 
 @dataclass(frozen=True)
@@ -39,19 +50,29 @@ class CorpusEntry:
     options: dict[str, str] = field(default_factory=dict)  # option -> help
 
     def option_defaults(self) -> dict[str, Any]:
-        """Keyword options of ``prepare`` with their defaults."""
+        """Keyword options of ``prepare`` with their defaults, plus the options common to every adapter."""
         params = inspect.signature(self.prepare).parameters.values()
-        return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        own = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        return {**{k: default for k, (default, _help) in COMMON_OPTIONS.items()}, **own}
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for ``ser corpora --json``."""
         defaults = self.option_defaults()
+        helps = {**{k: h for k, (_d, h) in COMMON_OPTIONS.items()}, **self.options}
         return {
             "name": self.name,
             "layout": self.layout,
             "description": self.description,
-            "options": {k: {"default": defaults.get(k), "help": v} for k, v in sorted(self.options.items())},
+            "options": {k: {"default": defaults.get(k), "help": v} for k, v in sorted(helps.items())},
         }
+
+    def run(self, corpus_dir: Path, options: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[Reject]]:
+        """``prepare`` with the adapter's own options, then the common checks (``min_duration``)."""
+        own = {k: v for k, v in options.items() if k not in COMMON_OPTIONS}
+        rows, rejects = self.prepare(corpus_dir, **own)
+        min_duration = options.get("min_duration", COMMON_OPTIONS["min_duration"][0])
+        rows, short = drop_short(rows, float(min_duration))
+        return rows, sorted([*rejects, *short], key=lambda r: (r.path, r.reason))
 
 
 CORPORA: Registry[CorpusEntry] = Registry("corpus adapter")
@@ -101,6 +122,11 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             return int(value)
         except ValueError:
             raise ConfigError(f"option {name}={value!r}: expected an integer") from None
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"option {name}={value!r}: expected a number") from None
     return value
 
 
@@ -109,13 +135,18 @@ def check_options(entry: CorpusEntry, options: Mapping[str, Any]) -> dict[str, A
     defaults = entry.option_defaults()
     unknown = sorted(set(options) - set(defaults))
     require(not unknown, "option", unknown, f"unknown for adapter {entry.name!r}; valid: {sorted(defaults) or 'none'}")
-    return {k: _coerce(k, v, defaults[k]) for k, v in options.items()}
+    checked = {k: _coerce(k, v, defaults[k]) for k, v in options.items()}
+    if "min_duration" in checked:
+        value = checked["min_duration"]
+        require(isinstance(value, int | float) and not isinstance(value, bool) and value >= 0, "option min_duration",
+                value, "must be a number of seconds >= 0")
+    return checked
 
 
 def prepare(adapter: str, corpus_dir: str | Path, **options: Any) -> tuple[list[dict[str, Any]], list[Reject]]:
     """Parse a corpus folder with a registered adapter: ``(rows, rejects)``; nothing is written."""
     entry = get_corpus(adapter)
-    return entry.prepare(Path(corpus_dir), **check_options(entry, options))
+    return entry.run(Path(corpus_dir), check_options(entry, options))
 
 
 def ingest(
@@ -138,7 +169,7 @@ def ingest(
     require(_valid_name(manifest_name), "name", manifest_name, "use letters, digits, '.', '_' or '-'")
     entry = get_corpus(adapter)
     checked = check_options(entry, options)
-    rows, rejects = entry.prepare(Path(corpus_dir), **checked)
+    rows, rejects = entry.run(Path(corpus_dir), checked)
     rows, dropped = labels.apply(rows)
     rejects = sorted([*rejects, *dropped], key=lambda r: (r.path, r.reason))
     if not rows:
