@@ -58,6 +58,7 @@ class TaskResult:
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     audio_seconds: float = 0.0
     batch: str | None = None
+    error: str | None = None  # a StoreError raised in a Dask worker, re-raised by the caller
 
 
 @dataclass
@@ -155,6 +156,18 @@ def run_task(set_path: str, spec_dict: dict[str, Any], work: Sequence[WorkItem],
         limit_threads()
     with threadpool_limits(limits=1):
         return _compute_and_commit(Path(set_path), FeatureSpec.from_dict(spec_dict), work, fault)
+
+
+def run_task_in_worker(set_path: str, spec_dict: dict[str, Any], work: Sequence[WorkItem],
+                       fault: FaultHook | None = None) -> TaskResult:
+    """:func:`run_task` for Dask: a StoreError (full disk...) comes back as ``TaskResult.error``.
+
+    The caller raises it once, cleanly: no worker-side "Compute Failed" traceback per task.
+    """
+    try:
+        return run_task(set_path, spec_dict, work, fault)
+    except StoreError as exc:
+        return TaskResult(error=str(exc))
 
 
 def _compute_and_commit(set_path: Path, spec: FeatureSpec, work: Sequence[WorkItem], fault: FaultHook | None) -> TaskResult:
@@ -370,23 +383,37 @@ def _run_tasks(
     pending = iter(zip(tasks, sizes, strict=True))
     in_flight = {}
     completed = as_completed()
+    submitted = []
     for task, size in _take(pending, 4 * parallel):
-        fut = client.submit(run_task, set_path, spec_dict, task, fault, pure=False)
+        fut = client.submit(run_task_in_worker, set_path, spec_dict, task, fault, pure=False)
         in_flight[fut.key] = size
         completed.add(fut)
+        submitted.append(fut)
     try:
         for fut in completed:
             size = in_flight.pop(fut.key)
             result = fut.result()
+            if result.error:
+                raise StoreError(result.error)
             for task, nsize in _take(pending, 1):
-                nxt = client.submit(run_task, set_path, spec_dict, task, fault, pure=False)
+                nxt = client.submit(run_task_in_worker, set_path, spec_dict, task, fault, pure=False)
                 in_flight[nxt.key] = nsize
                 completed.add(nxt)
+                submitted.append(nxt)
             yield result, size
     except BaseException:
-        for fut in list(completed.futures):
-            fut.cancel()
+        cancel_quietly(client, [f for f in submitted if not f.done()])
         raise
+
+
+def cancel_quietly(client: Any, futures: list[Any]) -> None:
+    """Cancel ``futures`` and wait until the scheduler has forgotten them (errors while doing so ignored)."""
+    if not futures:
+        return
+    try:
+        client.cancel(futures, force=True)
+    except Exception:  # noqa: BLE001 - shutting down after an error: the first error is the one to report
+        pass
 
 
 def _take(it: Iterator[Any], n: int) -> list[Any]:
@@ -415,20 +442,44 @@ def dask_client(workers: int | None = None, address: str | None = None, *, timeo
             client = Client(address, timeout=f"{timeout_s}s")
         except (OSError, TimeoutError) as exc:
             raise StoreError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from exc
-        with client:
+        try:
             yield client
+        finally:
+            _shutdown(client, None, timeout_s)
         return
     if workers is not None and workers < 1:
         raise ConfigError(f"workers={workers!r}: must be >= 1")
     n = workers or os.cpu_count() or 1
-    with (
-        dask.config.set(local_worker_config()),
-        LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                     silence_logs=logging.ERROR) as cluster,
-        Client(cluster) as client,
-    ):
-        client.run(warm_worker)
-        yield client
+    with dask.config.set(local_worker_config()):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
+        client = None
+        try:
+            client = Client(cluster)
+            client.run(warm_worker)
+            yield client
+        finally:
+            _shutdown(client, cluster, timeout_s)
+
+
+def _shutdown(client: Any, cluster: Any, timeout_s: float) -> None:
+    """Close ``client`` then ``cluster`` in order, on success and on error alike.
+
+    Pending futures were cancelled by :func:`_run_tasks`; the cluster is closed with a bounded wait, so an error
+    (a full disk...) ends with its one message, not with asyncio's "Task was destroyed but it is
+    pending!" from a loop torn down under running tasks. Errors while closing are ignored: the
+    error that stopped the work is the one the caller reports.
+    """
+    if client is not None:
+        try:
+            client.close(timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - see docstring
+            pass
+    if cluster is not None:
+        try:
+            cluster.close(timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - see docstring
+            pass
 
 
 def worker_environ() -> dict[str, Any]:
