@@ -141,7 +141,10 @@ def register(app: typer.Typer) -> None:
         bad = [f for f in forced if f not in (*STAGES, "track")]
         if bad:
             raise SerError(f"--force {bad[0]!r}: valid stages: {', '.join((*STAGES, 'track'))}")
-        load_config(config)  # fail fast, before Prefect starts, on a bad config
+        from ser_pipeline.corpora import check_entry_options
+
+        for entry in load_config(config).corpora:  # fail fast (exit 2), before Prefect starts, on a bad config
+            check_entry_options(entry.adapter, entry.options, where=f"{config}: corpora[{entry.name}]")
         summary = run_pipeline(config, root, stages=plan, force=forced, tracking_uri=tracking_uri)
         emit(summary, as_json, human_run)
         if summary.get("error"):
