@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -c constraints.txt -e ".[opensmile,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[opensmile,dev,ssl,server]"
 	touch $@
 
 demo: setup

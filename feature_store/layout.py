@@ -8,6 +8,8 @@ A Zarr v3 hierarchy under ``<root>/features/``::
     sets/<feature digest>/batches/<batch id>/   one committed batch: a Zarr group with array
                                                 ``data`` (C, F, total_T) and attribute ``items``
     sets/<feature digest>/tmp/<batch id>/       a batch being written (never read)
+    sets/<feature digest>/quarantine/<batch id>/  a batch whose item list was unreadable, set aside by
+                                                ``ser store verify --repair`` (never read; gc removes)
     derived/<feature digest>/<checkpoint digest>/{zarr.json,batches/,tmp/}   derived items
 
 Commit protocol (DESIGN.md convention 9): a writer builds a whole batch under ``tmp/<id>/``,
@@ -35,6 +37,7 @@ DERIVED = "derived"
 BATCHES = "batches"
 TMP = "tmp"
 MANIFESTS = "manifests"
+QUARANTINE = "quarantine"
 META = "zarr.json"
 STALE_TMP_S = 3600.0  # a temp batch of another host older than this is abandoned
 

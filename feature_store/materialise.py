@@ -58,6 +58,7 @@ class TaskResult:
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     audio_seconds: float = 0.0
     batch: str | None = None
+    error: str | None = None  # a StoreError raised in a Dask worker, re-raised by the caller
 
 
 @dataclass
@@ -73,6 +74,9 @@ class MaterialiseReport:
     seconds: float = 0.0
     audio_seconds: float = 0.0
     batches: int = 0
+    repaired: int = 0  # stored items found damaged (checksum, unreadable chunk) and recomputed
+    damaged: list[tuple[str, str, str]] = field(default_factory=list)  # (utterance_id, variant, reason) found damaged
+    unreadable_batches: list[str] = field(default_factory=list)  # batches whose item list is unreadable (set aside)
 
     @property
     def audio_seconds_per_second(self) -> float:
@@ -81,6 +85,7 @@ class MaterialiseReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["failed"] = [{"utterance_id": u, "variant": v, "reason": r} for u, v, r in self.failed]
+        out["damaged"] = [{"utterance_id": u, "variant": v, "reason": r} for u, v, r in self.damaged]
         out["audio_seconds_per_second"] = round(self.audio_seconds_per_second, 1)
         out["seconds"] = round(self.seconds, 3)
         out["audio_seconds"] = round(self.audio_seconds, 3)
@@ -153,6 +158,18 @@ def run_task(set_path: str, spec_dict: dict[str, Any], work: Sequence[WorkItem],
         return _compute_and_commit(Path(set_path), FeatureSpec.from_dict(spec_dict), work, fault)
 
 
+def run_task_in_worker(set_path: str, spec_dict: dict[str, Any], work: Sequence[WorkItem],
+                       fault: FaultHook | None = None) -> TaskResult:
+    """:func:`run_task` for Dask: a StoreError (full disk...) comes back as ``TaskResult.error``.
+
+    The caller raises it once, cleanly: no worker-side "Compute Failed" traceback per task.
+    """
+    try:
+        return run_task(set_path, spec_dict, work, fault)
+    except StoreError as exc:
+        return TaskResult(error=str(exc))
+
+
 def _compute_and_commit(set_path: Path, spec: FeatureSpec, work: Sequence[WorkItem], fault: FaultHook | None) -> TaskResult:
     """Read each recording once, compute its variants ``(C, F, T)``, commit them as one batch."""
     result = TaskResult()
@@ -193,6 +210,27 @@ def check_manifest(manifest: pd.DataFrame) -> None:
     missing = [c for c in ("utterance_id", "path", "sha256") if c not in manifest.columns]
     if missing:
         raise ConfigError(f"manifest: missing column(s) {missing}")
+
+
+class _Without:
+    """``have`` minus ``bad``, for ``in`` tests only."""
+
+    def __init__(self, have: Any, bad: Any) -> None:
+        self.have, self.bad = have, bad
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.have and key not in self.bad
+
+
+def reusable_keys(manifest: pd.DataFrame, variants: Sequence[str], have: Any) -> list[tuple[str, str]]:
+    """The ``(sha256, variant)`` keys of ``manifest`` already in ``have`` (each recording once)."""
+    shas = dict.fromkeys(str(s) for s in manifest["sha256"])
+    return [(sha, v) for sha in shas for v in variants if (sha, v) in have]
+
+
+def damaged_items(fset: Any, manifest: pd.DataFrame, variants: Sequence[str]) -> dict[tuple[str, str], str]:
+    """``{(sha256, variant): reason}`` of stored items ``manifest`` would reuse that fail their checks."""
+    return fset.check(reusable_keys(manifest, variants, fset.key_set()))
 
 
 def plan(
@@ -278,7 +316,12 @@ def materialise(
 ) -> MaterialiseReport:
     """Compute every missing (recording, variant) item of ``manifest`` into the set of ``spec``.
 
-    Returns counts of computed, reused and failed items, with each failure's reason. StoreError
+    A stored item is reused only after its checks pass (:meth:`FeatureSet.check`: checksum,
+    readable chunks); a damaged item counts as missing and is recomputed into a new batch (which
+    supersedes it), counted in ``repaired``. Items of a batch whose item list is unreadable are
+    missing too; the batch is named in ``unreadable_batches`` (``verify --repair`` sets it aside).
+
+    Returns counts of computed, reused, repaired and failed items, with each failure's reason. StoreError
     before any work when the store cannot be written; StoreError when a write fails mid-run (the
     batches committed before stay readable). ``fault`` is passed to the writer (tests).
     """
@@ -290,8 +333,12 @@ def materialise(
     store.ensure_writable()
     fset = store.open_set(spec, create=True)
     remove_abandoned_tmp(fset.path)
-    work, reused = plan(manifest, variants, fset.key_set(), force=force)
-    report = MaterialiseReport(feature_digest=fset.digest, set_path=str(fset.path), variants=variants, reused=reused)
+    damaged = {} if force else damaged_items(fset, manifest, variants)
+    work, reused = plan(manifest, variants, _Without(fset.key_set(), damaged), force=force)
+    report = MaterialiseReport(feature_digest=fset.digest, set_path=str(fset.path), variants=variants, reused=reused,
+                               unreadable_batches=sorted(fset.unreadable_batches()))
+    uid_of = {w.sha256: w.utterance_id for w in work}
+    report.damaged = [(uid_of.get(sha, sha), var, why) for (sha, var), why in damaged.items()]
     total = sum(len(w.variants) for w in work)
     parallel = 1 if client is None else cluster_threads(client)
     tasks = list(chunk_work(work, task_size(total, batch_size, parallel)))
@@ -307,6 +354,8 @@ def materialise(
     finally:
         if bar is not None:
             bar.close()
+    failed_keys = {(uid, var) for uid, var, _ in report.failed}
+    report.repaired = sum((uid, var) not in failed_keys for uid, var, _ in report.damaged)
     fset.record_manifest(manifest_name, manifest_digest, variants)
     fset.refresh()
     report.seconds = time.perf_counter() - start
@@ -334,23 +383,37 @@ def _run_tasks(
     pending = iter(zip(tasks, sizes, strict=True))
     in_flight = {}
     completed = as_completed()
+    submitted = []
     for task, size in _take(pending, 4 * parallel):
-        fut = client.submit(run_task, set_path, spec_dict, task, fault, pure=False)
+        fut = client.submit(run_task_in_worker, set_path, spec_dict, task, fault, pure=False)
         in_flight[fut.key] = size
         completed.add(fut)
+        submitted.append(fut)
     try:
         for fut in completed:
             size = in_flight.pop(fut.key)
             result = fut.result()
+            if result.error:
+                raise StoreError(result.error)
             for task, nsize in _take(pending, 1):
-                nxt = client.submit(run_task, set_path, spec_dict, task, fault, pure=False)
+                nxt = client.submit(run_task_in_worker, set_path, spec_dict, task, fault, pure=False)
                 in_flight[nxt.key] = nsize
                 completed.add(nxt)
+                submitted.append(nxt)
             yield result, size
     except BaseException:
-        for fut in list(completed.futures):
-            fut.cancel()
+        cancel_quietly(client, [f for f in submitted if not f.done()])
         raise
+
+
+def cancel_quietly(client: Any, futures: list[Any]) -> None:
+    """Cancel ``futures`` and wait until the scheduler has forgotten them (errors while doing so ignored)."""
+    if not futures:
+        return
+    try:
+        client.cancel(futures, force=True)
+    except Exception:  # noqa: BLE001 - shutting down after an error: the first error is the one to report
+        pass
 
 
 def _take(it: Iterator[Any], n: int) -> list[Any]:
@@ -379,20 +442,44 @@ def dask_client(workers: int | None = None, address: str | None = None, *, timeo
             client = Client(address, timeout=f"{timeout_s}s")
         except (OSError, TimeoutError) as exc:
             raise StoreError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from exc
-        with client:
+        try:
             yield client
+        finally:
+            _shutdown(client, None, timeout_s)
         return
     if workers is not None and workers < 1:
         raise ConfigError(f"workers={workers!r}: must be >= 1")
     n = workers or os.cpu_count() or 1
-    with (
-        dask.config.set(local_worker_config()),
-        LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                     silence_logs=logging.ERROR) as cluster,
-        Client(cluster) as client,
-    ):
-        client.run(warm_worker)
-        yield client
+    with dask.config.set(local_worker_config()):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
+        client = None
+        try:
+            client = Client(cluster)
+            client.run(warm_worker)
+            yield client
+        finally:
+            _shutdown(client, cluster, timeout_s)
+
+
+def _shutdown(client: Any, cluster: Any, timeout_s: float) -> None:
+    """Close ``client`` then ``cluster`` in order, on success and on error alike.
+
+    Pending futures were cancelled by :func:`_run_tasks`; the cluster is closed with a bounded wait, so an error
+    (a full disk...) ends with its one message, not with asyncio's "Task was destroyed but it is
+    pending!" from a loop torn down under running tasks. Errors while closing are ignored: the
+    error that stopped the work is the one the caller reports.
+    """
+    if client is not None:
+        try:
+            client.close(timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - see docstring
+            pass
+    if cluster is not None:
+        try:
+            cluster.close(timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - see docstring
+            pass
 
 
 def worker_environ() -> dict[str, Any]:

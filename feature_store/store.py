@@ -2,6 +2,13 @@
 
 See :mod:`feature_store.layout` for the folders and the commit protocol. Reading never needs a lock:
 the index of a set is the union of its committed batches (latest batch wins for a repeated key).
+
+Every read is checked: each item's bytes (in the stored dtype) must match the ``crc32`` recorded
+when it was written, and the batch's array must hold the recorded frames. A mismatch, an
+undecodable chunk or a garbled array ``zarr.json`` raises :class:`StoreError` naming the set, the
+batch and the item; no data is returned. A batch whose own ``zarr.json`` (the item list) cannot be
+read is left out of the index and listed by :meth:`_BatchedItems.unreadable_batches`: its items
+read as missing, so ``materialise`` recomputes them.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import hashlib
 import importlib.metadata
 import platform
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +37,7 @@ from feature_store.layout import (
     group_meta,
     read_json,
 )
-from feature_store.writer import FaultHook, write_derived_batch, write_feature_batch
+from feature_store.writer import FaultHook, checksum, write_derived_batch, write_feature_batch
 from ser_pipeline.errors import StoreError
 from ser_pipeline.features import FeatureSpec
 
@@ -76,29 +84,68 @@ def committed_batches(base: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
+FEATURE_ITEM_FIELDS = ("sha256", "variant", "offset", "frames", "checksum")
+DERIVED_ITEM_FIELDS = ("utterance_id", "variant", "offset", "size", "shape", "checksum")
+
+
+def valid_items(batch_dir: Path, fields: Sequence[str]) -> list[dict[str, Any]]:
+    """The batch's item list; StoreError naming the batch when it is unreadable or an item lacks ``fields``."""
+    items = batch_items(batch_dir)
+    if not isinstance(items, list):
+        raise StoreError(f"{batch_dir}: item list is {type(items).__name__}, not a list")
+    for pos, item in enumerate(items):
+        missing = [f for f in fields if not isinstance(item, dict) or f not in item]
+        if missing:
+            raise StoreError(f"{batch_dir}: item {pos} lacks {missing}")
+    return items
+
+
 class _BatchedItems:
-    """Shared reading logic of feature and derived sets: an index over committed batches."""
+    """Shared reading logic of feature and derived sets: an index over committed batches.
+
+    Subclasses define ``key_fields``, ``item_fields``, :meth:`_span` (the element range of an item
+    in the batch array) and :meth:`_slice` (an item's part of a block read over a span).
+    """
 
     key_fields: tuple[str, str] = ("sha256", "variant")
+    item_fields: tuple[str, ...] = FEATURE_ITEM_FIELDS
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._index: dict[tuple[str, str], dict[str, Any]] | None = None
+        self._unreadable: dict[str, str] = {}
         self._arrays: dict[str, Any] = {}
+
+    @property
+    def label(self) -> str:
+        """How errors name this set: ``feature set <digest>`` or ``derived set <feature>/<checkpoint>``."""
+        return f"feature set {self.path.name}"
 
     def refresh(self) -> None:
         """Forget the cached index (pick up batches committed since)."""
         self._index = None
+        self._unreadable = {}
         self._arrays.clear()
 
     def _items(self) -> dict[tuple[str, str], dict[str, Any]]:
         if self._index is None:
             index: dict[tuple[str, str], dict[str, Any]] = {}
+            unreadable: dict[str, str] = {}
             for batch in committed_batches(self.path):
-                for item in batch_items(batch):
+                try:
+                    items = valid_items(batch, self.item_fields)
+                except StoreError as exc:
+                    unreadable[batch.name] = str(exc)
+                    continue
+                for item in items:
                     index[(item[self.key_fields[0]], item[self.key_fields[1]])] = {**item, "batch": batch.name}
-            self._index = index
+            self._index, self._unreadable = index, unreadable
         return self._index
+
+    def unreadable_batches(self) -> dict[str, str]:
+        """``{batch id: reason}`` of committed batches whose item list cannot be read (left out of the index)."""
+        self._items()
+        return dict(self._unreadable)
 
     def keys(self) -> list[tuple[str, str]]:
         """Every committed key, e.g. ``(sha256, variant)``."""
@@ -118,15 +165,98 @@ class _BatchedItems:
         try:
             return self._items()[(first, variant)]
         except KeyError:
-            raise StoreError(f"{self.path}: no item {self.key_fields[0]}={first!r} variant={variant!r}") from None
+            hint = f" ({len(self._unreadable)} unreadable batch(es) set aside: {sorted(self._unreadable)})" if self._unreadable else ""
+            raise StoreError(f"{self.path}: no item {self.key_fields[0]}={first!r} variant={variant!r}{hint}") from None
+
+    def _name(self, item: dict[str, Any]) -> str:
+        return f"{item[self.key_fields[0]]}/{item[self.key_fields[1]]}"
 
     def _array(self, batch: str) -> Any:
         if batch not in self._arrays:
             try:
                 self._arrays[batch] = zarr.open_array(str(self.path / BATCHES / batch / "data"), mode="r")
             except Exception as exc:  # zarr raises several types for missing/garbled metadata
-                raise StoreError(f"{self.path / BATCHES / batch}: unreadable batch ({exc})") from exc
+                raise StoreError(f"{self.label} batch {batch}: unreadable batch array ({type(exc).__name__}: {exc})") from exc
         return self._arrays[batch]
+
+    def _span(self, item: dict[str, Any]) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def _read_span(self, array: Any, lo: int, hi: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _slice(self, block: np.ndarray, item: dict[str, Any], lo: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def checked_parts(self, batch: str, items: Sequence[dict[str, Any]]) -> Iterator[tuple[int, np.ndarray | StoreError]]:
+        """Read ``items`` (all of ``batch``) in one span; yield ``(position, stored-dtype array or StoreError)``.
+
+        An item's array is yielded only when its bytes match the recorded checksum. A batch that
+        cannot be opened or decoded yields a StoreError for every item, naming set, batch and item.
+        """
+        if not items:
+            return
+        lo = min(self._span(i)[0] for i in items)
+        hi = max(self._span(i)[1] for i in items)
+        try:
+            block = self._read_span(self._array(batch), lo, hi)
+        except Exception as exc:  # noqa: BLE001 - zarr/blosc raise many types for damaged chunks
+            reason = str(exc) if isinstance(exc, StoreError) else f"{self.label} batch {batch}: unreadable batch data ({type(exc).__name__}: {exc})"
+            for pos, item in enumerate(items):
+                yield pos, StoreError(f"{reason}; item {self._name(item)}")
+            return
+        for pos, item in enumerate(items):
+            start, stop = self._span(item)
+            part = np.ascontiguousarray(self._slice(block, item, lo))
+            if start < 0 or stop - start < 1 or _extent(part) != stop - start:
+                yield pos, StoreError(
+                    f"{self.label} batch {batch} item {self._name(item)}: array holds {_extent(part)} of the "
+                    f"{stop - start} recorded element(s) along its item axis"
+                )
+                continue
+            actual = checksum(part)
+            if actual != item["checksum"]:
+                yield pos, StoreError(
+                    f"{self.label} batch {batch} item {self._name(item)}: checksum mismatch "
+                    f"(stored {actual} != recorded {item['checksum']})"
+                )
+                continue
+            yield pos, part
+
+    def _read_checked(self, items: Sequence[dict[str, Any]], dtype: Any = None) -> list[np.ndarray]:
+        """Arrays of ``items`` (index entries), in order, each checked then cast to ``dtype`` (None: as
+        stored) before the next is read; StoreError on the first bad one."""
+        by_batch: dict[str, list[int]] = defaultdict(list)
+        for pos, item in enumerate(items):
+            by_batch[item["batch"]].append(pos)
+        out: list[np.ndarray | None] = [None] * len(items)
+        for batch, positions in by_batch.items():
+            for local, part in self.checked_parts(batch, [items[p] for p in positions]):
+                if isinstance(part, StoreError):
+                    raise part
+                out[positions[local]] = part if dtype is None else part.astype(dtype)
+        return out  # type: ignore[return-value]
+
+    def check(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """``{key: reason}`` for each of ``keys`` (all committed) whose stored item fails its checks.
+
+        Reads and checksums every item (one span per batch); used before reusing stored items.
+        """
+        items = [self._item(*key) for key in keys]
+        by_batch: dict[str, list[int]] = defaultdict(list)
+        for pos, item in enumerate(items):
+            by_batch[item["batch"]].append(pos)
+        bad: dict[tuple[str, str], str] = {}
+        for batch, positions in by_batch.items():
+            for local, part in self.checked_parts(batch, [items[p] for p in positions]):
+                if isinstance(part, StoreError):
+                    bad[tuple(keys[positions[local]])] = str(part)  # type: ignore[index]
+        return bad
+
+
+def _extent(part: np.ndarray) -> int:
+    """Length of an item's part along the batch's item axis (time for ``(C, F, T)``, else flat)."""
+    return int(part.shape[2]) if part.ndim == 3 else int(part.size)
 
 
 class FeatureSet(_BatchedItems):
@@ -144,27 +274,27 @@ class FeatureSet(_BatchedItems):
 
         return pd.DataFrame(rows, columns=INDEX_COLUMNS) if rows else pd.DataFrame(columns=INDEX_COLUMNS)
 
+    def _span(self, item: dict[str, Any]) -> tuple[int, int]:
+        return int(item["offset"]), int(item["offset"]) + int(item["frames"])
+
+    def _read_span(self, array: Any, lo: int, hi: int) -> np.ndarray:
+        return np.asarray(array[:, :, lo:hi])
+
+    def _slice(self, block: np.ndarray, item: dict[str, Any], lo: int) -> np.ndarray:
+        start = int(item["offset"]) - lo
+        return block[:, :, start : start + int(item["frames"])]
+
     def read(self, sha256: str, variant: str = "orig") -> np.ndarray:
-        """Features ``(C, F, T)`` float32 of one item; StoreError names a missing key."""
-        item = self._item(sha256, variant)
-        start, stop = item["offset"], item["offset"] + item["frames"]
-        return np.asarray(self._array(item["batch"])[:, :, start:stop], dtype=np.float32)
+        """Features ``(C, F, T)`` float32 of one item, checked; StoreError names a missing or damaged item."""
+        (part,) = self._read_checked([self._item(sha256, variant)], np.float32)
+        return part
 
     def read_many(self, keys: list[tuple[str, str]]) -> list[np.ndarray]:
-        """Bulk read, in ``keys`` order: one contiguous read per batch. Each ``(C, F, T_i)`` float32."""
-        items = [self._item(sha, variant) for sha, variant in keys]
-        by_batch: dict[str, list[int]] = defaultdict(list)
-        for pos, item in enumerate(items):
-            by_batch[item["batch"]].append(pos)
-        out: list[np.ndarray | None] = [None] * len(items)
-        for batch, positions in by_batch.items():
-            lo = min(items[p]["offset"] for p in positions)
-            hi = max(items[p]["offset"] + items[p]["frames"] for p in positions)
-            block = np.asarray(self._array(batch)[:, :, lo:hi], dtype=np.float32)
-            for p in positions:
-                start = items[p]["offset"] - lo
-                out[p] = block[:, :, start : start + items[p]["frames"]].copy()
-        return out  # type: ignore[return-value]
+        """Bulk read, in ``keys`` order: one contiguous read per batch. Each ``(C, F, T_i)`` float32.
+
+        Every item is checked against its recorded checksum; StoreError names the first bad one.
+        """
+        return self._read_checked([self._item(sha, variant) for sha, variant in keys], np.float32)
 
     def lineage(self) -> dict[str, Any]:
         """Set attributes (spec, code and library versions, created) plus the manifests served."""
@@ -196,11 +326,26 @@ class DerivedSet(_BatchedItems):
     """Model-produced arrays (e.g. segment embeddings ``(S, D)``) keyed by (utterance_id, variant)."""
 
     key_fields = ("utterance_id", "variant")
+    item_fields = DERIVED_ITEM_FIELDS
 
     def __init__(self, path: Path, feature_digest: str, checkpoint_digest: str) -> None:
         super().__init__(path)
         self.feature_digest = feature_digest
         self.checkpoint_digest = checkpoint_digest
+
+    @property
+    def label(self) -> str:
+        return f"derived set {self.feature_digest}/{self.checkpoint_digest}"
+
+    def _span(self, item: dict[str, Any]) -> tuple[int, int]:
+        return int(item["offset"]), int(item["offset"]) + int(item["size"])
+
+    def _read_span(self, array: Any, lo: int, hi: int) -> np.ndarray:
+        return np.asarray(array[lo:hi])
+
+    def _slice(self, block: np.ndarray, item: dict[str, Any], lo: int) -> np.ndarray:
+        start = int(item["offset"]) - lo
+        return block[start : start + int(item["size"])]
 
     def write(self, items: dict[tuple[str, str], np.ndarray], *, fault: FaultHook | None = None) -> str:
         """Commit ``{(utterance_id, variant): array of any shape}`` as one batch; returns its id."""
@@ -216,10 +361,13 @@ class DerivedSet(_BatchedItems):
         return batch
 
     def read(self, utterance_id: str, variant: str = "orig") -> np.ndarray:
-        """The stored array (its original shape), float32."""
+        """The stored array (its original shape), float32, checked; StoreError names a damaged item."""
         item = self._item(utterance_id, variant)
-        flat = np.asarray(self._array(item["batch"])[item["offset"] : item["offset"] + item["size"]], dtype=np.float32)
-        return flat.reshape(item["shape"])
+        (flat,) = self._read_checked([item])
+        if int(np.prod(item["shape"])) != flat.size:
+            raise StoreError(f"{self.label} batch {item['batch']} item {self._name(item)}: recorded shape {item['shape']} "
+                             f"does not hold {flat.size} element(s)")
+        return flat.astype(np.float32).reshape(item["shape"])
 
 
 class FeatureStore:

@@ -27,7 +27,8 @@ CHUNK_TARGET_BYTES = 768 * 1024  # uncompressed bytes per chunk: ~20 s of log-Me
 
 def checksum(array: np.ndarray) -> str:
     """``crc32:<hex>`` of the C-ordered bytes of ``array`` (in its stored dtype)."""
-    return f"crc32:{zlib.crc32(np.ascontiguousarray(array).data) & 0xFFFFFFFF:08x}"
+    data = array if array.flags.c_contiguous else np.ascontiguousarray(array)
+    return f"crc32:{zlib.crc32(data.data) & 0xFFFFFFFF:08x}"
 
 
 def compressor(typesize: int) -> BloscCodec:

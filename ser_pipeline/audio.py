@@ -1,6 +1,11 @@
 """Reading audio: any libsndfile format, downmix to mono, high-quality resampling (soxr).
 
 Arrays are float32 in [-1, 1]; a mono signal has shape ``(n_samples,)``.
+
+Every file is checked before use (:func:`recording_problem`, shared by ingest and prediction):
+readable, not empty, finite, not silent, not truncated (the frames its header declares were all
+decoded: libsndfile silently returns what a cut-off WAV still holds), and, where a minimum is
+given, at least ``min_duration_s`` long.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -18,6 +24,9 @@ import soxr
 from ser_pipeline.errors import AudioError
 
 SILENCE_PEAK = 1e-4  # a recording whose absolute peak stays below this is "all silent"
+MIN_DURATION_S = 0.25  # default shortest utterance accepted at ingest (ser ingest --min-duration)
+TRUNCATED = "truncated audio"
+TOO_SHORT = "too short"
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,73 @@ def decode_pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
     return None
 
 
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # data sizes streaming writers leave in the header
+
+
+def _riff_declared_frames(fh: BinaryIO) -> int | None:
+    """Frames a RIFF/WAVE header declares (data chunk size / block align), None when it cannot say."""
+    head = fh.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    block_align = 0
+    while True:
+        chunk = fh.read(8)
+        if len(chunk) < 8:
+            return None
+        chunk_id, size = chunk[:4], int.from_bytes(chunk[4:8], "little")
+        if chunk_id == b"fmt ":
+            body = fh.read(min(size, 64))
+            if len(body) < 14:
+                return None
+            block_align = struct.unpack_from("<H", body, 12)[0]
+            fh.seek(size - len(body) + (size & 1), 1)
+        elif chunk_id == b"data":
+            if block_align < 1 or size in _UNKNOWN_SIZES:
+                return None
+            return size // block_align
+        else:
+            fh.seek(size + (size & 1), 1)
+
+
+def declared_frames(path: str | Path) -> int | None:
+    """Frames the file's header declares, or None when the header does not say.
+
+    RIFF/WAVE: the ``data`` chunk size over the block size, read straight from the header
+    (libsndfile clips its own count to what the file holds, so it cannot tell a cut-off file).
+    Other formats: libsndfile's count from the header (FLAC STREAMINFO, AIFF COMM, ...).
+    """
+    try:
+        with open(path, "rb") as fh:
+            riff = _riff_declared_frames(fh)
+            fh.seek(0)
+            is_riff = fh.read(4) == b"RIFF"
+    except OSError:
+        return None
+    if is_riff:
+        return riff
+    try:
+        frames = int(sf.info(str(path)).frames)
+    except Exception:  # noqa: BLE001 - unreadable headers are reported by the decode itself
+        return None
+    return frames if 0 < frames < (1 << 62) else None
+
+
+def truncation_problem(path: str | Path, decoded: int) -> str | None:
+    """``"truncated audio: header says N frames, file holds M"`` when fewer frames decoded than declared."""
+    declared = declared_frames(path)
+    if declared is not None and decoded < declared:
+        return f"{TRUNCATED}: header says {declared} frames, file holds {decoded}"
+    return None
+
+
+def duration_problem(frames: int, sample_rate: int, min_duration_s: float) -> str | None:
+    """``"too short: 0.004 s < 0.25 s"`` when ``frames`` at ``sample_rate`` last under ``min_duration_s``."""
+    seconds = frames / sample_rate if sample_rate else 0.0
+    if seconds < min_duration_s:
+        return f"{TOO_SHORT}: {seconds:.3f} s < {min_duration_s:g} s"
+    return None
+
+
 def signal_problem(samples: np.ndarray) -> str | None:
     """The reason a signal cannot be used, or None. ``samples``: any shape, float."""
     if samples.size == 0:
@@ -113,12 +189,33 @@ def signal_problem(samples: np.ndarray) -> str | None:
     return None
 
 
-def inspect_file(path: str | Path) -> AudioInfo:
-    """Read the whole file and check it is usable; raise AudioError with the reason otherwise."""
+def recording_problem(path: str | Path, samples: np.ndarray, sample_rate: int, *, min_duration_s: float = 0.0) -> str | None:
+    """Why a decoded file cannot be used, or None: signal, truncation, then duration.
+
+    ``samples``: ``(n_frames, channels)`` (or ``(n_frames,)``) as decoded from ``path``. The one
+    check ingest and prediction share; ``min_duration_s=0`` skips the duration test.
+    """
+    frames = int(samples.shape[0])
+    return (signal_problem(samples) or truncation_problem(path, frames)
+            or (duration_problem(frames, sample_rate, min_duration_s) if min_duration_s > 0 else None))
+
+
+def check_recording(path: str | Path, *, min_duration_s: float = MIN_DURATION_S) -> tuple[np.ndarray, int]:
+    """Read ``path`` and check it (:func:`recording_problem`): ``(samples (n, channels) float32, rate)``.
+
+    AudioError ``"<path>: <reason>"`` when unusable, e.g. ``truncated audio: header says 16000
+    frames, file holds 78`` or ``too short: 0.004 s < 0.25 s``. For per-file checks in prediction.
+    """
     data, rate = read_raw(path)
-    problem = signal_problem(data)
+    problem = recording_problem(path, data, rate, min_duration_s=min_duration_s)
     if problem:
         raise AudioError(f"{path}: {problem}")
+    return data, rate
+
+
+def inspect_file(path: str | Path, *, min_duration_s: float = 0.0) -> AudioInfo:
+    """Read the whole file and check it is usable (:func:`check_recording`); AudioError with the reason otherwise."""
+    data, rate = check_recording(path, min_duration_s=min_duration_s)
     return AudioInfo(sample_rate=rate, channels=int(data.shape[1]), frames=int(data.shape[0]))
 
 
@@ -135,11 +232,11 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 
 
 def load(path: str | Path, *, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
-    """Read, downmix and optionally resample. Returns ``(wave (n,), rate)``; AudioError on bad input."""
-    data, rate = read_raw(path)
-    problem = signal_problem(data)
-    if problem:
-        raise AudioError(f"{path}: {problem}")
+    """Read, check (no minimum duration), downmix and optionally resample. Returns ``(wave (n,), rate)``.
+
+    AudioError on bad input, truncated files included.
+    """
+    data, rate = check_recording(path, min_duration_s=0.0)
     wave = to_mono(data)
     if sample_rate is not None and sample_rate != rate:
         wave, rate = resample(wave, rate, sample_rate), sample_rate

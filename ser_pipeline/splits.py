@@ -10,8 +10,12 @@ Protocols (registry :data:`PROTOCOLS`):
 - ``speaker_kfold``: ``k`` folds (default 5) of whole speakers, balanced by utterance count.
 - ``random``: a stratified random split (``test_fraction`` default 0.2); speaker-dependent and
   named ``random-speaker-dependent`` so every report says so.
+- ``cross_corpus``: train on the corpora named in ``train``, test on the corpus ``test``, on the
+  classes they share (:func:`shared_classes`); the fold's ``note`` names the classes dropped.
 
-An empty ``val`` means the trainer calls :func:`holdout_validation` on the training ids.
+An empty ``val`` means the trainer picks validation from the training ids:
+:func:`rotated_validation` (speaker-independent: a different speaker per test fold) or
+:func:`holdout_validation` (the older fixed pick, kept for comparison).
 """
 
 from __future__ import annotations
@@ -38,15 +42,19 @@ class Fold:
     val: tuple[str, ...]
     test: tuple[str, ...]
     speaker_dependent: bool
+    note: str = ""  # what the protocol changed, e.g. classes a cross-corpus fold dropped
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "train": list(self.train),
             "val": list(self.val),
             "test": list(self.test),
             "speaker_dependent": self.speaker_dependent,
         }
+        if self.note:
+            out["note"] = self.note
+        return out
 
 
 ProtocolFn = Callable[..., list[Fold]]
@@ -155,6 +163,53 @@ def speaker_kfold(manifest: pd.DataFrame, *, seed: int = 0, k: int = 5) -> list[
     ]
 
 
+def _corpora(manifest: pd.DataFrame, names: Sequence[str], role: str) -> pd.Series:
+    present = set(manifest["corpus"].astype(str))
+    missing = sorted(set(names) - present)
+    if missing:
+        raise ProtocolError(f"cross_corpus: {role} corpus {missing} not in the loaded manifests; loaded: {sorted(present)}")
+    return manifest["corpus"].astype(str).isin(list(names))
+
+
+def shared_classes(manifest: pd.DataFrame, train: Sequence[str], test: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Classes of the test corpus that the training corpora also have, and per corpus the classes
+    dropped because the other side lacks them. ``({classes}, {corpus: [dropped]})``."""
+    emotion = manifest["emotion"].astype(str)
+    train_classes = set(emotion[_corpora(manifest, train, "train")])
+    test_classes = set(emotion[_corpora(manifest, [test], "test")])
+    shared = sorted(train_classes & test_classes)
+    dropped = {}
+    for corpus in [*train, test]:
+        own = set(emotion[manifest["corpus"].astype(str) == corpus])
+        if own - set(shared):
+            dropped[corpus] = sorted(own - set(shared))
+    return shared, dropped
+
+
+@PROTOCOLS.register("cross_corpus")
+def cross_corpus(manifest: pd.DataFrame, *, seed: int = 0, train: Sequence[str] | str = (), test: str = "") -> list[Fold]:
+    """One fold: every utterance of the ``train`` corpora against every utterance of ``test``, both
+    restricted to the shared classes. Never trains on the test corpus; ``val`` empty."""
+    train = [train] if isinstance(train, str) else list(train)
+    if not train or not test:
+        raise ProtocolError("cross_corpus: name the training corpora and the test corpus (train: [a, b], test: c)")
+    if test in train:
+        raise ProtocolError(f"cross_corpus: test corpus {test!r} is also a training corpus")
+    if "corpus" not in manifest.columns:
+        raise ProtocolError("cross_corpus: the manifest has no 'corpus' column")
+    classes, dropped = shared_classes(manifest, train, test)
+    if len(classes) < 2:
+        raise ProtocolError(f"cross_corpus: {'+'.join(train)} and {test} share {len(classes)} class(es) {classes}; need 2")
+    keep = manifest["emotion"].astype(str).isin(classes)
+    train_mask = _corpora(manifest, train, "train") & keep
+    test_mask = (manifest["corpus"].astype(str) == test) & keep
+    note = "shared classes " + ",".join(classes)
+    if dropped:
+        note += "; dropped " + "; ".join(f"{c}: {','.join(v)}" for c, v in dropped.items())
+    return [Fold(f"cross_corpus-{'+'.join(train)}-to-{test}", _ids(manifest, train_mask), (), _ids(manifest, test_mask),
+                 speaker_dependent=False, note=note)]
+
+
 def _stratified_pick(
     ids: Sequence[str], labels: Sequence[str], fraction: float, rng: np.random.Generator
 ) -> set[str]:
@@ -241,3 +296,43 @@ def holdout_validation(
         val = set(sub.loc[sub["speaker"].astype(str).isin(held), "utterance_id"].astype(str))
     train = tuple(sorted(wanted - val))
     return train, tuple(sorted(val))
+
+
+def rotated_validation(
+    manifest: pd.DataFrame,
+    train_ids: Iterable[str],
+    test_ids: Iterable[str],
+    *,
+    seed: int = 0,
+    fraction: float = 0.2,
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Split training ids into ``(train_ids, val_ids)``, holding out whole speakers that rotate
+    with the test fold.
+
+    Every speaker of the manifest is placed on a circle in a seeded order; the validation speakers
+    of a fold are the first ``round(fraction * n_train_speakers)`` (at least one) training speakers
+    after the fold's first test speaker on that circle. Under LOSO every speaker is the validation
+    speaker of exactly one fold, and the test speakers are never picked.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ProtocolError(f"rotated_validation: fraction={fraction} must be between 0 and 1")
+    _check_manifest(manifest)
+    wanted, tested = set(train_ids), set(test_ids)
+    ids = manifest["utterance_id"].astype(str)
+    speaker_of = dict(zip(ids, manifest["speaker"].astype(str), strict=True))
+    unknown = sorted((wanted | tested) - set(speaker_of))
+    if unknown:
+        raise ProtocolError(f"rotated_validation: {len(unknown)} id(s) not in the manifest, e.g. {unknown[0]!r}")
+    train_speakers = {speaker_of[i] for i in wanted}
+    test_speakers = {speaker_of[i] for i in tested}
+    if len(train_speakers) < 2:
+        raise ProtocolError(f"rotated_validation: cannot hold out a speaker from {len(train_speakers)} training "
+                            f"speaker(s) {sorted(train_speakers)}")
+    everyone = sorted(set(speaker_of.values()))
+    circle = [everyone[i] for i in np.random.default_rng(seed).permutation(len(everyone))]
+    anchor = min((circle.index(s) for s in test_speakers), default=0)
+    ring = circle[anchor + 1 :] + circle[: anchor + 1]
+    n_val = min(max(1, int(round(fraction * len(train_speakers)))), len(train_speakers) - 1)
+    held = [s for s in ring if s in train_speakers][:n_val]
+    val = {i for i in wanted if speaker_of[i] in held}
+    return tuple(sorted(wanted - val)), tuple(sorted(val))

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ser_pipeline.errors import ProtocolError
-from ser_pipeline.splits import PROTOCOLS, Fold, holdout_validation, make_folds
+from ser_pipeline.splits import PROTOCOLS, Fold, holdout_validation, make_folds, rotated_validation, shared_classes
 
 EMOTIONS = ("anger", "happiness", "neutral", "sadness")
 
@@ -125,7 +125,7 @@ def test_random_is_stratified_speaker_dependent_and_seeded():
         ("speaker_kfold", make_manifest(n_speakers=3), {"k": 5}, "at least 5 speakers"),
         ("speaker_kfold", make_manifest(), {"k": 1}, "k=1"),
         ("random", make_manifest(), {"test_fraction": 1.5}, "test_fraction=1.5"),
-        ("leave_one_out", make_manifest(), {}, "valid names: loso, loso_session, loso_val, random, speaker_kfold"),
+        ("leave_one_out", make_manifest(), {}, "valid names: cross_corpus, loso, loso_session, loso_val, random, speaker_kfold"),
         ("loso", make_manifest(), {"k": 3}, "unexpected keyword"),
     ],
 )
@@ -135,7 +135,7 @@ def test_protocol_errors(protocol, manifest, options, message):
 
 
 def test_registry_lists_every_protocol():
-    assert PROTOCOLS.names() == ["loso", "loso_session", "loso_val", "random", "speaker_kfold"]
+    assert PROTOCOLS.names() == ["cross_corpus", "loso", "loso_session", "loso_val", "random", "speaker_kfold"]
 
 
 def test_holdout_validation_speaker_independent():
@@ -169,3 +169,50 @@ def test_holdout_validation_errors():
 def test_fold_to_dict_round_trips():
     fold = Fold("x", ("a",), (), ("b",), speaker_dependent=False)
     assert Fold(**{**fold.to_dict(), "train": ("a",), "val": (), "test": ("b",)}) == fold
+
+
+@pytest.mark.parametrize("n_speakers", [4, 10])
+def test_rotated_validation_differs_across_folds_and_never_takes_the_test_speaker(n_speakers):
+    manifest = make_manifest(n_speakers=n_speakers)
+    folds = make_folds("loso", manifest)
+    held = []
+    for fold in folds:
+        train, val = rotated_validation(manifest, fold.train, fold.test, seed=3)
+        assert set(train) | set(val) == set(fold.train) and not set(train) & set(val)
+        val_speakers = speakers_of(manifest, val)
+        assert val_speakers and not val_speakers & speakers_of(manifest, fold.test)
+        assert not val_speakers & speakers_of(manifest, train)
+        held.append(frozenset(val_speakers))
+    assert len(set(held)) == len(folds)  # a different validation set for every test fold
+    if n_speakers == 4:  # one validation speaker per fold: each speaker validates exactly once
+        assert sorted(s for h in held for s in h) == sorted(manifest.speaker.unique())
+    again = [rotated_validation(manifest, f.train, f.test, seed=3) for f in folds]
+    assert again == [rotated_validation(manifest, f.train, f.test, seed=3) for f in folds]
+    other = [rotated_validation(manifest, f.train, f.test, seed=4)[1] for f in folds]
+    assert other != [a[1] for a in again]  # the seed changes the rotation
+
+
+def two_corpora() -> pd.DataFrame:
+    a = make_manifest(n_speakers=3).assign(corpus="a")
+    a["utterance_id"] = "a/" + a["utterance_id"]
+    a["speaker"] = "a/" + a["speaker"]
+    b = make_manifest(n_speakers=2).assign(corpus="b")
+    b["utterance_id"] = "b/" + b["utterance_id"]
+    b["speaker"] = "b/" + b["speaker"]
+    b.loc[b.emotion == EMOTIONS[0], "emotion"] = "boredom"  # b lacks one of a's classes and has its own
+    return pd.concat([a, b], ignore_index=True)
+
+
+def test_cross_corpus_drops_unmapped_classes_and_never_trains_on_the_test_corpus():
+    manifest = two_corpora()
+    classes, dropped = shared_classes(manifest, ["a"], "b")
+    assert classes == sorted(EMOTIONS[1:]) and dropped == {"a": [EMOTIONS[0]], "b": ["boredom"]}
+    (fold,) = make_folds("cross_corpus", manifest, train=["a"], test="b")
+    by_id = manifest.set_index("utterance_id")
+    assert set(by_id.loc[list(fold.train), "corpus"]) == {"a"} and set(by_id.loc[list(fold.test), "corpus"]) == {"b"}
+    assert set(by_id.loc[list(fold.train) + list(fold.test), "emotion"]) == set(classes)
+    assert "dropped a: " + EMOTIONS[0] in fold.note and "b: boredom" in fold.note and not fold.speaker_dependent
+    with pytest.raises(ProtocolError, match="also a training corpus"):
+        make_folds("cross_corpus", manifest, train=["a", "b"], test="b")
+    with pytest.raises(ProtocolError, match=r"test corpus \['c'\] not in the loaded manifests"):
+        make_folds("cross_corpus", manifest, train=["a"], test="c")

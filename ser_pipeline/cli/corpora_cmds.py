@@ -76,11 +76,17 @@ def register(app: typer.Typer) -> None:
         option: Annotated[
             list[str] | None, typer.Option("--option", "-o", help="Adapter option key=value (repeatable).")
         ] = None,
+        min_duration: Annotated[float | None, typer.Option(
+            "--min-duration", min=0.0, help="Reject utterances shorter than this many seconds (default 0.25).")] = None,
         root: RootOption = None,
         as_json: JsonOption = False,
     ) -> None:
         """Parse a corpus folder, validate every file and write the manifest; print a summary."""
         from ser_pipeline.corpora import ingest
+
+        options = parse_pairs(option, option="--option")
+        if min_duration is not None:
+            options["min_duration"] = min_duration
 
         summary = ingest(
             corpus,
@@ -89,7 +95,7 @@ def register(app: typer.Typer) -> None:
             workspace(root),
             keep=parse_list(keep),
             merge=parse_pairs(merge, option="--merge"),
-            **parse_pairs(option, option="--option"),
+            **options,
         )
         emit(summary, as_json, format_summary)
 

@@ -51,11 +51,14 @@ def run_featurize(
 def _featurize_text(r: dict[str, Any]) -> str:
     lines = [
         f"feature set {r['feature_digest']} ({r['label']}, {r['dtype']}) variants: {', '.join(r['variants'])}",
-        f"computed {r['computed']}  reused {r['reused']}  failed {len(r['failed'])}",
+        f"computed {r['computed']}  reused {r['reused']}  failed {len(r['failed'])}  repaired {r['repaired']}",
         f"{r['seconds']:.2f} s ({r['wall_seconds']:.2f} s with start-up, {r['executor']}); "
         f"{r['audio_seconds']:.1f} audio s, {r['audio_seconds_per_second']:.1f} audio s per wall s",
     ]
     lines += [f"  failed {f['utterance_id']} [{f['variant']}]: {f['reason']}" for f in r["failed"]]
+    lines += [f"  repaired {d['utterance_id']} [{d['variant']}]: {d['reason']}" for d in r.get("damaged", [])]
+    lines += [f"  unreadable batch set aside (its items recomputed as missing; `ser store verify --repair` "
+              f"quarantines it): {b}" for b in r.get("unreadable_batches", [])]
     return "\n".join(lines)
 
 
@@ -82,7 +85,16 @@ def labelled(sets: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _verify_text(r: dict[str, Any]) -> str:
     head = f"{'OK' if r['ok'] else 'CORRUPT'}: {r['sets']} set(s), {r['derived']} derived, {r['batches']} batch(es), {r['items_checked']} item(s) checked"
     lines = [head] + [f"  corrupt {c['path']} {c['key']}: {c['reason']}" for c in r["corrupt"]]
+    lines += [f"  superseded damaged item (never read; gc removes) {c['path']} {c['key']}: {c['reason']}"
+              for c in r.get("superseded", [])]
     lines += [f"  uncommitted (invisible; gc removes when abandoned): {u}" for u in r["uncommitted"]]
+    lines += [f"  quarantined (never read; gc removes): {q}" for q in r.get("quarantined", [])]
+    if "repair" in r:
+        fix = r["repair"]
+        lines.insert(0, "repair: " + "; ".join(
+            [f"{s['digest'][:12]} from {s['manifest']}: repaired {s['repaired']}, computed {s['computed']}, failed {s['failed']}"
+             for s in fix["sets"]] + [f"quarantined {len(fix['quarantined'])} batch(es)"]
+            + [f"manifest {u['manifest']} gone: cannot recompute for {u['digest'][:12]}" for u in fix["unavailable"]]))
     return "\n".join(lines)
 
 
@@ -171,10 +183,21 @@ def register(app: typer.Typer) -> None:
             emit(sets, False, _ls_text)
 
     @store_app.command("verify")
-    def verify_cmd(root: RootOption = None, as_json: JsonOption = False) -> None:
-        """Check every committed item's checksum and shape; exit 1 when anything is corrupt."""
+    def verify_cmd(
+        repair: Annotated[bool, typer.Option("--repair", help="Recompute damaged items from the manifests each set "
+                                             "served; quarantine batches whose item list is unreadable.")] = False,
+        root: RootOption = None, as_json: JsonOption = False,
+    ) -> None:
+        """Check every committed item's checksum and shape; exit 1 when anything served is corrupt."""
+        from feature_store.maintenance import repair as repair_store
         from feature_store.maintenance import verify
-        report = verify(FeatureStore(workspace(root).features))
+        ws = workspace(root)
+        store = FeatureStore(ws.features)
+        report = verify(store)
+        if repair and not report["ok"]:
+            present = set(list_manifests(ws))
+            fixed = repair_store(store, lambda name: read_manifest(name, ws) if name in present else None)
+            report = {**verify(store), "repair": fixed, "before": {"corrupt": report["corrupt"]}}
         emit(report, as_json, _verify_text)
         if not report["ok"]:
             raise typer.Exit(1)

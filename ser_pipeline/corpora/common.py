@@ -19,7 +19,7 @@ from typing import Any
 
 import soundfile as sf
 
-from ser_pipeline.audio import AudioInfo, file_sha256, inspect_file
+from ser_pipeline.audio import TOO_SHORT, TRUNCATED, AudioInfo, duration_problem, file_sha256, inspect_file
 from ser_pipeline.errors import AudioError, CorpusLayoutError
 from ser_pipeline.manifest import Reject
 
@@ -33,6 +33,8 @@ AUDIO_PROBLEMS = (
     "zero-length audio",
     "all-silent audio",
     "non-finite samples",
+    TRUNCATED,
+    TOO_SHORT,
 )
 
 UNPARSEABLE = "unparseable name"
@@ -161,6 +163,19 @@ def finalise(
     rows.sort(key=lambda r: r["utterance_id"])
     all_rejects.sort(key=lambda r: (r.path, r.reason))
     return rows, all_rejects
+
+
+def drop_short(rows: list[dict[str, Any]], min_duration_s: float) -> tuple[list[dict[str, Any]], list[Reject]]:
+    """Split rows into those lasting at least ``min_duration_s`` and Rejects ``too short: 0.004 s < 0.25 s``."""
+    kept: list[dict[str, Any]] = []
+    short: list[Reject] = []
+    for row in rows:
+        problem = duration_problem(round(row["duration_s"] * row["sample_rate"]), row["sample_rate"], min_duration_s)
+        if problem:
+            short.append(Reject(path=row["path"], reason=problem))
+        else:
+            kept.append(row)
+    return kept, short
 
 
 def parse_all(paths: Iterable[Path], parse: Any) -> tuple[list[Candidate], list[Reject]]:

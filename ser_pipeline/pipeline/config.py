@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import yaml
 
 from ser_pipeline.config import Spec, check_fields, require, stable_digest
+from ser_pipeline.corpora import check_entry_options
 from ser_pipeline.errors import ConfigError
 from ser_pipeline.experiments.config import AUTO_PRESET, ExperimentConfig, Resolved, resolve
 from ser_pipeline.training.config import check_device
@@ -210,6 +211,8 @@ def check_config(path: str | Path) -> tuple[PipelineConfig, list[PlannedExperime
     options, train, view, spec augment, features and overrides, augmentation, protocol)."""
     config = load_config(path)
     try:
+        for entry in config.corpora:
+            check_entry_options(entry.adapter, entry.options, where=f"corpora[{entry.name}]")
         return config, plan_experiments(config)
     except ConfigError as exc:
         raise ConfigError(f"experiment config {path}: {exc}") from None

@@ -58,7 +58,7 @@ def test_missing_folder_names_path_and_layout(adapter, tmp_path):
 
 @pytest.mark.parametrize("adapter", sorted(set(BUILDERS) - {"csv"}))
 def test_folder_with_no_parsable_name_is_a_layout_error(adapter, tmp_path, write_wav):
-    write_wav(tmp_path / "corpus" / "x" / "y" / "hello world.wav", 0.2)
+    write_wav(tmp_path / "corpus" / "x" / "y" / "hello world.wav", 0.3)
     with pytest.raises(CorpusLayoutError) as info:
         prepare(adapter, tmp_path / "corpus")
     message = str(info.value)
@@ -83,23 +83,23 @@ def test_parsing_never_writes(make_tree):
 
 
 def test_casia_nested_and_flat_copies_of_one_recording_share_an_id(tmp_path, write_wav):
-    write_wav(tmp_path / "c" / "wangzhe" / "angry" / "201.wav", 0.2)
-    write_wav(tmp_path / "c" / "angry" / "201-angry-wangzhe.wav", 0.2)
+    write_wav(tmp_path / "c" / "wangzhe" / "angry" / "201.wav", 0.3)
+    write_wav(tmp_path / "c" / "angry" / "201-angry-wangzhe.wav", 0.3)
     rows, _ = prepare("casia", tmp_path / "c")
     assert [r["utterance_id"] for r in rows] == ["casia/wangzhe/angry/201"] * 2
 
 
 def test_casia_flat_name_disagreeing_with_folder_is_rejected(tmp_path, write_wav):
-    write_wav(tmp_path / "c" / "sad" / "201-angry-wangzhe.wav", 0.2)
-    write_wav(tmp_path / "c" / "angry" / "202-angry-wangzhe.wav", 0.2)
+    write_wav(tmp_path / "c" / "sad" / "201-angry-wangzhe.wav", 0.3)
+    write_wav(tmp_path / "c" / "angry" / "202-angry-wangzhe.wav", 0.3)
     rows, rejects = prepare("casia", tmp_path / "c")
     assert [r["utterance_id"] for r in rows] == ["casia/wangzhe/angry/202"]
     assert rejects[0].reason.startswith("inconsistent label")
 
 
 def test_ravdess_actor_folder_mismatch_is_rejected(tmp_path, write_wav):
-    write_wav(tmp_path / "r" / "Actor_02" / "03-01-01-01-01-01-05.wav", 0.2)
-    write_wav(tmp_path / "r" / "Actor_05" / "03-01-01-01-01-01-05.wav", 0.2)
+    write_wav(tmp_path / "r" / "Actor_02" / "03-01-01-01-01-01-05.wav", 0.3)
+    write_wav(tmp_path / "r" / "Actor_05" / "03-01-01-01-01-01-05.wav", 0.3)
     rows, rejects = prepare("ravdess", tmp_path / "r")
     assert len(rows) == 1 and rows[0]["speaker"] == "ravdess/Actor_05"
     assert "Actor_02" in rejects[0].reason
@@ -184,7 +184,7 @@ def test_zero_length_and_non_finite_audio_are_rejects(tmp_path, write_wav):
     import numpy as np
 
     root = tmp_path / "c"
-    write_wav(root / "wangzhe" / "angry" / "201.wav", 0.2)
+    write_wav(root / "wangzhe" / "angry" / "201.wav", 0.3)
     (root / "wangzhe" / "angry").mkdir(parents=True, exist_ok=True)
     sf.write(str(root / "wangzhe" / "angry" / "202.wav"), np.zeros(0, dtype=np.float32), 16000)
     wave = np.full(1600, 0.1, dtype=np.float32)
@@ -199,7 +199,7 @@ def test_zero_length_and_non_finite_audio_are_rejects(tmp_path, write_wav):
 
 
 def test_symlinked_folders_are_followed_once(tmp_path, write_wav):
-    write_wav(tmp_path / "store" / "angry" / "201.wav", 0.2)
+    write_wav(tmp_path / "store" / "angry" / "201.wav", 0.3)
     root = tmp_path / "c" / "wangzhe"
     root.mkdir(parents=True)
     (root / "angry").symlink_to(tmp_path / "store" / "angry", target_is_directory=True)

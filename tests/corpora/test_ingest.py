@@ -84,14 +84,14 @@ def test_missing_path_writes_nothing(tmp_path, workspace):
 
 
 def test_no_parsable_file_writes_nothing(tmp_path, workspace, write_wav):
-    write_wav(tmp_path / "c" / "song.wav", 0.2)
+    write_wav(tmp_path / "c" / "song.wav", 0.3)
     with pytest.raises(CorpusLayoutError, match="expected layout"):
         ingest("emodb", tmp_path / "c", None, workspace)
     assert manifest_files(workspace) == []
 
 
 def test_every_file_rejected_is_an_error(tmp_path, workspace, write_wav):
-    write_wav(tmp_path / "c" / "wav" / "03a01Fa.wav", 0.2, silent=True)
+    write_wav(tmp_path / "c" / "wav" / "03a01Fa.wav", 0.3, silent=True)
     (tmp_path / "c" / "wav" / "03a02Wa.wav").write_bytes(b"garbage")
     with pytest.raises(ManifestError, match="every file was rejected") as info:
         ingest("emodb", tmp_path / "c", None, workspace)
@@ -100,8 +100,8 @@ def test_every_file_rejected_is_an_error(tmp_path, workspace, write_wav):
 
 
 def test_duplicate_ids_name_both_paths(tmp_path, workspace, write_wav):
-    a = write_wav(tmp_path / "c" / "wangzhe" / "angry" / "201.wav", 0.2)
-    b = write_wav(tmp_path / "c" / "angry" / "201-angry-wangzhe.wav", 0.2)
+    a = write_wav(tmp_path / "c" / "wangzhe" / "angry" / "201.wav", 0.3)
+    b = write_wav(tmp_path / "c" / "angry" / "201-angry-wangzhe.wav", 0.3)
     with pytest.raises(ManifestError, match="duplicate utterance id") as info:
         ingest("casia", tmp_path / "c", None, workspace)
     assert str(a) in str(info.value) and str(b) in str(info.value)

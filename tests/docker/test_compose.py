@@ -58,7 +58,7 @@ def test_named_volumes_are_declared(compose: dict) -> None:
 def test_mlflow_uses_postgres_and_a_persistent_artifact_store(compose: dict) -> None:
     mlflow = compose["services"]["mlflow"]
     command = mlflow["command"] if isinstance(mlflow["command"], str) else " ".join(mlflow["command"])
-    assert "--backend-store-uri postgresql://" in command
+    assert re.search(r"--backend-store-uri postgresql(\+psycopg2)?://postgres:5432/mlflow", command)
     destination = re.search(r"--artifacts-destination (\S+)", command).group(1)
     assert any(v.endswith(f":{destination}") for v in mlflow["volumes"])
     assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -107,3 +107,59 @@ def test_docker_compose_config_validates(tmp_path: Path) -> None:
     out = subprocess.run([*cmd, "-f", str(COMPOSE), "--env-file", str(env_file), "config", "--quiet"],
                          capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
+
+
+SECRET_VARS = ("POSTGRES_PASSWORD",)
+
+
+def _command(service: dict) -> str:
+    command = service.get("command", "")
+    return command if isinstance(command, str) else " ".join(command)
+
+
+def test_no_service_runs_as_root(compose: dict) -> None:
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert re.search(r"^USER ser$", dockerfile, re.MULTILINE)  # the project image drops root
+    for name, svc in compose["services"].items():
+        user = str(svc.get("user", ""))
+        assert user.split(":")[0] not in ("root", "0"), f"{name} runs as root"
+        if "build" not in svc:  # third-party images: an explicit non-root user
+            assert user, f"{name} ({svc['image']}) sets no user"
+
+
+def test_no_password_in_a_command_line_or_url(compose: dict) -> None:
+    url_with_secret = re.compile(r"://[^/\s@]*:[^/\s@]*@")
+    for name, svc in compose["services"].items():
+        command = _command(svc)
+        assert not url_with_secret.search(command), f"{name}: credentials in a URL on its command line"
+        assert not any(f"${{{var}" in command for var in SECRET_VARS), f"{name}: a secret on its command line"
+        for key, value in (svc.get("environment") or {}).items():
+            value = str(value)
+            assert not url_with_secret.search(value), f"{name}: {key} is a URL with credentials"
+            if any(f"${{{var}" in value for var in SECRET_VARS):
+                assert "PASSWORD" in key and value.startswith("${") and value.endswith("}"), f"{name}: {key}"
+
+
+def _check_secrets_script(compose: dict) -> str:
+    command = compose["services"]["check-secrets"]["command"]
+    assert command[:2] == ["sh", "-c"]
+    return command[2].replace("$$", "$")  # compose's escape for a literal $
+
+
+@pytest.mark.parametrize("password,ok", [("change-me", False), ("short", False), ("a-real-secret-of-32-characters!!", True)])
+def test_placeholder_password_refuses_to_start(compose: dict, password: str, ok: bool) -> None:
+    example = dict(line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert example["POSTGRES_PASSWORD"] == "change-me"  # the placeholder the check refuses
+    for name, svc in compose["services"].items():
+        if name == "check-secrets":
+            continue
+        waits = set(svc.get("depends_on") or {})
+        assert waits, f"{name} starts without waiting for anything"
+    for name in ("postgres", "dask-scheduler"):  # the roots of the dependency graph wait for the check
+        assert compose["services"][name]["depends_on"]["check-secrets"]["condition"] == "service_completed_successfully"
+    result = subprocess.run(["sh", "-c", _check_secrets_script(compose)], env={"POSTGRES_PASSWORD": password, "PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True, check=False)
+    assert (result.returncode == 0) == ok
+    if not ok:
+        assert result.stderr.startswith("error: POSTGRES_PASSWORD")

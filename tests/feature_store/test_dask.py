@@ -66,3 +66,23 @@ def test_task_size_is_bounded_and_balanced(total, most, parallel, size):
     assert task_size(total, most, parallel) == size
     n_tasks = -(-total // size)
     assert size <= most and (n_tasks % parallel == 0 or total < parallel * size)
+
+
+def disk_full(stage: str) -> None:
+    """Fault hook: every batch write hits a full disk once its data is written."""
+    if stage == "written":
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_full_disk_on_a_cluster_ends_with_one_clean_error(tmp_path, make_corpus, capfd):
+    frame = make_corpus(8)
+    store = FeatureStore(tmp_path / "s")
+    with pytest.raises(StoreError, match="No space left on device"), dask_client(workers=2) as client:
+        materialise(frame, SPEC, None, store, client=client, batch_size=1, fault=disk_full)
+    err = capfd.readouterr().err
+    assert "Task was destroyed" not in err and "Compute Failed" not in err and "Traceback" not in err
+    assert len(store.open_set(SPEC)) == 0 and verify(store)["ok"] and verify(store)["uncommitted"] == []
+    with dask_client(workers=1) as client:  # the next run on a fresh cluster works
+        assert materialise(frame, SPEC, None, store, client=client).computed == 8

@@ -1,0 +1,104 @@
+"""A light head on frozen self-supervised layers (SUPERB's emotion probe; EmoBox's protocol).
+
+Input: stored SSL features ``(B, L, H, T)`` (layers, hidden size, frames) and a frame mask
+``(B, T)`` (True = a real frame). The probe learns a softmax-weighted sum of the ``L`` layers
+(weights initialised equal), optionally layer-normalises each layer first, then either pools over
+time (length-masked mean, or attentive pooling) or runs a sequence model over the frames (a BiLSTM
+or attention pooling over its outputs), and classifies with a small MLP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ser_pipeline.config import require
+
+POOLINGS = ("mean", "attentive")
+SEQUENCES = ("none", "blstm")
+
+
+def masked_mean(y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over time of ``(B, T, D)`` counting only ``mask`` ``(B, T)`` frames -> ``(B, D)``."""
+    if mask is None:
+        return y.mean(dim=1)
+    weights = mask.to(y.dtype)[..., None]
+    return (y * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+class AttentivePooling(nn.Module):
+    """``alpha_t = softmax_t(v^T tanh(W y_t))`` over real frames; ``(B, T, D) -> (B, D)``."""
+
+    def __init__(self, dim: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+        self.score = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        scores = self.score(torch.tanh(self.proj(y))).squeeze(-1)  # (B, T)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        alpha = torch.softmax(scores, dim=1)
+        return torch.einsum("bt,btd->bd", alpha, y)
+
+
+class SslProbe(nn.Module):
+    """Weighted layer sum -> (BiLSTM) -> pooling -> MLP.
+
+    ``forward(x (B, L, H, T), mask (B, T) | None) -> (B, n_classes)`` logits;
+    ``layer_weights() -> (L,)`` the current softmax weights (they sum to 1).
+    """
+
+    def __init__(self, n_classes: int, in_channels: int, *, feature_dim: int = 768, pooling: str = "mean",
+                 sequence: str = "none", head: Sequence[int] = (256,), dropout: float = 0.2, layer_norm: bool = True,
+                 lstm_hidden: int = 128) -> None:
+        super().__init__()
+        require(n_classes >= 2, "n_classes", n_classes, "need at least two classes")
+        require(in_channels >= 1, "in_channels", in_channels, "need at least one layer")
+        require(feature_dim >= 1, "feature_dim", feature_dim, "the stored hidden size H, >= 1")
+        require(pooling in POOLINGS, "pooling", pooling, f"valid: {list(POOLINGS)}")
+        require(sequence in SEQUENCES, "sequence", sequence, f"valid: {list(SEQUENCES)}")
+        require(0.0 <= dropout < 1.0, "dropout", dropout, "must be in [0, 1)")
+        self.layer_logits = nn.Parameter(torch.zeros(in_channels))
+        self.layer_norm = layer_norm
+        dim = feature_dim
+        self.lstm = nn.LSTM(dim, lstm_hidden, batch_first=True, bidirectional=True) if sequence == "blstm" else None
+        if self.lstm is not None:
+            dim = 2 * lstm_hidden
+        self.pool = AttentivePooling(dim) if pooling == "attentive" else None
+        self.embed_dim = dim
+        layers: list[nn.Module] = []
+        for size in head:
+            layers += [nn.Linear(dim, int(size)), nn.ReLU(), nn.Dropout(dropout)]
+            dim = int(size)
+        self.head = nn.Sequential(*layers, nn.Linear(dim, n_classes))
+
+    def layer_weights(self) -> torch.Tensor:
+        """``(L,)`` softmax weights of the layers."""
+        return torch.softmax(self.layer_logits, dim=0)
+
+    def combine(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, L, H, T) -> (B, T, H)``: the weighted sum of (normalised) layers."""
+        require(x.shape[1] == self.layer_logits.numel(), "layers", x.shape[1],
+                f"the probe was built for {self.layer_logits.numel()} layers")
+        y = x.transpose(2, 3)  # (B, L, T, H)
+        if self.layer_norm:
+            y = F.layer_norm(y, y.shape[-1:])
+        return torch.einsum("l,bltd->btd", self.layer_weights(), y)
+
+    def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, L, H, T) -> (B, D)`` pooled utterance embedding (padding ignored)."""
+        y = self.combine(x)
+        if self.lstm is not None:
+            lengths = mask.sum(dim=1).clamp_min(1).cpu() if mask is not None else torch.full((y.shape[0],), y.shape[1])
+            packed = nn.utils.rnn.pack_padded_sequence(y, lengths, batch_first=True, enforce_sorted=False)
+            out, _ = self.lstm(packed)
+            y, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=y.shape[1])
+        return self.pool(y, mask) if self.pool is not None else masked_mean(y, mask)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, L, H, T)`` and ``(B, T)`` -> ``(B, n_classes)`` logits."""
+        return self.head(self.embed(x, mask))

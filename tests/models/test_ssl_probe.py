@@ -1,0 +1,52 @@
+"""ssl_probe: layer weights, masked pooling, sequence option, training signal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ser_pipeline.errors import ConfigError
+from ser_pipeline.models.ssl_probe import SslProbe
+
+
+def batch(b=3, layers=4, hidden=16, frames=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, layers, hidden, frames, generator=g)
+
+
+@pytest.mark.parametrize(("pooling", "sequence"), [("mean", "none"), ("attentive", "none"), ("mean", "blstm")])
+def test_padding_does_not_change_the_output(pooling, sequence, torch_one_thread):
+    torch.manual_seed(0)
+    probe = SslProbe(4, 4, feature_dim=16, pooling=pooling, sequence=sequence).eval()
+    x = batch()
+    lengths = torch.tensor([20, 13, 7])
+    mask = torch.arange(20)[None] < lengths[:, None]
+    padded = torch.cat([x, torch.randn(3, 4, 16, 9) * 50], dim=3)  # junk after the real frames
+    padded_mask = torch.cat([mask, torch.zeros(3, 9, dtype=torch.bool)], dim=1)
+    for i, n in enumerate(lengths.tolist()):
+        alone = probe(x[i : i + 1, ..., :n], None)
+        torch.testing.assert_close(probe(padded, padded_mask)[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_layer_weights_start_equal_sum_to_one_and_learn(torch_one_thread):
+    torch.manual_seed(0)
+    probe = SslProbe(2, 3, feature_dim=8, head=())
+    w = probe.layer_weights().detach()
+    assert torch.allclose(w, torch.full((3,), 1 / 3)) and float(w.sum()) == pytest.approx(1.0)
+    x = torch.randn(32, 3, 8, 10)
+    y = torch.randint(0, 2, (32,))
+    x[:, 2, 0] += 3.0 * (2 * y[:, None].float() - 1)  # only layer 2 carries the label
+    opt = torch.optim.Adam(probe.parameters(), lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(probe(x), y).backward()
+        opt.step()
+    w = probe.layer_weights().detach()
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-6) and int(w.argmax()) == 2
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ConfigError, match="pooling"):
+        SslProbe(4, 3, pooling="max")
+    with pytest.raises(ConfigError, match="layers"):
+        SslProbe(4, 3, feature_dim=16)(batch(layers=5))
