@@ -31,6 +31,7 @@ from feature_store.writer import FaultHook, write_feature_batch
 from ser_pipeline import audio
 from ser_pipeline.augment import AugmentSpec, apply_variant, variant_seed
 from ser_pipeline.errors import AudioError, ConfigError, SerError, StoreError
+from ser_pipeline.extractors import extract_many, resolve_backend
 from ser_pipeline.features import FeatureSpec, extract
 
 if TYPE_CHECKING:  # pandas stays out of Dask workers' imports (cluster start-up)
@@ -144,36 +145,43 @@ def load_checked(path: str, sha256: str, sample_rate: int) -> np.ndarray:
     return audio.resample(mono, int(rate), sample_rate)
 
 
-def run_task(set_path: str, spec_dict: dict[str, Any], work: Sequence[WorkItem], fault: FaultHook | None = None) -> TaskResult:
+def run_task(set_path: str, spec_dict: dict[str, Any], work: Sequence[WorkItem], fault: FaultHook | None = None,
+             backend: str = "numpy", *, limit_blas: bool = True) -> TaskResult:
     """Compute and commit one batch. Bad recordings fail their items; a write failure raises StoreError.
 
     BLAS is limited to one thread for the duration of the task (restored afterwards in process;
-    permanent inside a Dask worker, with torch threads too).
+    permanent inside a Dask worker, with torch threads too). ``limit_blas=False`` when the caller
+    holds the limit already (a thread pool: the limit is process-wide).
     """
     from threadpoolctl import threadpool_limits
 
     if in_dask_worker():
         limit_threads()
+    spec = FeatureSpec.from_dict(spec_dict)
+    if not limit_blas:
+        return _compute_and_commit(Path(set_path), spec, work, fault, backend)
     with threadpool_limits(limits=1):
-        return _compute_and_commit(Path(set_path), FeatureSpec.from_dict(spec_dict), work, fault)
+        return _compute_and_commit(Path(set_path), spec, work, fault, backend)
 
 
 def run_task_in_worker(set_path: str, spec_dict: dict[str, Any], work: Sequence[WorkItem],
-                       fault: FaultHook | None = None) -> TaskResult:
+                       fault: FaultHook | None = None, backend: str = "numpy") -> TaskResult:
     """:func:`run_task` for Dask: a StoreError (full disk...) comes back as ``TaskResult.error``.
 
     The caller raises it once, cleanly: no worker-side "Compute Failed" traceback per task.
     """
     try:
-        return run_task(set_path, spec_dict, work, fault)
+        return run_task(set_path, spec_dict, work, fault, backend)
     except StoreError as exc:
         return TaskResult(error=str(exc))
 
 
-def _compute_and_commit(set_path: Path, spec: FeatureSpec, work: Sequence[WorkItem], fault: FaultHook | None) -> TaskResult:
-    """Read each recording once, compute its variants ``(C, F, T)``, commit them as one batch."""
+def _compute_and_commit(set_path: Path, spec: FeatureSpec, work: Sequence[WorkItem], fault: FaultHook | None,
+                        backend: str = "numpy") -> TaskResult:
+    """Read each recording once, compute its variants (``(C, F, T)``, or ``(L, H, T)`` for ssl) in one
+    :func:`extract_many` call for the whole task, and commit them as one batch."""
     result = TaskResult()
-    entries: list[tuple[dict[str, Any], np.ndarray]] = []
+    pending: list[tuple[dict[str, Any], np.ndarray, str]] = []  # (meta, varied wave, path)
     for item in work:
         try:
             wave = load_checked(item.path, item.sha256, spec.sample_rate)
@@ -184,18 +192,40 @@ def _compute_and_commit(set_path: Path, spec: FeatureSpec, work: Sequence[WorkIt
         for variant in item.variants:
             try:
                 varied = apply_variant(wave, spec.sample_rate, variant, seed=variant_seed(item.sha256, variant))
-                feats = extract(varied, spec).astype(spec.dtype)
             except (SerError, ValueError) as exc:
                 result.failed.append((item.utterance_id, variant, f"{item.path}: {exc}"))
                 continue
             meta = {"sha256": item.sha256, "variant": variant, "utterance_id": item.utterance_id,
                     "duration_s": round(duration, 4)}
-            entries.append((meta, feats))
-            result.audio_seconds += duration
+            pending.append((meta, varied, item.path))
+    entries: list[tuple[dict[str, Any], np.ndarray]] = []
+    for meta, feats, error in _extract_all(pending, spec, backend):
+        if error:
+            result.failed.append((meta["utterance_id"], meta["variant"], error))
+            continue
+        entries.append((meta, feats.astype(spec.dtype)))
+        result.audio_seconds += meta["duration_s"]
     if entries:
         result.batch = write_feature_batch(set_path, entries, dtype=spec.dtype, fault=fault)
         result.computed = len(entries)
     return result
+
+
+def _extract_all(pending: list[tuple[dict[str, Any], np.ndarray, str]], spec: FeatureSpec, backend: str
+                 ) -> Iterator[tuple[dict[str, Any], np.ndarray | None, str]]:
+    """``(meta, features, "")`` per pending wave, or ``(meta, None, reason)``: one batched call, and
+    item by item only when the batch fails (so one bad wave fails alone)."""
+    try:
+        feats = extract_many([w for _, w, _ in pending], spec, backend=backend)
+    except (SerError, ValueError):
+        for meta, wave, path in pending:
+            try:
+                yield meta, extract_many([wave], spec, backend=backend)[0], ""
+            except (SerError, ValueError) as exc:
+                yield meta, None, f"{path}: {exc}"
+        return
+    for (meta, _, _), f in zip(pending, feats, strict=True):
+        yield meta, f, ""
 
 
 def variant_list(augment: AugmentSpec | Sequence[str] | None) -> list[str]:
@@ -313,6 +343,8 @@ def materialise(
     force: bool = False,
     progress: bool = False,
     fault: FaultHook | None = None,
+    threads: int = 1,
+    backend: str = "numpy",
 ) -> MaterialiseReport:
     """Compute every missing (recording, variant) item of ``manifest`` into the set of ``spec``.
 
@@ -327,6 +359,9 @@ def materialise(
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r}: must be >= 1")
+    if threads < 1:
+        raise ConfigError(f"threads={threads!r}: must be >= 1")
+    backend = resolve_backend(backend)
     check_manifest(manifest)
     variants = variant_list(augment)
     start = time.perf_counter()
@@ -340,11 +375,11 @@ def materialise(
     uid_of = {w.sha256: w.utterance_id for w in work}
     report.damaged = [(uid_of.get(sha, sha), var, why) for (sha, var), why in damaged.items()]
     total = sum(len(w.variants) for w in work)
-    parallel = 1 if client is None else cluster_threads(client)
+    parallel = threads if client is None else cluster_threads(client)
     tasks = list(chunk_work(work, task_size(total, batch_size, parallel)))
     bar = _progress(total, progress and bool(work))
     try:
-        for result, n_items in _run_tasks(tasks, str(fset.path), spec.to_dict(), client, parallel, fault):
+        for result, n_items in _run_tasks(tasks, str(fset.path), spec.to_dict(), client, parallel, fault, backend):
             report.computed += result.computed
             report.failed.extend(result.failed)
             report.audio_seconds += result.audio_seconds
@@ -371,12 +406,17 @@ def cluster_threads(client: Any) -> int:
 def _run_tasks(
     tasks: list[list[WorkItem]], set_path: str, spec_dict: dict[str, Any], client: Any, parallel: int,
     fault: FaultHook | None,
+    backend: str = "numpy",
 ) -> Iterator[tuple[TaskResult, int]]:
-    """Yield ``(result, items in task)`` as tasks finish: in process, or on Dask with bounded flight."""
+    """Yield ``(result, items in task)`` as tasks finish: in process (``parallel`` threads), or on
+    Dask with bounded flight."""
     sizes = [sum(len(w.variants) for w in t) for t in tasks]
-    if client is None:
+    if client is None and parallel <= 1:
         for task, size in zip(tasks, sizes, strict=True):
-            yield run_task(set_path, spec_dict, task, fault), size
+            yield run_task(set_path, spec_dict, task, fault, backend), size
+        return
+    if client is None:
+        yield from _run_threads(tasks, sizes, set_path, spec_dict, parallel, fault, backend)
         return
     from distributed import as_completed
 
@@ -385,7 +425,7 @@ def _run_tasks(
     completed = as_completed()
     submitted = []
     for task, size in _take(pending, 4 * parallel):
-        fut = client.submit(run_task_in_worker, set_path, spec_dict, task, fault, pure=False)
+        fut = client.submit(run_task_in_worker, set_path, spec_dict, task, fault, backend, pure=False)
         in_flight[fut.key] = size
         completed.add(fut)
         submitted.append(fut)
@@ -396,7 +436,7 @@ def _run_tasks(
             if result.error:
                 raise StoreError(result.error)
             for task, nsize in _take(pending, 1):
-                nxt = client.submit(run_task_in_worker, set_path, spec_dict, task, fault, pure=False)
+                nxt = client.submit(run_task_in_worker, set_path, spec_dict, task, fault, backend, pure=False)
                 in_flight[nxt.key] = nsize
                 completed.add(nxt)
                 submitted.append(nxt)
@@ -404,6 +444,30 @@ def _run_tasks(
     except BaseException:
         cancel_quietly(client, [f for f in submitted if not f.done()])
         raise
+
+
+def _run_threads(
+    tasks: list[list[WorkItem]], sizes: list[int], set_path: str, spec_dict: dict[str, Any], threads: int,
+    fault: FaultHook | None, backend: str,
+) -> Iterator[tuple[TaskResult, int]]:
+    """Run tasks on a thread pool in this process (no cluster start-up): numpy's FFTs, ufuncs on
+    frame matrices, soxr and zlib/blosc release the GIL, so threads scale on small jobs. BLAS is
+    limited to one thread for the whole pool (the limit is process-wide); on error the tasks not
+    started are cancelled."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="featurize") as pool:
+        futures = {pool.submit(run_task, set_path, spec_dict, task, fault, backend, limit_blas=False): size
+                   for task, size in zip(tasks, sizes, strict=True)}
+        try:
+            for fut in as_completed(futures):
+                yield fut.result(), futures[fut]
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
 
 
 def cancel_quietly(client: Any, futures: list[Any]) -> None:

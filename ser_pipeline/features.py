@@ -17,7 +17,9 @@ The store casts to ``spec.dtype`` (float16 by default).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -25,11 +27,15 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.fft
 
-from ser_pipeline.config import Spec, check_fields, require, stable_digest
+from ser_pipeline.config import Spec, canonical_json, check_fields, require, stable_digest
 from ser_pipeline.errors import ConfigError
 from ser_pipeline.registry import Registry
 
-FEATURE_KINDS = ("logmel", "spectrogram")
+FEATURE_KINDS = ("logmel", "spectrogram", "ssl")
+# Fields that only the ssl kind reads, and the ones it ignores (neither enters the other's digest).
+SSL_FIELDS = ("checkpoint", "layers", "window_s", "context_s")
+SPECTRAL_FIELDS = ("n_mels", "fmin", "fmax", "win_ms", "hop_ms", "n_fft", "preemphasis", "log_floor", "deltas",
+                   "delta_width", "normalize_waveform")
 FEATURE_DTYPES = ("float16", "float32")
 
 # Preset name -> FeatureSpec field overrides (the rest keeps the dataclass defaults).
@@ -38,6 +44,8 @@ PRESETS.add("logmel64", {"kind": "logmel", "n_mels": 64})
 PRESETS.add("logmel60", {"kind": "logmel", "n_mels": 60})
 PRESETS.add("logmel64_norm", {"kind": "logmel", "n_mels": 64, "normalize_waveform": True})
 PRESETS.add("spectrogram", {"kind": "spectrogram"})
+# Self-supervised hidden states (set ``checkpoint`` to a local Hugging Face folder; see README).
+PRESETS.add("ssl", {"kind": "ssl", "dtype": "float16"})
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,12 @@ class FeatureSpec(Spec):
     delta_width: int = 2
     normalize_waveform: bool = False
     dtype: str = "float16"
+    # kind="ssl" only: checkpoint folder (or a hub id in the local cache), hidden layers kept (None =
+    # all, 0 = the front end's output), and the window/context of long recordings in seconds.
+    checkpoint: str = ""
+    layers: tuple[int, ...] | None = None
+    window_s: float = 20.0
+    context_s: float = 2.0
 
     def validate(self) -> None:
         require(self.preset in PRESETS, "preset", self.preset, f"unknown preset; valid: {PRESETS.names()}")
@@ -86,16 +100,35 @@ class FeatureSpec(Spec):
         require(self.log_floor > 0, "log_floor", self.log_floor, "must be positive")
         require(isinstance(self.delta_width, int) and self.delta_width >= 1, "delta_width", self.delta_width, "must be an integer >= 1")
         require(self.dtype in FEATURE_DTYPES, "dtype", self.dtype, f"must be one of {FEATURE_DTYPES}")
+        if self.kind == "ssl":
+            require(bool(self.checkpoint), "checkpoint", self.checkpoint,
+                    "kind='ssl' needs a checkpoint: a local Hugging Face folder (see README)")
+            require(self.layers is None or (len(self.layers) > 0 and all(isinstance(i, int) and i >= 0 for i in self.layers)),
+                    "layers", self.layers, "None (all) or a non-empty list of layer indices >= 0")
+            require(self.window_s > 0 and self.context_s >= 0 and self.window_s > 2 * self.context_s, "window_s",
+                    self.window_s, f"must be positive and more than twice context_s={self.context_s}")
+
+    def _params(self) -> dict[str, Any]:
+        """The fields that determine this kind's arrays (no ``preset``; the other kind's fields dropped)."""
+        drop = {"preset", *(SPECTRAL_FIELDS if self.kind == "ssl" else SSL_FIELDS)}
+        return {k: v for k, v in self.to_dict().items() if k not in drop}
 
     def digest(self) -> str:
-        """sha256 of the parameters that determine the arrays (every field but ``preset``)."""
-        params = {k: v for k, v in self.to_dict().items() if k != "preset"}
+        """sha256 of the parameters that determine the arrays (not ``preset``). For ``ssl`` the
+        checkpoint enters by the content hash of its weight and config files, not its path: a
+        changed checkpoint is a new set, the same checkpoint elsewhere the same set."""
+        params = self._params()
+        if self.kind == "ssl":
+            from ser_pipeline.ssl_features import checkpoint_digest, resolve_checkpoint  # ssl kind only
+
+            params["checkpoint"] = checkpoint_digest(resolve_checkpoint(self.checkpoint))
         return stable_digest(params, version=f"{type(self).__name__}:{self.CODE_VERSION}:params")
 
     def legacy_digest(self) -> str:
         """The key stores used before the preset left the digest (preset name included): such sets stay
         readable and ``ser store gc`` reports them as superseded by :meth:`digest`."""
-        return stable_digest(self.to_dict(), version=f"{type(self).__name__}:{self.CODE_VERSION}")
+        old = {k: v for k, v in self.to_dict().items() if k not in SSL_FIELDS}
+        return stable_digest(old, version=f"{type(self).__name__}:{self.CODE_VERSION}")
 
     @property
     def win_length(self) -> int:
@@ -114,16 +147,28 @@ class FeatureSpec(Spec):
 
     @property
     def channels(self) -> int:
-        """C of the output: 3 with deltas, else 1."""
+        """C of the output: 3 with deltas, else 1; for ``ssl`` the layers kept (from the checkpoint's config)."""
+        if self.kind == "ssl":
+            from ser_pipeline.ssl_features import checkpoint_shape  # ssl kind only
+
+            return len(self.layers) if self.layers else checkpoint_shape(self.checkpoint)[0]
         return 3 if self.deltas else 1
 
     @property
     def bands(self) -> int:
-        """F of the output: Mel bands, or linear FFT bins for ``spectrogram``."""
+        """F of the output: Mel bands, linear FFT bins for ``spectrogram``, the hidden size for ``ssl``."""
+        if self.kind == "ssl":
+            from ser_pipeline.ssl_features import checkpoint_shape  # ssl kind only
+
+            return checkpoint_shape(self.checkpoint)[1]
         return self.n_mels if self.kind == "logmel" else self.fft_size // 2 + 1
 
     def frames_for(self, n_samples: int) -> int:
-        """T of the output for a wave of ``n_samples`` (at least 1)."""
+        """T of the output for a wave of ``n_samples`` (at least 1); 50 Hz for ``ssl``."""
+        if self.kind == "ssl":
+            from ser_pipeline.ssl_features import ssl_frames  # ssl kind only
+
+            return ssl_frames(self.checkpoint, n_samples)
         return 1 + max(0, n_samples - self.win_length) // self.hop_length
 
 
@@ -141,8 +186,9 @@ def feature_spec(preset: str = "logmel64", *, where: str = "", **overrides: Any)
 def feature_label(spec: FeatureSpec) -> str:
     """What users see for a spec: the preset and the fields that differ from it, e.g.
     ``logmel64 n_mels=48`` (the preset alone when nothing differs)."""
-    base = FeatureSpec(**{**PRESETS.get(spec.preset), "preset": spec.preset}).to_dict()
-    changed = [f"{k}={v}" for k, v in sorted(spec.to_dict().items()) if k != "preset" and base.get(k) != v]
+    defaults = {f.name: f.default for f in dataclasses.fields(FeatureSpec)}
+    base = json.loads(canonical_json({**defaults, **PRESETS.get(spec.preset)}))
+    changed = [f"{k}={v}" for k, v in sorted(spec._params().items()) if base.get(k) != v]
     return " ".join([spec.preset, *changed])
 
 

@@ -18,6 +18,7 @@ Windows of equal length are batched; on CUDA the forward pass runs under bf16 au
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -42,10 +43,24 @@ def _identity_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name in IDENTITY_FILES))
 
 
+_DIGESTS: dict[tuple[Any, ...], str] = {}
+
+
 def checkpoint_digest(folder: str | Path) -> str:
-    """sha256 (hex) over the relative names and bytes of a checkpoint's weight and config files."""
+    """sha256 (hex) over the relative names and bytes of a checkpoint's weight and config files.
+
+    Cached per process by the files' names, sizes and modification times (a big checkpoint is hashed
+    once, not at every digest)."""
     root = Path(folder)
     files = _identity_files(root) if root.is_dir() else []
+    stamp = (str(root.resolve()), *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if stamp in _DIGESTS:
+        return _DIGESTS[stamp]
+    _DIGESTS[stamp] = _hash_files(folder, root, files)
+    return _DIGESTS[stamp]
+
+
+def _hash_files(folder: str | Path, root: Path, files: list[Path]) -> str:
     if not any(p.suffix in WEIGHT_SUFFIXES for p in files):
         raise ConfigError(f"ssl checkpoint {str(folder)!r}: no weight files ({', '.join('*' + s for s in WEIGHT_SUFFIXES)}) "
                           f"in that folder")
@@ -82,6 +97,30 @@ def resolve_checkpoint(name: str, *, allow_download: bool = False) -> Path:
         reason = "no such folder"
     raise ConfigError(f"ssl checkpoint {name!r}: {reason}; download it once (e.g. `huggingface-cli download {name} "
                       f"--local-dir DIR`) and set the feature spec's checkpoint to that folder")
+
+
+@functools.lru_cache(maxsize=16)
+def _config(folder: str) -> dict[str, Any]:
+    path = resolve_checkpoint(folder) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"ssl checkpoint {folder!r}: cannot read {path.name} ({exc})") from None
+
+
+def checkpoint_shape(folder: str) -> tuple[int, int]:
+    """``(hidden states, hidden size)`` from the checkpoint's config.json (no model loaded)."""
+    config = _config(folder)
+    if config.get("model_type") == "whisper":
+        return int(config["encoder_layers"]) + 1, int(config["d_model"])
+    return int(config["num_hidden_layers"]) + 1, int(config["hidden_size"])
+
+
+def ssl_frames(folder: str, n_samples: int) -> int:
+    """Output frames of the checkpoint's encoder for ``n_samples`` (see :meth:`SslEncoder.frames_for`)."""
+    if _config(folder).get("model_type") == "whisper":
+        return max(1, -(-n_samples // CONV_STRIDE))
+    return max(1, 1 + (n_samples - CONV_RECEPTIVE) // CONV_STRIDE)
 
 
 @dataclass

@@ -33,6 +33,7 @@ AddressOption = Annotated[
 def run_featurize(
     name: str, *, root: str | None, preset: str, model: str | None, overrides: dict[str, Any], augment: str,
     float32: bool, force: bool, workers: int | None, dask_address: str | None, batch_size: int, progress: bool,
+    backend: str = "numpy",
 ) -> dict[str, Any]:
     """Featurize manifest ``name``; returns the report dict (plus ``wall_seconds`` incl. cluster start)."""
     start = time.perf_counter()
@@ -41,10 +42,10 @@ def run_featurize(
     spec = resolve_feature_spec(model, preset, {**overrides, **({"dtype": "float32"} if float32 else {})})
     report, executor = featurize(frame, spec, parse_augment(augment), FeatureStore(ws.features), manifest_name=name,
                                  manifest_digest=manifest_digest(frame), workers=workers, dask_address=dask_address,
-                                 batch_size=batch_size, force=force, progress=progress)
+                                 batch_size=batch_size, force=force, progress=progress, backend=backend)
     out = report.to_dict()
     out.update({"manifest": name, "preset": spec.preset, "label": feature_label(spec), "dtype": spec.dtype,
-                "wall_seconds": round(time.perf_counter() - start, 3), "executor": executor})
+                "wall_seconds": round(time.perf_counter() - start, 3), "executor": executor, "backend": backend})
     return out
 
 
@@ -163,13 +164,16 @@ def register(app: typer.Typer) -> None:
         workers: WorkersOption = None,
         dask_address: AddressOption = None,
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Most items per task / batch (split evenly over workers).")] = 256,
+        backend: Annotated[str, typer.Option("--backend", help="numpy (default; bit-identical everywhere on one "
+                                             "machine), torch (batched, CUDA when present), auto (torch on a GPU box).")] = "numpy",
         root: RootOption = None,
         as_json: JsonOption = False,
     ) -> None:
         """Compute missing feature items of manifest NAME into the store (incremental, crash-safe)."""
         report = run_featurize(name, root=root, preset=preset, model=model, overrides=apply_sets({}, sets),
                                augment=augment, float32=float32, force=force,
-                               workers=workers, dask_address=dask_address, batch_size=batch_size, progress=not as_json)
+                               workers=workers, dask_address=dask_address, batch_size=batch_size, progress=not as_json,
+                               backend=backend)
         emit(report, as_json, _featurize_text)
 
     @store_app.command("ls")

@@ -1,0 +1,106 @@
+"""Where and how featurize computes: thread pool, torch backend, the ssl kind; the executor rule."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from feature_store.materialise import materialise
+from feature_store.store import FeatureStore
+from ser_pipeline.errors import ConfigError
+from ser_pipeline.experiments.features import SMALL_JOB_ITEMS, choose_executor
+from ser_pipeline.features import feature_label, feature_spec
+
+SPEC = feature_spec("logmel64")
+
+
+@pytest.fixture
+def store(workspace):
+    return FeatureStore(workspace.features)
+
+
+def values(store, spec, frame, variant="orig"):
+    fset = store.open_set(spec)
+    return [fset.read(sha, variant) for sha in frame.sha256]
+
+
+def test_thread_pool_gives_the_same_bits_and_restores_blas(store, make_corpus, tmp_path):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    frame = make_corpus(7)
+    before = [p["num_threads"] for p in threadpoolctl.threadpool_info()]
+    threaded = materialise(frame, SPEC, ["gain=3"], store, threads=2, batch_size=2)
+    assert (threaded.computed, threaded.failed, threaded.batches) == (14, [], 7)
+    assert [p["num_threads"] for p in threadpoolctl.threadpool_info()] == before
+    serial = FeatureStore(tmp_path / "serial")
+    materialise(frame, SPEC, ["gain=3"], serial, threads=1, batch_size=2)
+    for variant in ("orig", "gain=3"):
+        for a, b in zip(values(store, SPEC, frame, variant), values(serial, SPEC, frame, variant), strict=True):
+            assert np.array_equal(a, b)
+
+
+def test_a_bad_recording_fails_alone_in_a_threaded_batch(store, make_corpus):
+    frame = make_corpus(4)
+    with open(frame.path.iloc[1], "wb") as broken:
+        broken.write(b"RIFF....garbage")
+    report = materialise(frame, SPEC, None, store, threads=2, batch_size=2)
+    assert report.computed == 3 and [f[0] for f in report.failed] == [frame.utterance_id.iloc[1]]
+
+
+def test_torch_backend_same_key_values_within_tolerance(store, make_corpus, tmp_path):
+    pytest.importorskip("torch")
+    frame = make_corpus(3)
+    spec = feature_spec("logmel64", dtype="float32")
+    report = materialise(frame, spec, None, store, backend="torch")
+    assert report.computed == 3
+    numpy_store = FeatureStore(tmp_path / "numpy")
+    materialise(frame, spec, None, numpy_store, backend="numpy")
+    assert store.open_set(spec).digest == numpy_store.open_set(spec).digest == spec.digest()  # backend: not identity
+    for a, b in zip(values(store, spec, frame), values(numpy_store, spec, frame), strict=True):
+        assert a.shape == b.shape and float(np.abs(a - b).max()) < 1e-3
+    with pytest.raises(ConfigError, match="backend='jax'"):
+        materialise(frame, spec, None, store, backend="jax")
+
+
+def test_executor_rule():
+    rule = lambda todo, **kw: choose_executor(todo, batch_size=256, **{"workers": None, "dask_address": None, **kw})  # noqa: E731
+    assert rule(100).kind == "in-process" and rule(100).threads == 1  # one task's work
+    small = rule(1000, workers=2)
+    assert (small.kind, small.threads) == ("in-process", 2) and small.describe(2, None) == "in-process, 2 threads"
+    assert rule(1000, workers=1).threads == 1 and rule(1000, backend="torch").threads == 1
+    assert rule(SMALL_JOB_ITEMS + 1, workers=2).kind == "cluster"
+    assert rule(10, dask_address="tcp://x:1").kind == "cluster"
+
+
+def test_ssl_kind_stores_layers_hidden_frames_keyed_by_checkpoint_content(store, make_corpus, tmp_path):
+    pytest.importorskip("transformers", reason="the ssl extra is not installed")
+    from tests.test_ssl_features import save_tiny
+
+    checkpoint = save_tiny(tmp_path / "tiny")
+    spec = feature_spec("ssl", checkpoint=str(checkpoint), layers=(0, 2))
+    assert (spec.channels, spec.bands) == (2, 32) and feature_label(spec).startswith("ssl checkpoint=")
+    frame = make_corpus(3, seconds=0.5)
+    report = materialise(frame, spec, None, store)
+    assert (report.computed, report.failed) == (3, [])
+    import soundfile
+
+    for path, arr in zip(frame.path, values(store, spec, frame), strict=True):
+        frames = spec.frames_for(soundfile.info(path).frames)  # 50 Hz
+        assert arr.shape == (2, 32, frames) and arr.dtype == np.float32
+    moved = shutil.copytree(checkpoint, tmp_path / "elsewhere")
+    same = feature_spec("ssl", checkpoint=str(moved), layers=(0, 2))
+    assert same.digest() == spec.digest() and store.open_set(same).has(frame.sha256[0])
+    weights = next(moved.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-2] ^= 0x10
+    weights.write_bytes(bytes(data))
+    assert feature_spec("ssl", checkpoint=str(moved), layers=(0, 2)).digest() != spec.digest()
+    assert feature_spec("logmel64").digest() == SPEC.digest()  # the ssl fields never enter a log-Mel key
+
+
+def test_ssl_spec_errors_name_the_field():
+    with pytest.raises(ConfigError, match="checkpoint"):
+        feature_spec("ssl")
+    with pytest.raises(ConfigError, match="layers"):
+        feature_spec("ssl", checkpoint="/x", layers=())
