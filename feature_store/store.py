@@ -401,6 +401,10 @@ class FeatureStore:
                 "digest": spec.digest(), "spec": spec.to_dict(), "spec_class": type(spec).__name__,
                 "code_version": code_version(), "libraries": library_versions(), "created": now_iso(),
             }
+            if spec.kind == "ssl":
+                from ser_pipeline.ssl_features import checkpoint_lineage  # ssl kind only
+
+                attrs["checkpoint"] = checkpoint_lineage(spec.checkpoint)
             create_if_absent(path / META, group_meta(attrs))
         return FeatureSet(path, spec)
 

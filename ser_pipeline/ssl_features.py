@@ -116,6 +116,14 @@ def checkpoint_shape(folder: str) -> tuple[int, int]:
     return int(config["num_hidden_layers"]) + 1, int(config["hidden_size"])
 
 
+def checkpoint_lineage(folder: str) -> dict[str, Any]:
+    """What a feature set records of its checkpoint: content digest, model type and class, config."""
+    config = _config(folder)
+    return {"digest": checkpoint_digest(resolve_checkpoint(folder)), "path": str(resolve_checkpoint(folder)),
+            "model_type": config.get("model_type", ""), "architectures": config.get("architectures", []),
+            "config": config}
+
+
 def ssl_frames(folder: str, n_samples: int) -> int:
     """Output frames of the checkpoint's encoder for ``n_samples`` (see :meth:`SslEncoder.frames_for`)."""
     if _config(folder).get("model_type") == "whisper":

@@ -88,6 +88,8 @@ def test_ssl_kind_stores_layers_hidden_frames_keyed_by_checkpoint_content(store,
     for path, arr in zip(frame.path, values(store, spec, frame), strict=True):
         frames = spec.frames_for(soundfile.info(path).frames)  # 50 Hz
         assert arr.shape == (2, 32, frames) and arr.dtype == np.float32
+    lineage = store.open_set(spec).lineage()["checkpoint"]
+    assert lineage["model_type"] == "wavlm" and lineage["architectures"] == ["WavLMModel"] and len(lineage["digest"]) == 64
     moved = shutil.copytree(checkpoint, tmp_path / "elsewhere")
     same = feature_spec("ssl", checkpoint=str(moved), layers=(0, 2))
     assert same.digest() == spec.digest() and store.open_set(same).has(frame.sha256[0])
