@@ -209,6 +209,8 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
     hparams = check_hparams(f"{where}hparams", config.hparams, entry.build, entry.defaults)
     features = (resolve_feature_spec(config.model, config.features, config.feature_overrides, where=f"{where}features")
                 if trainer.reads_features else None)
+    if features is not None and "feature_dim" in entry.defaults and "feature_dim" not in config.hparams:
+        hparams = {**hparams, "feature_dim": features.bands}  # builders sized by F take it from the spec
 
     recipe = {**entry.recipe, **config.train}
     speaker = {k: recipe.pop(k) for k in SPEAKER_KEYS if k in recipe}

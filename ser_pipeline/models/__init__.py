@@ -85,6 +85,7 @@ MODEL_MODULES = (
     "ser_pipeline.models.res_trans",
     "ser_pipeline.models.alexnet_sru",
     "ser_pipeline.models.dcnn_blstm_att",
+    "ser_pipeline.models.ssl_probe",
 )
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ser_pipeline.config import require
+from ser_pipeline.models import register_model
 
 POOLINGS = ("mean", "attentive")
 SEQUENCES = ("none", "blstm")
@@ -102,3 +103,20 @@ class SslProbe(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, L, H, T)`` and ``(B, T)`` -> ``(B, n_classes)`` logits."""
         return self.head(self.embed(x, mask))
+
+
+@register_model(
+    "ssl_probe",
+    reference=("probe on frozen self-supervised layers (SUPERB emotion task; EmoBox): softmax-weighted sum of every "
+               "hidden layer, length-masked mean (or attentive) pooling, MLP head; optional BiLSTM over frames"),
+    feature_preset="ssl",
+    view={"kind": "full", "channels": 0, "normalise": "none"},
+    recipe={"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 30, "patience": 8},
+    defaults={"feature_dim": 768, "pooling": "mean", "sequence": "none", "head": (256,), "dropout": 0.2,
+              "layer_norm": True, "lstm_hidden": 128},
+    ablations={"pooling": "mean | attentive", "sequence": "none | blstm over frames",
+               "layer_norm": "normalise each layer before the weighted sum"},
+)
+def build_ssl_probe(n_classes: int, in_channels: int, **hparams: object) -> SslProbe:
+    """Registry builder: :class:`SslProbe` (``feature_dim`` is filled from the feature spec's hidden size)."""
+    return SslProbe(n_classes, in_channels, **hparams)  # type: ignore[arg-type]
