@@ -69,18 +69,22 @@ def _preemphasis(x: torch.Tensor, coef: float) -> torch.Tensor:
     return torch.cat([x[:, :1], x[:, 1:] - coef * x[:, :-1]], dim=1)
 
 
+def _hold_last(x: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """``(B, F, T)`` with every frame past an item's own last one replaced by that last frame."""
+    t = torch.arange(x.shape[-1], device=x.device)
+    last = (frames - 1).clamp(min=0)
+    tail = torch.gather(x, 2, last[:, None, None].expand(-1, x.shape[1], 1))  # (B, F, 1)
+    return torch.where(t[None, None, :] < frames[:, None, None], x, tail)
+
+
 def _deltas(x: torch.Tensor, frames: torch.Tensor, width: int) -> torch.Tensor:
-    """Regression deltas along time of ``(B, F, T)``, replicating each item's own last frame."""
-    n_time = x.shape[-1]
-    t = torch.arange(n_time, device=x.device)
-    last = (frames - 1).clamp(min=0)[:, None]  # (B, 1)
-    out = torch.zeros_like(x)
-    for n in range(1, width + 1):
-        ahead = torch.minimum(t[None, :] + n, last)  # (B, T)
-        behind = (t[None, :] - n).clamp(min=0).expand_as(ahead)
-        gather = lambda idx: torch.gather(x, 2, idx[:, None, :].expand(-1, x.shape[1], -1))  # noqa: E731
-        out += n * (gather(ahead) - gather(behind))
-    return out / (2 * sum(n * n for n in range(1, width + 1)))
+    """Regression deltas along time of ``(B, F, T)``, replicating each item's own last frame: the
+    frames past it are held at it, then one replicate-padded convolution over time."""
+    held = _hold_last(x, frames)
+    b, f, t = held.shape
+    weights = torch.arange(-width, width + 1, dtype=x.dtype, device=x.device) / (2 * sum(n * n for n in range(1, width + 1)))
+    padded = torch.nn.functional.pad(held.reshape(b * f, 1, t), (width, width), mode="replicate")
+    return torch.nn.functional.conv1d(padded, weights.view(1, 1, -1)).reshape(b, f, t)
 
 
 def extract_padded(x: torch.Tensor, lengths: torch.Tensor, spec: FeatureSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,12 +113,24 @@ def extract_padded(x: torch.Tensor, lengths: torch.Tensor, spec: FeatureSpec) ->
     return torch.stack([static, d1, d2], dim=1), frames
 
 
-def extract_batch(waves: Sequence[np.ndarray], spec: FeatureSpec, *, device: torch.device | str | None = None) -> list[np.ndarray]:
+def extract_batch(waves: Sequence[np.ndarray], spec: FeatureSpec, *, device: torch.device | str | None = None,
+                  max_batch: int = 32) -> list[np.ndarray]:
     """Features of each mono wave ``(n_i,)`` at ``spec.sample_rate``: a list of ``(C, F, T_i)`` float32,
-    as :func:`ser_pipeline.features.extract` gives for each wave alone (within float32 rounding)."""
+    as :func:`ser_pipeline.features.extract` gives for each wave alone (within float32 rounding).
+
+    Waves are sorted by length and computed ``max_batch`` at a time, so padding stays small; the
+    result keeps the input order."""
     target = torch.device(device) if device is not None else default_device()
-    x, lengths = pad_batch(waves, device=target)
-    with torch.no_grad():
-        feats, frames = extract_padded(x, lengths, spec)
-    feats = feats.cpu().numpy()
-    return [np.ascontiguousarray(f[..., :t]) for f, t in zip(feats, frames.tolist(), strict=True)]
+    order = sorted(range(len(waves)), key=lambda i: np.asarray(waves[i]).size)
+    out: list[np.ndarray | None] = [None] * len(waves)
+    for start in range(0, len(order), max_batch):
+        group = order[start : start + max_batch]
+        x, lengths = pad_batch([waves[i] for i in group], device=target)
+        with torch.no_grad():
+            feats, frames = extract_padded(x, lengths, spec)
+        host = feats.cpu().numpy()
+        for i, f, t in zip(group, host, frames.tolist(), strict=True):
+            out[i] = np.ascontiguousarray(f[..., :t])
+    if not waves:
+        raise ConfigError("waves: empty batch")
+    return out  # type: ignore[return-value]

@@ -71,3 +71,47 @@ def featurize(
 def register(app: typer.Typer) -> None:
     """Add the ``bench`` group to the ser app."""
     app.add_typer(bench_app, name="bench")
+
+
+def _extract_text(r: dict[str, Any]) -> str:
+    lines = [f"{r['files']} files, {r['audio_seconds']:.1f} audio s, preset {r['preset']}; medians of {r['repeats']} passes"]
+    if "numpy" in r:
+        lines += [f"numpy path        : {r['numpy']['seconds']:.3f} s  {r['numpy']['audio_s_per_s']:.1f} audio s/s",
+                  f"torch path ({r['torch_device']:<4}) : {r['torch']['seconds']:.3f} s  {r['torch']['audio_s_per_s']:.1f} "
+                  f"audio s/s (batches of {r['batch']})",
+                  f"ratio torch/numpy : {r['ratio_torch_over_numpy']:.2f}x"]
+    if "ssl" in r:
+        s = r["ssl"]
+        lines.append(f"ssl {s['model_class']} ({s['layers']} layers x {s['hidden']}) on {s['device']}: "
+                     f"{s['seconds']:.2f} s, {s['audio_s_per_s']:.2f} audio s/s")
+    return "\n".join(lines)
+
+
+@bench_app.command("extract")
+def extract(
+    name: Annotated[str, typer.Argument(help="Manifest name (default: demo).")] = "demo",
+    preset: Annotated[str, typer.Option("--preset")] = "logmel64",
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many recordings.")] = 400,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Alternating passes; medians are reported.")] = 3,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Waves per torch batch.")] = 64,
+    device: Annotated[str | None, typer.Option("--device", help="torch device (default: cuda when present).")] = None,
+    checkpoint: Annotated[str | None, typer.Option("--ssl-checkpoint", help="Also time SSL extraction with this "
+                                                   "local checkpoint folder.")] = None,
+    root: RootOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Feature computation alone: the numpy path vs the batched torch path (CUDA when present), and
+    optionally an SSL checkpoint, on the same decoded waves."""
+    from benchmarks.extract import bench_backends, bench_ssl  # outside the library's import graph
+    from feature_store.materialise import load_checked
+    from ser_pipeline.features import feature_spec
+
+    frame = read_manifest(name, workspace(root)).head(limit)
+    spec = feature_spec(preset)
+    waves = [load_checked(p, s, spec.sample_rate) for p, s in zip(frame.path, frame.sha256, strict=True)]
+    report: dict[str, Any] = {"manifest": name, "preset": preset, "files": len(waves),
+                              "audio_seconds": round(sum(w.size for w in waves) / spec.sample_rate, 2), "repeats": repeats}
+    report.update(bench_backends(waves, spec, repeats=repeats, batch=batch, torch_device=device))
+    if checkpoint:
+        report["ssl"] = bench_ssl(waves, checkpoint, device=device)
+    emit(report, as_json, _extract_text)
