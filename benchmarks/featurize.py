@@ -33,6 +33,7 @@ from feature_store.materialise import DEFAULT_BATCH_SIZE, dask_client, materiali
 from feature_store.store import FeatureStore
 from ser_pipeline.audio import file_sha256
 from ser_pipeline.errors import ConfigError
+from ser_pipeline.experiments.features import choose_executor
 from ser_pipeline.features import feature_spec
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
@@ -230,10 +231,16 @@ def _median(values: list[float]) -> float:
 def store_pass(
     frame: pd.DataFrame, spec: Any, folder: Path, workers: int | None, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> tuple[Any, Pass, float, int]:
-    """Start a fresh cluster (timed), featurize ``frame`` into a fresh store under ``folder``.
+    """Featurize ``frame`` into a fresh store under ``folder`` where ``ser featurize`` would: on a
+    thread pool in this process for small jobs (no start-up), else on a fresh cluster (start timed).
 
-    Returns ``(report, pass, cluster start seconds, workers)``.
+    Returns ``(report, pass, start-up seconds, workers or threads)``.
     """
+    executor = choose_executor(len(frame), workers=workers, dask_address=None, batch_size=batch_size)
+    if executor.kind == "in-process":
+        report, run = timed(lambda: materialise(frame, spec, None, FeatureStore(folder), threads=executor.threads,
+                                                batch_size=batch_size))
+        return report, run, 0.0, executor.threads
     start = time.perf_counter()
     with dask_client(workers) as client:
         cluster_s = time.perf_counter() - start

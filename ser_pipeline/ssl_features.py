@@ -178,7 +178,11 @@ def load_encoder(folder: str | Path, *, device: str | torch.device | None = None
 
 def _load(root: Path, digest: str, device: torch.device) -> SslEncoder:
     try:
-        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel  # optional: pip install -e ".[ssl]"
+        from transformers import (  # optional: pip install -e ".[ssl]"
+            AutoConfig,
+            AutoFeatureExtractor,
+            AutoModel,
+        )
     except ImportError as exc:
         raise ConfigError('feature kind "ssl" needs the transformers package: pip install -e ".[ssl]"') from exc
     config = AutoConfig.from_pretrained(root, local_files_only=True)
