@@ -42,6 +42,8 @@ def tiny_hparams(entry: ModelEntry) -> dict[str, Any]:
             out[key] = TINY_FLOAT[key]
         elif key == "heads" and isinstance(value, int):
             out[key] = 2
+        elif key == "feature_dim":
+            out[key] = 64  # F of tiny_batch (the engine fills it from the feature spec)
         elif key == "channels" and isinstance(value, tuple | list) and all(isinstance(v, int) for v in value):
             out[key] = tuple(8 for _ in value)
     return out
