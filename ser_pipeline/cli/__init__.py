@@ -14,7 +14,7 @@ import typer
 
 from ser_pipeline.errors import SerError
 
-app = typer.Typer(
+_app = typer.Typer(
     name="ser",
     help="Speech emotion recognition: ingest corpora, cache features, train, track and compare.",
     no_args_is_help=True,
@@ -31,14 +31,40 @@ COMMAND_MODULES = (
     "ser_pipeline.cli.run_cmds",       # run, schedule, compare, predict
 )
 
-for _module in COMMAND_MODULES:
-    importlib.import_module(_module).register(app)
+# Which module registers a top-level command: ``ser featurize`` then imports only store_cmds (no
+# torch, no MLflow, no Prefect), so a no-op featurize starts fast. Any other word (``--help``, a
+# command not listed here) loads every module.
+COMMAND_HOMES = {
+    "corpora": "ser_pipeline.cli.corpora_cmds", "ingest": "ser_pipeline.cli.corpora_cmds",
+    "demo": "ser_pipeline.cli.corpora_cmds", "manifests": "ser_pipeline.cli.corpora_cmds",
+    "featurize": "ser_pipeline.cli.store_cmds", "store": "ser_pipeline.cli.store_cmds",
+}
+_registered: set[str] = set()
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """``from ser_pipeline.cli import app``: the app with every command registered (tests, docs)."""
+    if name == "app":
+        register_commands([])
+        return _app
+    raise AttributeError(name)
+
+
+def register_commands(argv: list[str]) -> None:
+    """Register the module of the command in ``argv`` (its first word), or every module."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    wanted = [COMMAND_HOMES[first]] if first in COMMAND_HOMES else list(COMMAND_MODULES)
+    for module in wanted:
+        if module not in _registered:
+            importlib.import_module(module).register(_app)
+            _registered.add(module)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    register_commands(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, standalone_mode=True)
+        _app(args=argv, standalone_mode=True)
     except SerError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -11,8 +11,7 @@ from feature_store.maintenance import gc, verify
 from feature_store.store import FeatureStore
 from ser_pipeline.augment import parse_augment
 from ser_pipeline.cli.common import JsonOption, RootOption, emit, table, workspace
-from ser_pipeline.cli.train_cmds import apply_sets
-from ser_pipeline.experiments.config import resolve_feature_spec
+from ser_pipeline.experiments.feature_spec import resolve_feature_spec
 from ser_pipeline.experiments.features import featurize
 from ser_pipeline.features import FeatureSpec, feature_label
 from ser_pipeline.manifest import list_manifests, manifest_digest, read_manifest
@@ -170,7 +169,12 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Compute missing feature items of manifest NAME into the store (incremental, crash-safe)."""
-        report = run_featurize(name, root=root, preset=preset, model=model, overrides=apply_sets({}, sets),
+        overrides: dict[str, Any] = {}
+        if sets:
+            from ser_pipeline.cli.train_cmds import apply_sets  # heavy (torch): only when --set is given
+
+            overrides = apply_sets({}, sets)
+        report = run_featurize(name, root=root, preset=preset, model=model, overrides=overrides,
                                augment=augment, float32=float32, force=force,
                                workers=workers, dask_address=dask_address, batch_size=batch_size, progress=not as_json,
                                backend=backend)

@@ -25,6 +25,7 @@ from ser_pipeline.config import Spec, canonical_json, check_fields, require, sta
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
 from ser_pipeline.dataset.views import ViewSpec
 from ser_pipeline.errors import ConfigError, ProtocolError
+from ser_pipeline.experiments.feature_spec import AUTO_PRESET, resolve_feature_spec  # noqa: F401 - re-exported
 from ser_pipeline.features import FeatureSpec, feature_spec
 from ser_pipeline.models import ModelEntry, get_model
 from ser_pipeline.splits import PROTOCOLS
@@ -32,7 +33,6 @@ from ser_pipeline.training.config import TrainConfig
 from ser_pipeline.training.trainers import TRAINERS, Trainer, TrainingPlan
 
 PRESETS = ("default", "paper")
-AUTO_PRESET = "auto"  # each model's registered feature preset
 SPEAKER_KEYS = ("speaker_epochs", "speaker_lr")  # speaker pre-training settings under ``train``
 
 
@@ -107,19 +107,6 @@ class Resolved:
             "stage2_train": p.stage2_train.to_dict() if p.stage2_train else None,
             "speaker_train": p.speaker_train.to_dict() if p.speaker_train else None,
         }))
-
-
-def resolve_feature_spec(model: str | None, preset: str | None = None,
-                         overrides: dict[str, Any] | None = None, *, where: str = "features") -> FeatureSpec:
-    """The one place a feature spec is decided (``ser featurize``, ``ser train``, ``ser run``).
-
-    ``preset`` empty or ``auto`` takes ``model``'s registered preset. ``overrides`` are FeatureSpec
-    fields. The preset is a label: two specs with equal parameters have equal digests.
-    """
-    if not preset or preset == AUTO_PRESET:
-        require(bool(model), where, preset, "give a feature preset or a model")
-        preset = get_model(str(model)).feature_preset
-    return feature_spec(preset, where=where, **dict(overrides or {}))
 
 
 def hparam_names(build: Any, defaults: dict[str, Any]) -> list[str]:
