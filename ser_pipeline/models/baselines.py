@@ -26,9 +26,11 @@ class PlainCNN(nn.Module):
     """
 
     def __init__(self, n_classes: int, in_channels: int, *, channels: Sequence[int] = (32, 64, 128, 128),
-                 dropout: float = 0.3) -> None:
+                 dropout: float = 0.3, pool: str = "masked") -> None:
         super().__init__()
         require(n_classes >= 2, "n_classes", n_classes, "need at least two classes")
+        require(pool in ("masked", "avg"), "pool", pool, "must be 'masked' (length-aware) or 'avg'")
+        self.pool = pool
         require(len(channels) >= 1 and all(c > 0 for c in channels), "channels", channels, "need positive widths")
         require(0.0 <= dropout < 1.0, "dropout", dropout, "must be in [0, 1)")
         widths = [in_channels, *channels]
@@ -39,7 +41,8 @@ class PlainCNN(nn.Module):
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, C, F, T) -> (B, D)`` average-pooled conv features (over valid frames with ``mask (B, T)``)."""
-        return masked_time_pool(self.body(x), mask) if mask is not None else global_pool(self.body(x))
+        h = self.body(x)
+        return masked_time_pool(h, mask) if mask is not None and self.pool == "masked" else global_pool(h)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, C, F, T)`` (+ optional valid-frame ``mask (B, T)``) -> ``(B, n_classes)`` logits."""
@@ -99,8 +102,9 @@ class CNNLSTM(nn.Module):
     feature_preset="logmel64",
     view={"kind": "fixed", "frames": 300, "channels": 3, "normalise": "utterance"},
     recipe={"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 30, "patience": 8},
-    defaults={"channels": (32, 64, 128, 128), "dropout": 0.3},
-    ablations={"channels": "conv widths per block", "dropout": "dropout before the head"},
+    defaults={"channels": (32, 64, 128, 128), "dropout": 0.3, "pool": "masked"},
+    ablations={"channels": "conv widths per block", "dropout": "dropout before the head",
+               "pool": "masked (length-aware) or avg (padding included) pooling over time"},
     cpu={"hparams": {"channels": (8, 16, 32, 32)}, "view": {"time_pool": 2}, "train": {"epochs": 15}},
 )
 def build_cnn(n_classes: int, in_channels: int, **hparams: object) -> PlainCNN:
