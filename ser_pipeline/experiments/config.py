@@ -241,10 +241,14 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
     if note:
         notes.append(note)
         warnings.warn(f"{entry.name}: {note}", stacklevel=2)
-    recipe = {**base, **cpu.get("train", {}), **config.train}
+    if entry.trainer != "speaker_pretrain":  # an entry sharing a speaker recipe (res_trans_single_stage)
+        base = {k: v for k, v in base.items() if k not in SPEAKER_KEYS}
+        cpu_train = {k: v for k, v in cpu.get("train", {}).items() if k not in SPEAKER_KEYS}
+        check_fields(f"{where}train", {k: v for k, v in config.train.items() if k in SPEAKER_KEYS}, ())
+    else:
+        cpu_train = cpu.get("train", {})
+    recipe = {**base, **cpu_train, **config.train}
     speaker = {k: recipe.pop(k) for k in SPEAKER_KEYS if k in recipe}
-    if speaker and entry.trainer != "speaker_pretrain":
-        check_fields(f"{where}train", speaker, ())
     if config.epochs is not None:
         recipe["epochs"] = config.epochs
     if entry.recipe.get("epochs") == 0 and "epochs" not in config.train:
