@@ -13,12 +13,14 @@ validation choice and the refit are recorded per fold (``config.json`` ``folds``
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,15 +160,54 @@ def run_experiment(
     m_digest = manifest_digest(manifest)
     exp_id = experiment_id(config, resolved, m_digest)
     out = workspace.experiments / exp_id
-    found = ExperimentRecord.find(out)
-    if found is not None and not force:
-        return found
+    out.mkdir(parents=True, exist_ok=True)
+    with experiment_lock(out):
+        found = ExperimentRecord.find(out)
+        if found is not None and not force:
+            return found
+        return _run_locked(config, resolved, manifest, m_digest, exp_id, out, workspace, torch_device, callbacks,
+                           force)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def experiment_lock(folder: Path) -> Iterator[None]:
+    """An exclusive OS lock (``fcntl.flock``) on ``<folder>/.lock`` for the block's duration.
+
+    Two processes running the same experiment (same id, same root) are serialised: the second
+    waits until the first has written its record, then finds it and returns it instead of
+    training again. The lock is released when the process exits, even after a crash, so a stale
+    lock never blocks; on file systems without flock support it degrades to no locking.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("experiment %s: another process holds the lock; waiting for it", folder.name)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        except OSError as exc:  # no flock on this file system
+            log.warning("experiment %s: no file lock (%s); concurrent runs are not serialised", folder.name, exc)
+        try:
+            yield
+        finally:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            except OSError:
+                pass
+
+
+def _run_locked(config: ExperimentConfig, resolved: Resolved, manifest: pd.DataFrame, m_digest: str, exp_id: str,
+                out: Path, workspace: Workspace, torch_device: torch.device,
+                callbacks: Sequence[EpochCallback] | None, force: bool) -> ExperimentRecord:
+    """Every fold of an experiment whose lock this process holds."""
     folds = make_folds(resolved.protocol, manifest, seed=config.seed, **config.protocol_options)
     if config.max_folds:
         folds = folds[: config.max_folds]
     classes = sorted(manifest["emotion"].unique())
     workdir = out / "checkpoints"
-    out.mkdir(parents=True, exist_ok=True)
     if force:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -29,6 +29,7 @@ import hashlib
 import logging
 import math
 import os
+import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -85,8 +86,10 @@ def precise_bn(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_s
     """Recompute every BatchNorm's running mean/var as the exact average over one pass of ``table``
     (evaluation views: centre crops, no augmentation; weights unchanged; dropout off).
 
-    Each BN layer accumulates with ``momentum=None`` (a cumulative average over batches); the
-    previous momentum is restored. Returns the number of BN layers reset (0: nothing to do).
+    Each BN layer accumulates batch statistics weighted by batch size (momentum ``B / (seen + B)``),
+    so the running mean equals the mean over the whole table and the running variance the
+    size-weighted mean of the batch variances (the total variance when one batch holds the table);
+    the previous momentum is restored. Returns the number of BN layers reset (0: nothing to do).
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
@@ -96,14 +99,17 @@ def precise_bn(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_s
     model.eval()
     for m in bns:
         m.reset_running_stats()
-        m.momentum = None
         m.train()
     device = next(model.parameters()).device
+    seen = 0
     for idx in index_batches(len(table), batch_size, shuffle=False):
+        for m in bns:  # weight each batch by its size: the running mean is the mean over every item
+            m.momentum = len(idx) / (seen + len(idx))
         x, lengths = table.batch(idx)
         vb = apply_view(view, x.to(device), lengths.to(device), train=False)
         with _autocast(device, bf16):
             forward_batch(model, vb, view)
+        seen += len(idx)
     for m, mom in zip(bns, momenta, strict=True):
         m.momentum = mom
     model.train(was_training)
@@ -126,6 +132,20 @@ def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: tensors and plain containers only.
+
+    A file that holds any other object (which unpickling would execute) is refused with a
+    TrainingError naming the file; nothing is loaded from it.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(f"checkpoint {path}: refused, it holds objects other than tensors and plain "
+                            f"containers (weights_only load: {first}); delete it to start the fold afresh") from None
 
 
 def state_digest(model: nn.Module) -> str:
@@ -232,7 +252,7 @@ def fit(
     best_state = _cpu_state(model)
     best_ua, best_epoch, start, bad_epochs, stopped = -math.inf, 0, 1, 0, False
     if resume and last_path is not None and last_path.exists():
-        ck = torch.load(last_path, map_location="cpu", weights_only=True)
+        ck = load_checkpoint(last_path)
         if ck.get("digest") == digest and ck.get("fold") == fold:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
