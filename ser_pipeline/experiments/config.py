@@ -320,8 +320,7 @@ def _base_recipe(entry: ModelEntry, paper: bool, hparams: dict[str, Any], neural
     if fine_tunes and has_weights:
         return dict(entry.recipe), ""
     note = ("no pretrained weights given: from-scratch variant of the paper's fine-tuning recipe "
-            f"({entry.recipe.get('optimizer')} lr={entry.recipe.get('lr')} -> adamw lr={MODERN_RECIPE['lr']}, "
-            "warm-up + cosine)" if fine_tunes else "")
+            f"({entry.recipe.get('optimizer')} lr={entry.recipe.get('lr')} -> adamw, warm-up + cosine)" if fine_tunes else "")
     keep = {k: v for k, v in entry.recipe.items() if k in ("batch_size", "epochs", "class_weighted", "eval_batch_size",
                                                           "speaker_epochs", "speaker_lr", "grad_clip")}
     return {**keep, **MODERN_RECIPE}, note
