@@ -220,6 +220,26 @@ def floor_silence(table: FeatureTable, floor_db: float) -> FeatureTable:
     return replace(table, frames=frames)
 
 
+def pool_table(table: FeatureTable, k: int) -> FeatureTable:
+    """Average every ``k`` consecutive frames of each item once, on the table's device: item ``i``
+    ``(C, F, T_i) -> (C, F, ceil(T_i / k))``, the last pooled frame averaging only the item's own
+    frames (the same values as :func:`ser_pipeline.dataset.views.pool_time` per batch, computed
+    once instead of every batch). ``k == 1``: unchanged."""
+    if k <= 1:
+        return table
+    owner = _owner(table)
+    pos = torch.arange(table.frames.shape[0], device=table.device) - table.offsets[owner]
+    lengths = (table.lengths + k - 1) // k
+    offsets = torch.cumsum(lengths, 0) - lengths
+    target = offsets[owner] + torch.div(pos, k, rounding_mode="floor")
+    n_out = int(lengths.sum().item())
+    sums = torch.zeros(n_out, *table.frames.shape[1:], dtype=table.frames.dtype, device=table.device)
+    sums.index_add_(0, target, table.frames)
+    counts = torch.zeros(n_out, dtype=table.frames.dtype, device=table.device).index_add_(
+        0, target, torch.ones_like(target, dtype=table.frames.dtype))
+    return replace(table, frames=sums / counts[:, None, None], offsets=offsets, lengths=lengths)
+
+
 def training_stats(table: FeatureTable) -> dict[str, torch.Tensor]:
     """Global ``mean``/``std`` ``(C, F)`` over every frame of a (training) table."""
     mean, std = group_stats(table, torch.zeros(len(table), dtype=torch.long, device=table.device), 1)

@@ -241,3 +241,20 @@ def test_a_checkpoint_holding_an_arbitrary_object_is_refused(tmp_path: Path) -> 
     with pytest.raises(TrainingError, match="refused"):
         fit(model, train, val, view=VIEW, config=TrainConfig(epochs=1, batch_size=8), n_classes=K,
             checkpoint_dir=ckdir)
+
+
+def test_pooling_the_table_once_equals_pooling_every_batch() -> None:
+    from ser_pipeline.dataset.tables import pool_table
+    from ser_pipeline.dataset.views import pool_time
+
+    t = table(10, 3)
+    pooled = pool_table(t, 3)
+    x, lengths = t.batch(torch.arange(10))
+    per_batch, per_lengths = pool_time(x, lengths, 3)
+    px, plengths = pooled.batch(torch.arange(10))
+    assert torch.equal(plengths, per_lengths) and torch.equal(plengths, (t.lengths + 2) // 3)
+    assert torch.allclose(px, per_batch[..., : px.shape[3]], atol=1e-6)
+    view = ViewSpec(kind="fixed", frames=7, channels=0, normalise="none")
+    a = apply_view(view.replace(time_pool=3), x, lengths).x
+    b = apply_view(view, px, plengths).x
+    assert torch.allclose(a, b, atol=1e-6)

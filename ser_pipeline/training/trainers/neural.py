@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
-from ser_pipeline.dataset.tables import FeatureTable, FoldData
+from ser_pipeline.dataset.tables import FeatureTable, FoldData, pool_table
 from ser_pipeline.dataset.views import ViewSpec, frames_for
 from ser_pipeline.inference.forward import STAGE2_VIEW, embed_table, predict_proba, sequence_table
 from ser_pipeline.training.config import TrainConfig, seed_everything
@@ -38,8 +38,28 @@ def fold_view(view: ViewSpec, data: FoldData) -> ViewSpec:
     return frames_for(view, data.train.lengths)
 
 
+def pooled(view: ViewSpec, data: FoldData) -> tuple[ViewSpec, FoldData]:
+    """Time pooling done once on the preloaded tables instead of every batch (a deterministic
+    resize cached): the tables pooled by ``view.time_pool`` and the view without it. The model
+    folder keeps the plan's view (with ``time_pool``), which gives the same input at prediction."""
+    k = view.time_pool
+    if k <= 1:
+        return view, data
+    data = FoldData(data.name, pool_table(data.train, k), pool_table(data.val, k), pool_table(data.test, k),
+                    data.classes, data.speaker_names, data.stats)
+    return view.replace(time_pool=1), data
+
+
+def prepare(run: FoldRun) -> tuple[ViewSpec, FoldData]:
+    """The fold's tables and the view that reads them: corpus-length ``frames`` from the training
+    lengths, then time pooling applied once to the tables (:func:`pooled`)."""
+    data = run.fold_data()
+    return pooled(fold_view(run.plan.view, data), data)
+
+
 def _view_extra(view: ViewSpec, plan: Any) -> dict[str, Any]:
-    return {"view_frames": view.frames, "normalise": view.normalise, "precise_bn": plan.train.precise_bn}
+    return {"view_frames": view.frames, "normalise": view.normalise, "precise_bn": plan.train.precise_bn,
+            "time_pool": plan.view.time_pool}
 
 
 def _outcome(model: nn.Module, data: FoldData, result: FitResult, plan: Any, *, view: ViewSpec,
@@ -56,7 +76,7 @@ def refit_on_all(run: FoldRun, chosen_epoch: int, view: ViewSpec) -> tuple[nn.Mo
     """A fresh model (same seed) trained on every non-test utterance (train + validation) for the
     ``chosen_epoch`` epochs picked on validation, on the same schedule; no validation is used."""
     p = run.plan
-    full = run.fold_data(with_val=True)
+    view, full = pooled(view.replace(time_pool=p.view.time_pool), run.fold_data(with_val=True))
     model = _build(run, full)
     result = _fit(run, model, full.train, None, view=view, config=p.train, spec_aug=p.spec_augment, tag="/refit",
                   stop_epoch=chosen_epoch)
@@ -74,8 +94,7 @@ class StandardTrainer:
 
     def run(self, fold: FoldRun) -> FoldOutcome:
         p = fold.plan
-        data = fold.fold_data()
-        view = fold_view(p.view, data)
+        view, data = prepare(fold)
         model = _build(fold, data)
         result = _fit(fold, model, data.train, data.val, view=view, config=p.train, spec_aug=p.spec_augment)
         if not p.refit or result.best_epoch < 1:
@@ -101,8 +120,7 @@ class SpeakerPretrainTrainer:
     def run(self, fold: FoldRun) -> FoldOutcome:
         p = fold.plan
         assert p.speaker_train is not None
-        data = fold.fold_data()
-        view = fold_view(p.view, data)
+        view, data = prepare(fold)
         model = _build(fold, data)
         stage1 = pretrain_speakers(model, data.train, view=view, config=p.speaker_train.replace(seed=fold.seed),
                                    fold=fold.name, checkpoint_dir=fold.workdir / "speaker")
@@ -124,8 +142,7 @@ class TwoStageTrainer:
     def run(self, fold: FoldRun) -> FoldOutcome:
         p = fold.plan
         assert p.stage2_train is not None and p.entry.stage2 is not None
-        data = fold.fold_data()
-        view = fold_view(p.view, data)
+        view, data = prepare(fold)
         model = _build(fold, data)
         stage1 = _fit(fold, model, data.train, data.val, view=view, config=p.train, spec_aug=p.spec_augment,
                       tag="/stage1")
