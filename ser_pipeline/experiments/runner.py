@@ -303,9 +303,10 @@ def recipe_summary(config: ExperimentConfig, resolved: Resolved) -> dict[str, An
     return {
         "preset": config.preset,
         "normalise": p.view.normalise if neural else "speaker z-norm (classic)" if p.hparams.get("speaker_norm") else "none",
-        "validation": config.validation, "refit": bool(p.refit and resolved.trainer.name == "standard"),
-        "precise_bn": p.train.precise_bn if neural else False, "optimizer": p.train.optimizer,
-        "schedule": p.train.schedule, "label_smoothing": p.train.label_smoothing,
+        "validation": config.validation if neural else "n/a (fits on every non-test speaker)",
+        "refit": bool(p.refit and resolved.trainer.name == "standard"),
+        "precise_bn": p.train.precise_bn if neural else False, "optimizer": p.train.optimizer if neural else "n/a",
+        "schedule": p.train.schedule if neural else "n/a", "label_smoothing": p.train.label_smoothing if neural else 0.0,
         "spec_augment": p.spec_augment.to_dict() if p.spec_augment else None, "notes": list(p.notes),
     }
 
