@@ -66,7 +66,7 @@ def train_summary(result: ExperimentRecord, *, cached: bool) -> dict[str, Any]:
     pick = lambda d: {k: d[k] for k in METRICS}  # noqa: E731
     return {
         "experiment_id": result.experiment_id, "directory": str(result.folder), "cached": cached,
-        "features": result.feature_label, "device": result.device,
+        "features": result.feature_label, "device": result.device, "recipe": m.get("recipe", {}),
         "protocol": m["protocol"], "speaker_dependent": m["speaker_dependent"], "classes": m["classes"],
         "folds": [{"fold": f["fold"], **pick(f)} for f in m["folds"]],
         "pooled": pick(m["pooled"]), "mean": pick(m["mean"]), "std": pick(m["std"]),
@@ -76,6 +76,10 @@ def train_summary(result: ExperimentRecord, *, cached: bool) -> dict[str, Any]:
 def human_train(summary: dict[str, Any], metrics: dict[str, Any]) -> str:
     label = "SPEAKER-DEPENDENT" if summary["speaker_dependent"] else "speaker-independent"
     head = f"experiment {summary['experiment_id']}  protocol {summary['protocol']} ({label})"
+    r = summary.get("recipe") or {}
+    if r:
+        head += (f"\nrecipe: preset {r.get('preset')}, normalise {r.get('normalise')}, validation {r.get('validation')}"
+                 f", refit {r.get('refit')}, precise-BN {r.get('precise_bn')}")
     return "\n".join([head, table(fold_rows(metrics), ["fold", *METRICS]), f"written to {summary['directory']}"])
 
 
@@ -107,7 +111,8 @@ def register(app: typer.Typer) -> None:
         epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the model's recipe).")] = None,
         seed: Annotated[int, typer.Option(help="Seed for weights, order and augmentation.")] = 0,
         device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
-        preset: Annotated[str, typer.Option(help="default, or paper (the model's protocol and augmentation).")] = "default",
+        preset: Annotated[str, typer.Option(help="default (issue-13 recipe), paper (the model's own recipe, protocol "
+                                                 "and augmentation) or cpu (default at the model's CPU size).")] = "default",
         sets: Annotated[list[str] | None, typer.Option("--set", help="Override a config field: hparams.width=16, "
                                                        "view.frames=200, train.optimizer=sgd, max_folds=2 ...")] = None,
         force: Annotated[bool, typer.Option(help="Re-run even when the experiment exists.")] = False,

@@ -4,6 +4,9 @@ Images are ``(..., H, W)`` with ``W`` the time axis (``(B, C, H, W)`` or segment
 ``(B, S, C, H, W)``). Labels are soft targets ``(B, K)`` so mixed samples carry two labels and
 their weights; :func:`soft_cross_entropy` is the matching (class-weighted) loss.
 
+- Time and frequency masks (SpecAugment, Park et al., 2019): ``freq_masks`` bands of up to
+  ``freq_width`` bins and ``time_masks`` spans of up to ``time_width`` frames (and at most a fifth
+  of the utterance's valid frames) set to 0, the normalised mean; on by default for neural models.
 - Cutout: zeroed time-frequency rectangles.
 - Salt-and-pepper: a fraction of pixels set to the image's max or min.
 - Random cut: a random crop in time (done by the view: ``ViewSpec(crop="random")``).
@@ -42,8 +45,14 @@ class SpecAugmentSpec(Spec):
     mixup: float = 0.0
     hmixup: tuple[float, float, float] | None = None
     ratio: float = 0.3
+    freq_masks: int = 0
+    freq_width: int = 8
+    time_masks: int = 0
+    time_width: int = 10
 
     def validate(self) -> None:
+        for name in ("freq_masks", "freq_width", "time_masks", "time_width"):
+            require(getattr(self, name) >= 0, f"spec_augment.{name}", getattr(self, name), "must be >= 0")
         require(self.cutout >= 0, "spec_augment.cutout", self.cutout, "must be >= 0")
         require(len(self.cutout_frac) == 2 and all(0 < f <= 1 for f in self.cutout_frac),
                 "spec_augment.cutout_frac", self.cutout_frac, "must be two fractions in (0, 1]")
@@ -87,6 +96,34 @@ def cutout(x: torch.Tensor, *, holes: int, max_frac: tuple[float, float] = (0.2,
     hole = (in_r[..., :, None] & in_c[..., None, :]).any(dim=1)  # (N, H, W)
     shape = (N,) + (1,) * (x.ndim - 3) + (H, W)
     return x.masked_fill(hole.reshape(shape), 0.0)
+
+
+def _spans(n: int, size: int, count: int, max_width: torch.Tensor, limit: torch.Tensor,
+           generator: torch.Generator | None) -> torch.Tensor:
+    """``(n, size)`` bool: ``count`` spans per row, width ``U{0..max_width}``, inside ``[0, limit)``."""
+    hit = torch.zeros(n, size, dtype=torch.bool)
+    pos = torch.arange(size)[None, :]
+    for _ in range(count):
+        w = torch.minimum((torch.rand(n, generator=generator) * (max_width + 1).float()).floor().long(), limit)
+        start = (torch.rand(n, generator=generator) * (limit - w + 1).float()).floor().long()
+        hit |= (pos >= start[:, None]) & (pos < (start + w)[:, None])
+    return hit
+
+
+def span_masks(x: torch.Tensor, spec: SpecAugmentSpec, *, mask: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """SpecAugment frequency and time masks on ``x (N, ..., H, W)`` (all channels of an item share
+    them); ``mask (N, W)`` marks valid frames so time masks fall inside the utterance (segment
+    batches ``(B, S, ...)`` with a ``(B, S)`` mask use the whole width). Returns a copy."""
+    N, H, W = x.shape[0], x.shape[-2], x.shape[-1]
+    lengths = (mask.long().sum(dim=1).cpu() if mask is not None and mask.shape[-1] == W and x.ndim == 4
+               else torch.full((N,), W))
+    f_hit = _spans(N, H, spec.freq_masks, torch.full((N,), spec.freq_width), torch.full((N,), H), generator)
+    t_hit = _spans(N, W, spec.time_masks, torch.minimum(torch.full((N,), spec.time_width), lengths // 5),
+                   lengths, generator)
+    drop = (f_hit[:, :, None] | t_hit[:, None, :]).to(x.device)
+    shape = (N,) + (1,) * (x.ndim - 3) + (H, W)
+    return x.masked_fill(drop.reshape(shape), 0.0)
 
 
 def salt_and_pepper(x: torch.Tensor, *, amount: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -146,6 +183,8 @@ def augment_batch(
     None. Returns ``(x', targets', mask')`` where, when mixing is on, ``round(ratio * B)`` mixed
     samples (random pairs) are appended with soft labels ``w1 y_i + w2 y_j``.
     """
+    if spec.freq_masks or spec.time_masks:
+        x = span_masks(x, spec, mask=mask, generator=generator)
     if spec.cutout:
         x = cutout(x, holes=spec.cutout, max_frac=spec.cutout_frac, generator=generator)
     if spec.salt_pepper:

@@ -200,6 +200,46 @@ def _apply(table: FeatureTable, mean: torch.Tensor, std: torch.Tensor, groups: t
     return replace(table, frames=(table.frames - mean[g]) / std[g])
 
 
+DB_PER_NEPER = 10.0 / 2.302585092994046  # dB of power per natural-log unit
+
+
+def floor_silence(table: FeatureTable, floor_db: float) -> FeatureTable:
+    """Floor the static log-Mel channel (channel 0, natural log of power) of every item at its own
+    maximum minus ``floor_db`` dB: digital silence at the feature's log floor (1e-10, i.e. -23)
+    becomes a level ``floor_db`` below the utterance's peak. Uses only the item itself (no labels,
+    no other split). ``floor_db == 0``: unchanged."""
+    if floor_db <= 0:
+        return table
+    owner = _owner(table)
+    static = table.frames[:, 0, :]  # (sum_T, F)
+    peak = torch.full((len(table),), -torch.inf, device=table.device, dtype=static.dtype)
+    peak = peak.scatter_reduce(0, owner, static.amax(dim=1), reduce="amax")
+    floor = (peak - floor_db / DB_PER_NEPER)[owner][:, None]
+    frames = table.frames.clone()
+    frames[:, 0, :] = torch.maximum(static, floor)
+    return replace(table, frames=frames)
+
+
+def pool_table(table: FeatureTable, k: int) -> FeatureTable:
+    """Average every ``k`` consecutive frames of each item once, on the table's device: item ``i``
+    ``(C, F, T_i) -> (C, F, ceil(T_i / k))``, the last pooled frame averaging only the item's own
+    frames (the same values as :func:`ser_pipeline.dataset.views.pool_time` per batch, computed
+    once instead of every batch). ``k == 1``: unchanged."""
+    if k <= 1:
+        return table
+    owner = _owner(table)
+    pos = torch.arange(table.frames.shape[0], device=table.device) - table.offsets[owner]
+    lengths = (table.lengths + k - 1) // k
+    offsets = torch.cumsum(lengths, 0) - lengths
+    target = offsets[owner] + torch.div(pos, k, rounding_mode="floor")
+    n_out = int(lengths.sum().item())
+    sums = torch.zeros(n_out, *table.frames.shape[1:], dtype=table.frames.dtype, device=table.device)
+    sums.index_add_(0, target, table.frames)
+    counts = torch.zeros(n_out, dtype=table.frames.dtype, device=table.device).index_add_(
+        0, target, torch.ones_like(target, dtype=table.frames.dtype))
+    return replace(table, frames=sums / counts[:, None, None], offsets=offsets, lengths=lengths)
+
+
 def training_stats(table: FeatureTable) -> dict[str, torch.Tensor]:
     """Global ``mean``/``std`` ``(C, F)`` over every frame of a (training) table."""
     mean, std = group_stats(table, torch.zeros(len(table), dtype=torch.long, device=table.device), 1)
@@ -282,10 +322,14 @@ def build_fold_data(
     test_ids: Sequence[str],
     classes: Sequence[str],
     train_variants: Sequence[str] = (ORIG,),
-    normalise: str = "utterance",
+    normalise: str = "speaker",
+    floor_db: float = 0.0,
     device: torch.device | str = "cpu",
 ) -> FoldData:
-    """Preload one fold onto ``device``; train items use ``train_variants``, val/test only ``orig``."""
+    """Preload one fold onto ``device``; train items use ``train_variants``, val/test only ``orig``.
+
+    ``floor_db`` > 0 floors each item's silence (:func:`floor_silence`) before ``normalise``
+    (``speaker`` by default: see :func:`normalise_tables`)."""
     require(len(train_ids) > 0, "fold.train", name, "has no training utterances")
     require(len(val_ids) > 0, "fold.val", name, "has no validation utterances")
     require(len(test_ids) > 0, "fold.test", name, "has no test utterances")
@@ -303,6 +347,7 @@ def build_fold_data(
         "test": load_table(source, rows(test_ids), classes, speaker_names, device=device),
     }
     warn_missing_classes(tables["train"], classes, fold=name)
+    tables = {k: floor_silence(t, floor_db) for k, t in tables.items()}
     stats = training_stats(tables["train"]) if normalise == "global" else {}
     tables = normalise_tables(tables, normalise)
     return FoldData(name, tables["train"], tables["val"], tables["test"], list(classes), speaker_names, stats)

@@ -9,7 +9,7 @@ kind        ``x``                                 ``mask``
 ==========  ====================================  ==============================
 full        ``(B, C', H, W)`` padded to T_max       ``(B, T_max)`` valid frames
             (or to ``frames`` when given)
-fixed       ``(B, C', H, W)``, pad/crop to frames   None
+fixed       ``(B, C', H, W)``, pad/crop to frames   ``(B, frames)`` valid frames
 segments    ``(B, S, C', H, W)``, S = n_segments    ``(B, S)`` non-empty segments
 windows     ``(B, S, C', H, W)``, window/shift      ``(B, S)`` real windows
             (after a pad/crop to ``frames`` when
@@ -18,7 +18,9 @@ sequence    ``(B, T_max, C*F)`` (stage-2 inputs)    ``(B, T_max)``
 ==========  ====================================  ==============================
 
 ``C'`` is ``channels`` (the first ``channels`` feature channels; a single channel is repeated),
-``H, W`` are ``F, T`` or ``resize`` (bilinear). Normalisation (``normalise``) is applied to the
+``H, W`` are ``F, T`` or ``resize`` (bilinear). With ``time_pool = k > 1`` every ``k`` frames are
+averaged first (a 10 ms hop becomes ``k * 10`` ms; lengths ``ceil(T / k)``), and ``frames`` counts
+pooled frames. Normalisation (``normalise``) is applied to the
 stored tables when they are preloaded (see :func:`ser_pipeline.dataset.tables.normalise_tables`), with
 statistics from the training split only; views never see unnormalised padding.
 """
@@ -55,6 +57,13 @@ class ViewSpec(Spec):
       ``speaker`` (per speaker) | ``global`` (training-split statistics).
     - ``crop``: where ``fixed`` crops a long utterance at evaluation (``centre``/``start``);
       ``random`` crops randomly during training and at the centre otherwise.
+    - ``time_pool``: average every ``k`` input frames before the view (1 = off; the CPU recipes use 2).
+    - ``frames_quantile``: when > 0, ``frames`` is replaced per fold by this quantile of the
+      training utterances' lengths (after ``time_pool``): e.g. 0.9 = the corpus's 90th-percentile
+      duration instead of a fixed 300 frames (:func:`frames_for`).
+    - ``floor_db``: when > 0, the static log-Mel channel of each utterance is floored at its
+      maximum minus ``floor_db`` dB, so digital silence (the 1e-10 log floor) does not dominate
+      the statistics (:func:`ser_pipeline.dataset.tables.floor_silence`).
     """
 
     CODE_VERSION = "1"
@@ -66,8 +75,11 @@ class ViewSpec(Spec):
     shift: int = 32
     resize: tuple[int, int] | None = None
     channels: int = 3
-    normalise: str = "utterance"
+    normalise: str = "speaker"
     crop: str = "centre"
+    time_pool: int = 1
+    frames_quantile: float = 0.0
+    floor_db: float = 0.0
 
     def validate(self) -> None:
         require(self.kind in VIEW_KINDS, "view.kind", self.kind, f"valid kinds: {list(VIEW_KINDS)}")
@@ -84,6 +96,9 @@ class ViewSpec(Spec):
         require(self.normalise in NORMALISATIONS, "view.normalise", self.normalise,
                 f"valid values: {list(NORMALISATIONS)}")
         require(self.crop in CROPS, "view.crop", self.crop, f"valid values: {list(CROPS)}")
+        require(1 <= self.time_pool <= 8, "view.time_pool", self.time_pool, "must be in 1..8")
+        require(0.0 <= self.frames_quantile <= 1.0, "view.frames_quantile", self.frames_quantile, "must be in [0, 1]")
+        require(self.floor_db >= 0, "view.floor_db", self.floor_db, "must be >= 0 (0 = off)")
 
     @property
     def segmented(self) -> bool:
@@ -189,7 +204,8 @@ def _full(spec: ViewSpec, x, lengths, train, generator) -> ViewBatch:
 def _fixed(spec: ViewSpec, x, lengths, train, generator) -> ViewBatch:
     mode = spec.crop if (spec.crop != "random" or train) else "centre"
     starts = crop_starts(lengths, spec.frames, mode=mode, generator=generator)
-    return ViewBatch(_finish(gather_frames(x, lengths, starts, spec.frames), spec), None)
+    mask = time_mask((lengths - starts).clamp(max=spec.frames), spec.frames)
+    return ViewBatch(_finish(gather_frames(x, lengths, starts, spec.frames), spec), mask)
 
 
 def _segments(spec: ViewSpec, x, lengths, train, generator) -> ViewBatch:
@@ -258,7 +274,31 @@ def apply_view(
     """
     require(x.ndim == 4, "features", tuple(x.shape), "expected a (B, C, F, T) batch")
     lengths = lengths.to(x.device).long()
+    if spec.time_pool > 1:
+        x, lengths = pool_time(x, lengths, spec.time_pool)
     return VIEW_BUILDERS[spec.kind](spec, x, lengths, train, generator)
+
+
+def pool_time(x: torch.Tensor, lengths: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of every ``k`` consecutive frames: ``(B, C, F, T) -> (B, C, F, ceil(T / k))`` and
+    lengths ``ceil(L / k)``. The last pooled frame of an utterance averages only its valid frames."""
+    if k == 1:
+        return x, lengths
+    T = x.shape[3]
+    valid = time_mask(lengths, T).to(x.dtype)[:, None, None, :]
+    s = F.avg_pool2d(x * valid, (1, k), ceil_mode=True)
+    n = F.avg_pool2d(valid, (1, k), ceil_mode=True).clamp(min=1e-6)
+    return s / n * (n > 1e-5).to(x.dtype), (lengths + k - 1) // k
+
+
+def frames_for(spec: ViewSpec, lengths: torch.Tensor) -> ViewSpec:
+    """``spec`` with ``frames`` set from the ``frames_quantile`` of training ``lengths (N,)`` (stored
+    frames; the result counts frames after ``time_pool``); unchanged when the quantile is 0."""
+    if spec.frames_quantile <= 0 or len(lengths) == 0:
+        return spec
+    q = float(torch.quantile(lengths.double().cpu(), spec.frames_quantile))
+    frames = max(1, int(-(-round(q) // spec.time_pool)))
+    return spec.replace(frames=frames, frames_quantile=0.0)
 
 
 def flatten_segments(batch: ViewBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +30,18 @@ from ser_pipeline.experiments.feature_spec import AUTO_PRESET, resolve_feature_s
 from ser_pipeline.features import FeatureSpec, feature_spec
 from ser_pipeline.models import ModelEntry, get_model
 from ser_pipeline.splits import PROTOCOLS
-from ser_pipeline.training.config import TrainConfig
+from ser_pipeline.training.config import MODERN_RECIPE, TrainConfig
 from ser_pipeline.training.trainers import TRAINERS, Trainer, TrainingPlan
 
-PRESETS = ("default", "paper")
+PRESETS = ("default", "paper", "cpu")
+VALIDATIONS = ("rotate", "fixed")
+DEFAULT_SPEC_AUGMENT: dict[str, Any] = {"random_cut": True, "freq_masks": 2, "freq_width": 8, "time_masks": 2,
+                                        "time_width": 10}
+"""Spectrogram augmentation of the default and cpu presets for neural models (issue 13): random
+time crops in training (centre at evaluation) and SpecAugment time/frequency masks."""
+DEFAULT_VIEW: dict[str, Any] = {"normalise": "speaker", "floor_db": 80.0}
+"""View settings of the default and cpu presets: per-speaker normalisation, silence floored 80 dB
+below each utterance's peak; fixed views take their length from the corpus (90th percentile)."""
 SPEAKER_KEYS = ("speaker_epochs", "speaker_lr")  # speaker pre-training settings under ``train``
 
 
@@ -40,9 +49,17 @@ SPEAKER_KEYS = ("speaker_epochs", "speaker_lr")  # speaker pre-training settings
 class ExperimentConfig(Spec):
     """One experiment: a model on a corpus under a protocol, with a seed.
 
-    Empty/None fields take the model entry's values. ``preset="paper"`` also takes the model's
-    paper protocol, waveform augmentation and spectrogram augmentation when those are not given;
-    ``"default"`` keeps the speaker-independent ``loso`` and no augmentation.
+    Empty/None fields take the model entry's values. ``preset="paper"`` takes the model's paper
+    recipe, protocol, waveform augmentation and spectrogram augmentation when those are not given.
+    ``"default"`` keeps the speaker-independent ``loso`` and applies the issue-13 recipe over the
+    entry's: per-speaker normalisation, silence floor, corpus-length crops (fixed views), random
+    crops + SpecAugment masks, AdamW + warm-up/cosine + label smoothing + precise-BN
+    (:data:`ser_pipeline.training.config.MODERN_RECIPE`); ``"cpu"`` is ``default`` plus the
+    model's reduced CPU size (``ModelEntry.cpu``: hparams, view, train).
+    ``validation``: ``rotate`` (validation speakers rotate with the test fold,
+    :func:`ser_pipeline.splits.rotated_validation`) or ``fixed`` (the seeded
+    :func:`~ser_pipeline.splits.holdout_validation`). ``refit``: after the epoch count is chosen on
+    validation, retrain on every non-test speaker for that many epochs (standard trainer).
     ``view``/``train``/``stage2`` are override mappings (ViewSpec fields; TrainConfig fields;
     ``{"hparams": {...}, "recipe": {...}}``). ``max_folds`` runs only the first N folds.
     ``features`` is a feature preset name ('' or 'auto': the model's); ``feature_overrides``
@@ -67,11 +84,14 @@ class ExperimentConfig(Spec):
     spec_augment: dict[str, Any] | None = None
     preset: str = "default"
     max_folds: int | None = None
+    validation: str = "rotate"
+    refit: bool = True
 
     def validate(self) -> None:
         require(bool(self.model), "model", self.model, "name a registered model (see `ser models`)")
         require(bool(self.corpus), "corpus", self.corpus, "name an ingested corpus")
         require(self.preset in PRESETS, "preset", self.preset, f"valid: {', '.join(PRESETS)}")
+        require(self.validation in VALIDATIONS, "validation", self.validation, f"valid: {', '.join(VALIDATIONS)}")
         require(self.epochs is None or self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
         require(self.max_folds is None or self.max_folds >= 1, "max_folds", self.max_folds, "must be >= 1")
         check_fields("stage2", self.stage2, ("hparams", "recipe"))
@@ -106,6 +126,8 @@ class Resolved:
             "stage2_hparams": p.stage2_hparams,
             "stage2_train": p.stage2_train.to_dict() if p.stage2_train else None,
             "speaker_train": p.speaker_train.to_dict() if p.speaker_train else None,
+            "refit": p.refit,
+            "notes": list(p.notes),
         }))
 
 
@@ -183,26 +205,39 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
     entry = get_model(config.model)
     trainer = TRAINERS.get(entry.trainer)
     paper = config.preset == "paper"
+    notes: list[str] = []
+    cpu = _cpu_overrides(entry, config.preset, where=where)
     protocol = config.protocol or (entry.protocol if paper else "loso")
     _check_protocol(where, protocol, config.protocol_options)
     augment = config.augment or (entry.augment if paper else "")
     parse_augment(augment)
-    spec_aug = spec_augment_from_config(config.spec_augment if config.spec_augment is not None
-                                        else (entry.spec_augment if paper else None), where=f"{where}spec_augment")
-    view = (ViewSpec.from_dict({**entry.view, **config.view}, where=f"{where}view") if trainer.uses_view
+    neural = trainer.uses_view
+    default_aug = entry.spec_augment if paper else (DEFAULT_SPEC_AUGMENT if neural else None)
+    spec_aug = spec_augment_from_config(config.spec_augment if config.spec_augment is not None else default_aug,
+                                        where=f"{where}spec_augment")
+    view = (ViewSpec.from_dict(_view_fields(entry, paper, cpu, config.view), where=f"{where}view") if neural
             else ViewSpec())
     if not trainer.uses_view:
         check_fields(f"{where}view", config.view, ())
-    hparams = check_hparams(f"{where}hparams", config.hparams, entry.build, entry.defaults)
+    hparams = check_hparams(f"{where}hparams", {**cpu.get("hparams", {}), **config.hparams}, entry.build,
+                            entry.defaults)
     features = (resolve_feature_spec(config.model, config.features, config.feature_overrides, where=f"{where}features")
                 if trainer.reads_features else None)
     if features is not None and "feature_dim" in entry.defaults and "feature_dim" not in config.hparams:
         hparams = {**hparams, "feature_dim": features.bands}  # builders sized by F take it from the spec
 
-    recipe = {**entry.recipe, **config.train}
+    base, note = _base_recipe(entry, paper, hparams, neural)
+    if note:
+        notes.append(note)
+        warnings.warn(f"{entry.name}: {note}", stacklevel=2)
+    if entry.trainer != "speaker_pretrain":  # an entry sharing a speaker recipe (res_trans_single_stage)
+        base = {k: v for k, v in base.items() if k not in SPEAKER_KEYS}
+        cpu_train = {k: v for k, v in cpu.get("train", {}).items() if k not in SPEAKER_KEYS}
+        check_fields(f"{where}train", {k: v for k, v in config.train.items() if k in SPEAKER_KEYS}, ())
+    else:
+        cpu_train = cpu.get("train", {})
+    recipe = {**base, **cpu_train, **config.train}
     speaker = {k: recipe.pop(k) for k in SPEAKER_KEYS if k in recipe}
-    if speaker and entry.trainer != "speaker_pretrain":
-        check_fields(f"{where}train", speaker, ())
     if config.epochs is not None:
         recipe["epochs"] = config.epochs
     if entry.recipe.get("epochs") == 0 and "epochs" not in config.train:
@@ -212,9 +247,11 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
     stage2_train = None
     stage2_hparams: dict[str, Any] = {}
     if entry.stage2 is not None:
-        stage2_hparams = check_hparams(f"{where}stage2.hparams", dict(config.stage2.get("hparams") or {}),
+        stage2_hparams = check_hparams(f"{where}stage2.hparams",
+                                       {**cpu.get("stage2_hparams", {}), **dict(config.stage2.get("hparams") or {})},
                                        entry.stage2, entry.stage2_defaults)
-        s2 = {**entry.stage2_recipe, **dict(config.stage2.get("recipe") or {})}
+        s2_base = entry.stage2_recipe if paper else {**entry.stage2_recipe, **STAGE2_MODERN}
+        s2 = {**s2_base, **cpu.get("stage2_train", {}), **dict(config.stage2.get("recipe") or {})}
         stage2_train = _train_config(s2, where=f"{where}stage2.recipe", seed=config.seed)
         stage2_train = _capped(stage2_train, config.epochs)
     elif config.stage2:
@@ -223,9 +260,59 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
     if "speaker_pretrain" == trainer.name:
         epochs = int(speaker.get("speaker_epochs", train.epochs))
         speaker_train = _capped(train.replace(epochs=epochs, lr=float(speaker.get("speaker_lr", train.lr)),
-                                              class_weighted=False), config.epochs)
-    plan = TrainingPlan(entry, hparams, view, train, spec_aug, stage2_hparams, stage2_train, speaker_train)
+                                              class_weighted=False, label_smoothing=0.0), config.epochs)
+    plan = TrainingPlan(entry, hparams, view, train, spec_aug, stage2_hparams, stage2_train, speaker_train,
+                        refit=config.refit, notes=tuple(notes))
     return Resolved(entry, trainer, protocol, features, augment, plan)
+
+
+STAGE2_MODERN: dict[str, Any] = {**MODERN_RECIPE, "lr": 1e-3, "precise_bn": False}
+"""The stage-2 (sequence head) recipe of the default and cpu presets: AdamW from scratch."""
+
+
+def _cpu_overrides(entry: ModelEntry, preset: str, *, where: str) -> dict[str, Any]:
+    """The entry's CPU-size overrides (``hparams``, ``view``, ``train``, ``stage2_hparams``,
+    ``stage2_train``) for ``preset == "cpu"``, else nothing."""
+    if preset != "cpu":
+        return {}
+    require(bool(entry.cpu), f"{where}preset", preset, f"model {entry.name!r} has no CPU-size recipe")
+    check_fields(f"{where}cpu", entry.cpu, ("hparams", "view", "train", "stage2_hparams", "stage2_train"))
+    return entry.cpu
+
+
+def _view_fields(entry: ModelEntry, paper: bool, cpu: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The view: the entry's; outside ``paper`` the issue-13 defaults (and corpus-length crops for
+    fixed views unless the user gives ``frames``), then the CPU size, then the user's fields."""
+    fields: dict[str, Any] = dict(entry.view)
+    if not paper:
+        fields.update(DEFAULT_VIEW)
+        if fields.get("kind", "fixed") == "fixed" and "frames" not in given and "frames" not in cpu.get("view", {}):
+            fields["frames_quantile"] = 0.9
+    fields.update(cpu.get("view", {}))
+    fields.update(given)
+    return fields
+
+
+def _base_recipe(entry: ModelEntry, paper: bool, hparams: dict[str, Any], neural: bool) -> tuple[dict[str, Any], str]:
+    """The training recipe before CPU and user overrides, and a note to record (or '').
+
+    ``paper``: the entry's recipe (the paper's own settings); a paper that fine-tunes ImageNet
+    weights (hparam ``weights``) without weights given is noted. Otherwise: the entry's recipe with
+    the from-scratch :data:`MODERN_RECIPE` over it, except when pretrained weights are given (the
+    paper's fine-tuning optimiser and rate are kept then)."""
+    fine_tunes = "weights" in entry.defaults
+    has_weights = bool(hparams.get("weights"))
+    if paper or not neural:
+        note = ("paper recipe assumes ImageNet weights but none are given (hparams.weights); it may not train "
+                "from random initialisation" if paper and fine_tunes and not has_weights else "")
+        return dict(entry.recipe), note
+    if fine_tunes and has_weights:
+        return dict(entry.recipe), ""
+    note = ("no pretrained weights given: from-scratch variant of the paper's fine-tuning recipe "
+            f"({entry.recipe.get('optimizer')} lr={entry.recipe.get('lr')} -> adamw, warm-up + cosine)" if fine_tunes else "")
+    keep = {k: v for k, v in entry.recipe.items() if k in ("batch_size", "epochs", "class_weighted", "eval_batch_size",
+                                                          "speaker_epochs", "speaker_lr", "grad_clip")}
+    return {**keep, **MODERN_RECIPE}, note
 
 
 def _capped(train: TrainConfig, budget: int | None) -> TrainConfig:

@@ -3,18 +3,24 @@ trainer, and write the experiment folder with its :class:`ExperimentRecord` (see
 :mod:`ser_pipeline.experiments.record` for the files).
 
 Checkpoint selection never sees the test fold: the validation set is the protocol's validation
-speaker, else held-out training speakers (:func:`ser_pipeline.splits.holdout_validation`), or a
-stratified part of the training set for speaker-dependent (random) splits.
+speaker, else held-out training speakers that rotate with the test fold
+(:func:`ser_pipeline.splits.rotated_validation`, ``validation="rotate"``, the default) or the
+seeded fixed choice (:func:`ser_pipeline.splits.holdout_validation`, ``validation="fixed"``), or a
+stratified part of the training set for speaker-dependent (random) splits. With ``refit`` the
+standard trainer then retrains on every non-test speaker for the chosen number of epochs; both the
+validation choice and the refit are recorded per fold (``config.json`` ``folds``, ``metrics.json``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,7 @@ from ser_pipeline.features import feature_label
 from ser_pipeline.inference.model_folder import save_model_folder
 from ser_pipeline.manifest import manifest_digest, read_manifest
 from ser_pipeline.metrics import aggregate, confusion, score
-from ser_pipeline.splits import Fold, holdout_validation, make_folds
+from ser_pipeline.splits import Fold, holdout_validation, make_folds, rotated_validation
 from ser_pipeline.training.config import resolve_device
 from ser_pipeline.training.loop import EpochCallback
 from ser_pipeline.training.trainers import FoldOutcome, FoldRun
@@ -53,11 +59,25 @@ def experiment_id(config: ExperimentConfig, resolved: Resolved, manifest_digest_
     return f"{config.corpus}-{config.model}-{resolved.protocol}-s{config.seed}-{tag}"
 
 
-def _validation(manifest: pd.DataFrame, fold: Fold, seed: int) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+def fold_validation(manifest: pd.DataFrame, fold: Fold, seed: int, mode: str = "rotate"
+                    ) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """``(train_ids, val_ids, how)`` for one fold: the protocol's validation part when it has one;
+    else rotated (``mode="rotate"``) or fixed held-out training speakers; speaker-dependent splits
+    hold out a stratified part of the training set."""
     if fold.val:
         return tuple(fold.train), tuple(fold.val), "protocol"
-    train, val = holdout_validation(manifest, fold.train, speaker_dependent=fold.speaker_dependent, seed=seed)
-    return train, val, "held-out training part (stratified)" if fold.speaker_dependent else "held-out training speakers"
+    if fold.speaker_dependent:
+        train, val = holdout_validation(manifest, fold.train, speaker_dependent=True, seed=seed)
+        return train, val, "held-out training part (stratified)"
+    if mode == "rotate":
+        train, val = rotated_validation(manifest, fold.train, fold.test, seed=seed)
+        return train, val, "rotated held-out training speakers"
+    train, val = holdout_validation(manifest, fold.train, speaker_dependent=False, seed=seed)
+    return train, val, "held-out training speakers (fixed)"
+
+
+def _speakers(manifest: pd.DataFrame, ids: Sequence[str]) -> list[str]:
+    return sorted(manifest.set_index("utterance_id").loc[list(ids), "speaker"].unique())
 
 
 def _without(fold: Fold, drop: set[str]) -> Fold:
@@ -140,15 +160,54 @@ def run_experiment(
     m_digest = manifest_digest(manifest)
     exp_id = experiment_id(config, resolved, m_digest)
     out = workspace.experiments / exp_id
-    found = ExperimentRecord.find(out)
-    if found is not None and not force:
-        return found
+    out.mkdir(parents=True, exist_ok=True)
+    with experiment_lock(out):
+        found = ExperimentRecord.find(out)
+        if found is not None and not force:
+            return found
+        return _run_locked(config, resolved, manifest, m_digest, exp_id, out, workspace, torch_device, callbacks,
+                           force)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def experiment_lock(folder: Path) -> Iterator[None]:
+    """An exclusive OS lock (``fcntl.flock``) on ``<folder>/.lock`` for the block's duration.
+
+    Two processes running the same experiment (same id, same root) are serialised: the second
+    waits until the first has written its record, then finds it and returns it instead of
+    training again. The lock is released when the process exits, even after a crash, so a stale
+    lock never blocks; on file systems without flock support it degrades to no locking.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("experiment %s: another process holds the lock; waiting for it", folder.name)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        except OSError as exc:  # no flock on this file system
+            log.warning("experiment %s: no file lock (%s); concurrent runs are not serialised", folder.name, exc)
+        try:
+            yield
+        finally:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            except OSError:
+                pass
+
+
+def _run_locked(config: ExperimentConfig, resolved: Resolved, manifest: pd.DataFrame, m_digest: str, exp_id: str,
+                out: Path, workspace: Workspace, torch_device: torch.device,
+                callbacks: Sequence[EpochCallback] | None, force: bool) -> ExperimentRecord:
+    """Every fold of an experiment whose lock this process holds."""
     folds = make_folds(resolved.protocol, manifest, seed=config.seed, **config.protocol_options)
     if config.max_folds:
         folds = folds[: config.max_folds]
     classes = sorted(manifest["emotion"].unique())
     workdir = out / "checkpoints"
-    out.mkdir(parents=True, exist_ok=True)
     if force:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -169,7 +228,7 @@ def run_experiment(
     t_start = time.perf_counter()
     for i, fold in enumerate(folds):
         fold = _without(fold, set(failed))
-        train_ids, val_ids, val_source = _validation(usable, fold, config.seed)
+        train_ids, val_ids, val_source = fold_validation(usable, fold, config.seed, config.validation)
         run = FoldRun(fold.name, i, resolved.plan, usable, train_ids, val_ids, tuple(fold.test), classes, torch_device,
                       workdir / fold.name, list(callbacks or ()), features.feature_set if features else None,
                       features.store if features else None, resolved.feature_digest, tuple(variants),
@@ -181,6 +240,9 @@ def run_experiment(
         _score_fold(out, collected, fold, i, outcome, test_rows, time.perf_counter() - t0, config.model)
         collected.info.append({"name": fold.name, "n_train": len(train_ids), "n_val": len(val_ids),
                                "n_test": len(fold.test), "validation": val_source,
+                               "val_speakers": _speakers(usable, val_ids), "chosen_epoch": outcome.best_epoch,
+                               "refit": bool(outcome.extra.get("refit", False)),
+                               "n_fit": outcome.extra.get("n_fit", len(train_ids)),
                                "speaker_dependent": fold.speaker_dependent,
                                "test_speakers": sorted(test_rows["speaker"].unique())})
     return _write(out, config, resolved, collected, exp_id, m_digest, failed, variants, str(torch_device),
@@ -199,6 +261,7 @@ def _write(out: Path, config: ExperimentConfig, resolved: Resolved, c: _Collecte
         "aggregation": {"pooled": "metrics of all test predictions of all folds together",
                         "mean": "unweighted mean of the per-fold metrics", "std": "sample std (ddof=1) of the per-fold metrics"},
         "seconds": round(seconds, 3),
+        "recipe": recipe_summary(config, resolved),
     }
     write_confusion_csv(c.pooled, classes, out / "confusion_pooled.csv")
     write_confusion_png(c.pooled, classes, out / "confusion_pooled.png", title=f"{config.model} pooled ({resolved.protocol})")
@@ -232,6 +295,22 @@ def _write(out: Path, config: ExperimentConfig, resolved: Resolved, c: _Collecte
     return record
 
 
+def recipe_summary(config: ExperimentConfig, resolved: Resolved) -> dict[str, Any]:
+    """What every output says about the recipe: preset, normalisation, validation, refit, precise-BN,
+    schedule, augmentation and recipe notes (e.g. a from-scratch variant)."""
+    p = resolved.plan
+    neural = resolved.trainer.uses_view
+    return {
+        "preset": config.preset,
+        "normalise": p.view.normalise if neural else "speaker z-norm (classic)" if p.hparams.get("speaker_norm") else "none",
+        "validation": config.validation if neural else "n/a (fits on every non-test speaker)",
+        "refit": bool(p.refit and resolved.trainer.name == "standard"),
+        "precise_bn": p.train.precise_bn if neural else False, "optimizer": p.train.optimizer if neural else "n/a",
+        "schedule": p.train.schedule if neural else "n/a", "label_smoothing": p.train.label_smoothing if neural else 0.0,
+        "spec_augment": p.spec_augment.to_dict() if p.spec_augment else None, "notes": list(p.notes),
+    }
+
+
 def _save_model(model_dir: Path, outcome: FoldOutcome | None, config: ExperimentConfig, resolved: Resolved,
                 classes: list[str]) -> None:
     """The model folder of the fold with the best validation UA."""
@@ -242,7 +321,7 @@ def _save_model(model_dir: Path, outcome: FoldOutcome | None, config: Experiment
     spec = resolved.features
     meta: dict[str, Any] = {
         "model": config.model, "trainer": p.entry.trainer, "classes": classes, "n_classes": len(classes),
-        "hparams": p.hparams, "view": p.view.to_dict(), "feature_spec": spec.to_dict() if spec else None,
+        "hparams": p.hparams, "view": _saved_view(p.view, outcome).to_dict(), "feature_spec": spec.to_dict() if spec else None,
         "selected_by": "best validation UA over folds", "fold": outcome.fold, "stage2_hparams": p.stage2_hparams,
     }
     if isinstance(outcome.model, torch.nn.Module):
@@ -250,6 +329,12 @@ def _save_model(model_dir: Path, outcome: FoldOutcome | None, config: Experiment
         if outcome.stage2 is not None:
             meta["embed_dim"] = outcome.extra.get("embed_dim")
     save_model_folder(model_dir, write_ready(meta), model=outcome.model, stage2=outcome.stage2, stats=outcome.stats)
+
+
+def _saved_view(view: Any, outcome: FoldOutcome) -> Any:
+    """The view the saved fold used (its corpus-length ``frames`` resolved)."""
+    frames = outcome.extra.get("view_frames")
+    return view.replace(frames=int(frames), frames_quantile=0.0) if frames else view
 
 
 def write_ready(obj: Any) -> Any:

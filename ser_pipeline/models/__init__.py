@@ -52,6 +52,7 @@ class ModelEntry:
     protocol: str = "loso"  # the paper's protocol; the engine's default stays speaker-independent
     augment: str = ""  # the paper's waveform augmentation, in `ser featurize --augment` syntax
     spec_augment: dict[str, Any] = field(default_factory=dict)
+    cpu: dict[str, Any] = field(default_factory=dict)  # preset cpu: {"hparams", "view", "train", "stage2_*"}
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for ``ser models --json``."""
@@ -69,6 +70,7 @@ class ModelEntry:
             "protocol": self.protocol,
             "augment": self.augment,
             "spec_augment": self.spec_augment,
+            "cpu": self.cpu,
         }
 
 

@@ -169,6 +169,7 @@ def load_imagenet_weights(model: AlexNet, path: str | os.PathLike[str] | None) -
     recipe={"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "batch_size": 32, "epochs": 30, "patience": 8},
     defaults={"dropout": 0.5, "width_mult": 1.0, "variant": "torchvision", "weights": None},
     ablations={"weights": "local torchvision ImageNet state dict (None: random init)", "variant": "channel plan"},
+    cpu={"hparams": {"width_mult": 0.25}, "view": {"resize": (96, 96)}, "train": {"epochs": 15, "lr": 1e-3}},
 )
 def build_alexnet(n_classes: int, in_channels: int, *, weights: str | None = None, **hparams: Any) -> AlexNet:
     """Registry builder: :class:`AlexNet`, initialised from ``weights`` (or ``$SER_ALEXNET_WEIGHTS``)."""

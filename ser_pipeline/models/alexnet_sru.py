@@ -190,6 +190,10 @@ ABLATIONS = {
     "weights": "local torchvision ImageNet AlexNet state dict; None = random init (logged)",
     "width_mult": "AlexNet width multiplier (tests only; 1.0 is the paper)",
 }
+# preset cpu: 3 segments of 64 frames at 64x64, a quarter-width AlexNet, a 128-cell SRU
+CPU_VIEW = {"n_segments": 3, "frames": 64, "resize": (64, 64)}
+CPU = {"hparams": {"width_mult": 0.25}, "view": CPU_VIEW, "train": {"epochs": 10, "lr": 1e-3},
+       "stage2_hparams": {"hidden_size": 128}, "stage2_train": {"epochs": 20}}
 
 
 @register_model(
@@ -205,6 +209,7 @@ ABLATIONS = {
     stage2_defaults=dict(STAGE2_DEFAULTS),
     stage2_recipe=dict(STAGE2_RECIPE),
     protocol="loso",
+    cpu=dict(CPU),
 )
 def build_alexnet_sru(n_classes: int, in_channels: int = 3, **hparams: Any) -> nn.Module:
     """Stage-1 builder: the segment AlexNet (``embed`` gives the 4096-d FC7 features)."""
@@ -221,6 +226,7 @@ def build_alexnet_sru(n_classes: int, in_channels: int = 3, **hparams: Any) -> n
     ablations=dict(ABLATIONS),
     trainer="standard",
     protocol="loso",
+    cpu={k: v for k, v in CPU.items() if not k.startswith("stage2")},
 )
 def build_alexnet_sru_cnn_only(n_classes: int, in_channels: int = 3, **hparams: Any) -> nn.Module:
     """The CNN-only ablation: the same segment AlexNet, trained and scored on its own."""
@@ -240,6 +246,7 @@ def build_alexnet_sru_cnn_only(n_classes: int, in_channels: int = 3, **hparams: 
     stage2_defaults=dict(STAGE2_DEFAULTS),
     stage2_recipe=dict(STAGE2_RECIPE),
     protocol="loso",
+    cpu={"view": CPU_VIEW, "stage2_hparams": {"hidden_size": 128}, "stage2_train": {"epochs": 20}},
 )
 def build_alexnet_sru_sru_only(n_classes: int, in_channels: int = 3, *, pool: int = 8) -> nn.Module:
     """The SRU-only ablation's stage 1: parameter-free segment pooling (``embed``)."""

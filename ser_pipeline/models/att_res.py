@@ -226,6 +226,7 @@ def _register_presets() -> None:
             trainer="standard",
             protocol="random",
             augment="",
+            cpu={"hparams": {"width": 0.25}, "view": {"frames": 64, "resize": (64, 64)}, "train": {"epochs": 15}},
         )(build_att_res)
 
 

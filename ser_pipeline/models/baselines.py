@@ -13,7 +13,7 @@ from torch import nn
 
 from ser_pipeline.config import require
 from ser_pipeline.models import register_model
-from ser_pipeline.models.blocks import ConvBlock, global_pool
+from ser_pipeline.models.blocks import ConvBlock, global_pool, masked_time_pool
 
 
 class PlainCNN(nn.Module):
@@ -21,12 +21,16 @@ class PlainCNN(nn.Module):
     dropout and a linear head.
 
     ``forward``: ``(B, C, F, T) -> (B, n_classes)``; ``embed``: ``(B, C, F, T) -> (B, channels[-1])``.
+    With ``mask (B, T)`` (valid frames, given by the engine for ``fixed`` and ``full`` views) the
+    pooling is length-aware (:func:`masked_time_pool`): padding does not dilute the embedding.
     """
 
     def __init__(self, n_classes: int, in_channels: int, *, channels: Sequence[int] = (32, 64, 128, 128),
-                 dropout: float = 0.3) -> None:
+                 dropout: float = 0.3, pool: str = "masked") -> None:
         super().__init__()
         require(n_classes >= 2, "n_classes", n_classes, "need at least two classes")
+        require(pool in ("masked", "avg"), "pool", pool, "must be 'masked' (length-aware) or 'avg'")
+        self.pool = pool
         require(len(channels) >= 1 and all(c > 0 for c in channels), "channels", channels, "need positive widths")
         require(0.0 <= dropout < 1.0, "dropout", dropout, "must be in [0, 1)")
         widths = [in_channels, *channels]
@@ -35,13 +39,14 @@ class PlainCNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.embed_dim, n_classes)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, F, T) -> (B, D)`` globally average-pooled conv features."""
-        return global_pool(self.body(x))
+    def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, C, F, T) -> (B, D)`` average-pooled conv features (over valid frames with ``mask (B, T)``)."""
+        h = self.body(x)
+        return masked_time_pool(h, mask) if mask is not None and self.pool == "masked" else global_pool(h)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, F, T) -> (B, n_classes)`` logits."""
-        return self.head(self.dropout(self.embed(x)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, C, F, T)`` (+ optional valid-frame ``mask (B, T)``) -> ``(B, n_classes)`` logits."""
+        return self.head(self.dropout(self.embed(x, mask)))
 
 
 class CNNLSTM(nn.Module):
@@ -97,8 +102,10 @@ class CNNLSTM(nn.Module):
     feature_preset="logmel64",
     view={"kind": "fixed", "frames": 300, "channels": 3, "normalise": "utterance"},
     recipe={"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 30, "patience": 8},
-    defaults={"channels": (32, 64, 128, 128), "dropout": 0.3},
-    ablations={"channels": "conv widths per block", "dropout": "dropout before the head"},
+    defaults={"channels": (32, 64, 128, 128), "dropout": 0.3, "pool": "masked"},
+    ablations={"channels": "conv widths per block", "dropout": "dropout before the head",
+               "pool": "masked (length-aware) or avg (padding included) pooling over time"},
+    cpu={"hparams": {"channels": (8, 16, 32, 32)}, "view": {"time_pool": 2}, "train": {"epochs": 15}},
 )
 def build_cnn(n_classes: int, in_channels: int, **hparams: object) -> PlainCNN:
     """Registry builder: :class:`PlainCNN`."""
@@ -113,6 +120,7 @@ def build_cnn(n_classes: int, in_channels: int, **hparams: object) -> PlainCNN:
     recipe={"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 30, "patience": 8},
     defaults={"conv": (16, 32), "kernel": 5, "hidden": 512, "dropout": 0.5, "freq_bins": 16},
     ablations={"hidden": "LSTM cells", "conv": "conv kernels per layer"},
+    cpu={"hparams": {"conv": (8, 16), "hidden": 64, "freq_bins": 8}, "view": {"time_pool": 2}, "train": {"epochs": 15}},
 )
 def build_cnn_lstm(n_classes: int, in_channels: int, **hparams: object) -> CNNLSTM:
     """Registry builder: :class:`CNNLSTM`."""

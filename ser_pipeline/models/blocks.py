@@ -89,3 +89,19 @@ def global_pool(x: torch.Tensor, *, mode: str = "avg") -> torch.Tensor:
     """``(B, C, H, W) -> (B, C)``: mean (``avg``) or max (``max``) over both spatial axes."""
     require(mode in ("avg", "max"), "pool", mode, "must be 'avg' or 'max'")
     return x.mean(dim=(2, 3)) if mode == "avg" else x.amax(dim=(2, 3))
+
+
+def masked_time_pool(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Length-aware mean pooling: ``(B, C, H, W) -> (B, C)``, the mean over H and over the time
+    steps ``W`` that cover valid input frames; ``mask`` ``(B, T)`` marks the valid input frames
+    (``T`` = the input width; a step covers ``T / W`` frames). ``mask=None``: the plain mean.
+
+    Padding past an utterance's end never enters the mean, so extra padding leaves the output unchanged
+    (as long as it does not reach the valid steps through the receptive field)."""
+    if mask is None:
+        return x.mean(dim=(2, 3))
+    W, T = x.shape[3], mask.shape[1]
+    valid = mask.long().sum(dim=1)
+    steps = torch.div(valid * W + T - 1, T, rounding_mode="floor").clamp(min=1, max=W)  # ceil(valid * W / T)
+    m = (torch.arange(W, device=x.device)[None, :] < steps[:, None]).to(x.dtype)  # (B, W)
+    return (x.mean(dim=2) * m[:, None, :]).sum(dim=2) / m.sum(dim=1, keepdim=True)

@@ -170,6 +170,7 @@ class FunctionalsSVM:
     defaults={"C": 0.01, "feature_set": "eGeMAPSv02", "speaker_norm": True},
     ablations={"feature_set": f"one of {list(FUNCTIONAL_SETS)}", "speaker_norm": "per-speaker z-normalisation"},
     trainer="classic",
+    cpu={"hparams": {}},  # already CPU-sized: the cpu preset changes nothing
 )
 def build_svm(n_classes: int, in_channels: int = 0, **hparams: Any) -> FunctionalsSVM:
     """Registry builder: :class:`FunctionalsSVM` (``in_channels`` is unused)."""

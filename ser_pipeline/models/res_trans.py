@@ -179,4 +179,6 @@ for _name, _trainer, _extra in (
         trainer=_trainer,
         protocol="loso",
         spec_augment=dict(SPEC_AUGMENT),
+        cpu={"hparams": {"width": 16, "layers": 1, "heads": 4, "ff_dim": 128}, "view": {"time_pool": 2},
+             "train": {"epochs": 15, "speaker_epochs": 5}},
     )(build_res_trans)

@@ -113,6 +113,7 @@ class ResCNN(nn.Module):
     view={"kind": "segments", "n_segments": 1, "frames": INPUT_SIZE[1], "resize": INPUT_SIZE, "channels": 1,
           "normalise": "utterance"},
     recipe={"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 50, "patience": 10, "class_weighted": False},
+    cpu={"hparams": {"width": 0.25}, "view": {"frames": 72, "resize": (78, 72)}, "train": {"epochs": 15}},
     defaults={
         "channels": (32, 64, 128, 256),
         "kernel": 3,

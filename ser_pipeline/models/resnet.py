@@ -103,6 +103,7 @@ class ResNet18(nn.Module):
     view={"kind": "fixed", "frames": 300, "channels": 3, "normalise": "utterance"},
     recipe={"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 30, "patience": 8},
     defaults={"width": 64, "se": False, "stem": "imagenet", "dropout": 0.0},
+    cpu={"hparams": {"width": 16}, "view": {"time_pool": 2}, "train": {"epochs": 15}},
     ablations={"se": "add a squeeze-and-excitation gate to every basic block", "width": "base channel width"},
 )
 def build_resnet18(n_classes: int, in_channels: int, **hparams: object) -> ResNet18:

@@ -3,6 +3,7 @@ and seeding helpers. ``device`` is a runtime choice and never part of a TrainCon
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,12 @@ class TrainConfig(Spec):
     """Optimisation settings for one network (a model recipe overrides the defaults).
 
     ``patience``: epochs without a validation-UA gain before stopping (None: run all epochs).
+    ``schedule="warmup_cosine"``: linear warm-up over ``warmup_epochs`` then cosine decay to 0,
+    stepped per batch and sized for ``epochs`` (a refit that stops early follows the same curve).
+    ``label_smoothing``: mass spread uniformly over the classes of every target.
+    ``precise_bn``: recompute BatchNorm running statistics on the training data (one pass, no
+    augmentation, weights unchanged) before every validation and test evaluation.
+    ``adamw``: decoupled weight decay, not applied to biases and norm parameters.
     The device is not a field: it is a runtime argument (:func:`resolve_device`), so the same
     settings have the same digest on any machine.
     """
@@ -37,6 +44,9 @@ class TrainConfig(Spec):
     seed: int = 0
     bf16: bool = True
     eval_batch_size: int = 64
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    precise_bn: bool = False
 
     def validate(self) -> None:
         require(self.epochs >= 0, "epochs", self.epochs, "must be >= 0 (0 only for a stage a model never trains)")
@@ -46,6 +56,8 @@ class TrainConfig(Spec):
         require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"valid names: {OPTIMIZERS.names()}")
         require(self.schedule in SCHEDULES, "schedule", self.schedule, f"valid names: {SCHEDULES.names()}")
         require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0")
+        require(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be >= 0")
+        require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "must be in [0, 1)")
         require(self.patience is None or self.patience >= 1, "patience", self.patience, "must be >= 1 or None")
 
 
@@ -57,11 +69,46 @@ OPTIMIZERS.add("adam", lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.
 OPTIMIZERS.add("sgd", lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay))
 OPTIMIZERS.add("nadam", lambda p, c: torch.optim.NAdam(p, lr=c.lr, weight_decay=c.weight_decay))
 
+def _adamw(params: list[torch.nn.Parameter], c: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with decay on weight matrices/kernels only (biases and norm parameters excluded)."""
+    decay = [p for p in params if p.ndim > 1]
+    rest = [p for p in params if p.ndim <= 1]
+    groups = [g for g in ({"params": decay, "weight_decay": c.weight_decay}, {"params": rest, "weight_decay": 0.0})
+              if g["params"]]
+    return torch.optim.AdamW(groups, lr=c.lr)
+
+
+OPTIMIZERS.add("adamw", _adamw)
+
+
+def warmup_cosine_factor(step: int, *, total: int, warmup: int) -> float:
+    """LR factor at optimiser step ``step``: linear warm-up over ``warmup`` steps, then cosine to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _warmup_cosine(opt: torch.optim.Optimizer, c: TrainConfig, steps_per_epoch: int) -> Any:
+    total, warmup = c.epochs * steps_per_epoch, c.warmup_epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine_factor(s, total=total, warmup=warmup))
+
+
+# Schedule factories: (optimizer, config, steps_per_epoch) -> scheduler or None.
 SCHEDULES: Registry[Callable[..., Any]] = Registry("schedule")
-SCHEDULES.add("none", lambda opt, c: None)
-SCHEDULES.add("cosine", lambda opt, c: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, c.epochs)))
-SCHEDULES.add("step", lambda opt, c: torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, c.epochs // 3), gamma=0.1))
-SCHEDULES.add("plateau", lambda opt, c: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2))
+SCHEDULES.add("none", lambda opt, c, n: None)
+SCHEDULES.add("cosine", lambda opt, c, n: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, c.epochs)))
+SCHEDULES.add("step", lambda opt, c, n: torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, c.epochs // 3), gamma=0.1))
+SCHEDULES.add("plateau", lambda opt, c, n: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2))
+SCHEDULES.add("warmup_cosine", _warmup_cosine)
+PER_STEP_SCHEDULES = frozenset({"warmup_cosine"})  # stepped after every optimiser step, not every epoch
+
+# The from-scratch training recipe of the default and cpu presets (issue 13): AdamW, warm-up +
+# cosine, label smoothing, precise-BN, the whole schedule run (the epoch is chosen on validation).
+MODERN_RECIPE: dict[str, Any] = {
+    "optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05, "schedule": "warmup_cosine", "warmup_epochs": 2,
+    "label_smoothing": 0.1, "precise_bn": True, "patience": None,
+}
 
 
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"

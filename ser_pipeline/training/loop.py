@@ -6,7 +6,13 @@
   augmentation draw from one ``torch.Generator`` seeded from ``TrainConfig.seed``. On CPU a
   given seed reproduces the same weights and metrics.
 - Optimisers (registry ``OPTIMIZERS``): ``adam``, ``sgd`` (momentum), ``nadam``. Schedules
-  (``SCHEDULES``): ``none``, ``cosine``, ``step``, ``plateau``. Optional gradient clipping.
+  (``SCHEDULES``): ``none``, ``cosine``, ``step``, ``plateau``, ``warmup_cosine`` (per step).
+  Optional gradient clipping, label smoothing, AdamW.
+- Precise-BN (``TrainConfig.precise_bn``): before every validation evaluation the BatchNorm running
+  statistics are recomputed on the training table (:func:`precise_bn`), so evaluation tracks the
+  weights; the trainers do the same before the test evaluation.
+- Refit: ``fit(..., val=None, stop_epoch=E)`` trains for ``E`` epochs of a schedule sized for
+  ``config.epochs`` without validation and keeps the last weights.
 - Loss: class-weighted soft-target cross-entropy (weights from the training split's class
   frequencies), which is the mixed-label loss for Mixup-style augmentation.
 - Early stopping and checkpoint selection on validation UA only (the test table never enters).
@@ -23,6 +29,7 @@ import hashlib
 import logging
 import math
 import os
+import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,7 +48,7 @@ from ser_pipeline.dataset.views import ViewBatch, ViewSpec, apply_view
 from ser_pipeline.errors import TrainingError
 from ser_pipeline.inference.forward import _autocast, forward_batch, predict_proba
 from ser_pipeline.metrics import unweighted_average_recall
-from ser_pipeline.training.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from ser_pipeline.training.config import OPTIMIZERS, PER_STEP_SCHEDULES, SCHEDULES, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +80,49 @@ def evaluate_table(model: nn.Module, table: FeatureTable, view: ViewSpec, *, bat
     return {"val_loss": nll, "val_ua": ua}
 
 
+@torch.no_grad()
+def precise_bn(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_size: int = 64,
+               bf16: bool = True) -> int:
+    """Recompute every BatchNorm's running mean/var as the exact average over one pass of ``table``
+    (evaluation views: centre crops, no augmentation; weights unchanged; dropout off).
+
+    Each BN layer accumulates batch statistics weighted by batch size (momentum ``B / (seen + B)``),
+    so the running mean equals the mean over the whole table and the running variance the
+    size-weighted mean of the batch variances (the total variance when one batch holds the table);
+    the previous momentum is restored. Returns the number of BN layers reset (0: nothing to do).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.train()
+    device = next(model.parameters()).device
+    seen = 0
+    for idx in index_batches(len(table), batch_size, shuffle=False):
+        for m in bns:  # weight each batch by its size: the running mean is the mean over every item
+            m.momentum = len(idx) / (seen + len(idx))
+        x, lengths = table.batch(idx)
+        vb = apply_view(view, x.to(device), lengths.to(device), train=False)
+        with _autocast(device, bf16):
+            forward_batch(model, vb, view)
+        seen += len(idx)
+    for m, mom in zip(bns, momenta, strict=True):
+        m.momentum = mom
+    model.train(was_training)
+    return len(bns)
+
+
+def smooth_targets(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Label smoothing of soft targets ``(N, K)``: ``(1 - s) y + s / K``."""
+    if smoothing <= 0:
+        return targets
+    return targets * (1.0 - smoothing) + smoothing / targets.shape[-1]
+
+
 # ----------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -82,6 +132,20 @@ def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: tensors and plain containers only.
+
+    A file that holds any other object (which unpickling would execute) is refused with a
+    TrainingError naming the file; nothing is loaded from it.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(f"checkpoint {path}: refused, it holds objects other than tensors and plain "
+                            f"containers (weights_only load: {first}); delete it to start the fold afresh") from None
 
 
 def state_digest(model: nn.Module) -> str:
@@ -101,7 +165,8 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 # The training loop
 
 
-def _train_epoch(model, opt, table, view, config, weights, spec_aug, gen, device, *, fold, epoch) -> dict[str, float]:
+def _train_epoch(model, opt, table, view, config, weights, spec_aug, gen, device, *, fold, epoch,
+                 step_sched=None) -> dict[str, float]:
     model.train()
     n_classes = int(weights.shape[0])
     total, seen, data_s, step_s = 0.0, 0, 0.0, 0.0
@@ -114,6 +179,7 @@ def _train_epoch(model, opt, table, view, config, weights, spec_aug, gen, device
         if spec_aug is not None:
             xs, targets, mask = augment_batch(vb.x, targets, spec_aug, mask=vb.mask, generator=gen)
             vb = ViewBatch(xs, mask)
+        targets = smooth_targets(targets, config.label_smoothing)
         sync()
         t1 = time.perf_counter()
         with _autocast(device, config.bf16):
@@ -131,6 +197,8 @@ def _train_epoch(model, opt, table, view, config, weights, spec_aug, gen, device
         if config.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()
+        if step_sched is not None:
+            step_sched.step()
         sync()
         t2 = time.perf_counter()
         data_s += t1 - t0
@@ -143,7 +211,7 @@ def _train_epoch(model, opt, table, view, config, weights, spec_aug, gen, device
 def fit(
     model: nn.Module,
     train: FeatureTable,
-    val: FeatureTable,
+    val: FeatureTable | None,
     *,
     view: ViewSpec,
     config: TrainConfig,
@@ -153,12 +221,15 @@ def fit(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     callbacks: Sequence[EpochCallback] = (),
     resume: bool = True,
+    stop_epoch: int | None = None,
 ) -> FitResult:
     """Train ``model`` on ``train``, select the epoch with the best validation UA on ``val``.
 
     ``train``/``val`` must already live on the model's device. Returns the history
     (``epoch, train_loss, val_loss, val_ua, lr, seconds, utt_per_s, data_share``) and leaves the
-    best weights loaded in ``model``.
+    best weights loaded in ``model``. ``val=None`` (a refit): no validation, run ``stop_epoch``
+    epochs (default ``config.epochs``) of the schedule sized for ``config.epochs`` and keep the
+    last weights (``best_epoch`` = the last epoch).
     """
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(config.seed)
@@ -168,16 +239,20 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     require(len(params) > 0, "model", type(model).__name__, "has no trainable parameters")
     opt = OPTIMIZERS.get(config.optimizer)(params, config)
-    sched = SCHEDULES.get(config.schedule)(opt, config)
+    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+    sched = SCHEDULES.get(config.schedule)(opt, config, steps_per_epoch)
+    per_step = config.schedule in PER_STEP_SCHEDULES
+    last_epoch = config.epochs if stop_epoch is None else min(stop_epoch, config.epochs)
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     last_path = ckdir / "last.pt" if ckdir else None
-    digest = config.digest() + view.digest() + (spec_augment.digest() if spec_augment else "")
+    digest = (config.digest() + view.digest() + (spec_augment.digest() if spec_augment else "")
+              + ("" if val is not None else f"refit{last_epoch}"))
 
     history: list[dict[str, float]] = []
     best_state = _cpu_state(model)
     best_ua, best_epoch, start, bad_epochs, stopped = -math.inf, 0, 1, 0, False
     if resume and last_path is not None and last_path.exists():
-        ck = torch.load(last_path, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(last_path)
         if ck.get("digest") == digest and ck.get("fold") == fold:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
@@ -192,16 +267,22 @@ def fit(
         else:
             log.warning("fold %s: ignoring checkpoint %s (different config or fold)", fold, last_path)
 
-    for epoch in range(start, config.epochs + 1):
+    for epoch in range(start, last_epoch + 1):
         if stopped:
             break
         t0 = time.perf_counter()
         try:
-            stats = _train_epoch(model, opt, train, view, config, weights, spec_augment, gen, device, fold=fold, epoch=epoch)
+            stats = _train_epoch(model, opt, train, view, config, weights, spec_augment, gen, device, fold=fold,
+                                 epoch=epoch, step_sched=sched if per_step else None)
         except TrainingError as exc:
             kept = f"; last good checkpoint kept: {last_path}" if last_path and last_path.exists() else ""
             raise TrainingError(f"{exc}{kept}") from None
-        val_metrics = evaluate_table(model, val, view, batch_size=config.eval_batch_size, bf16=config.bf16)
+        if val is None:
+            val_metrics = {"val_loss": float("nan"), "val_ua": float(epoch)}  # refit: the last epoch is kept
+        else:
+            if config.precise_bn:
+                precise_bn(model, train, _eval_view(view), batch_size=config.eval_batch_size, bf16=config.bf16)
+            val_metrics = evaluate_table(model, val, view, batch_size=config.eval_batch_size, bf16=config.bf16)
         seconds = time.perf_counter() - t0
         row = {
             "epoch": epoch,
@@ -218,7 +299,7 @@ def fit(
             best_state = _cpu_state(model)
         else:
             bad_epochs += 1
-        if sched is not None:
+        if sched is not None and not per_step:
             sched.step(val_metrics["val_ua"]) if config.schedule == "plateau" else sched.step()
         if config.patience is not None and bad_epochs >= config.patience:
             stopped = True
@@ -238,8 +319,17 @@ def fit(
         best_path = ckdir / "best.pt"
         _atomic_save({"model": best_state, "epoch": best_epoch, "val_ua": best_ua}, best_path)
     timing = _timing(history)
+    if val is None:
+        best_ua = float("nan")
+        for row in history:
+            row["val_ua"] = float("nan")
     return FitResult(history, best_epoch, float(best_ua) if history else float("nan"), stopped,
                      str(best_path) if best_path else None, timing)
+
+
+def _eval_view(view: ViewSpec) -> ViewSpec:
+    """The evaluation form of a view (random crops become centre crops)."""
+    return view.replace(crop="centre") if view.crop == "random" else view
 
 
 def _timing(history: list[dict[str, float]]) -> dict[str, float]:

@@ -37,7 +37,7 @@ def test_fixed_view_centre_crops_long_and_pads_short() -> None:
     x, lengths = ramp_batch([10, 4])
     out = apply_view(ViewSpec(kind="fixed", frames=6, crop="centre"), x, lengths)
     assert out.x.shape == (2, 3, 4, 6)
-    assert out.mask is None
+    assert out.mask.tolist() == [[True] * 6, [True] * 4 + [False] * 2]  # issue 13: valid frames for masked pooling
     assert out.x[0, 0, 0].tolist() == [3, 4, 5, 6, 7, 8]  # start (10 - 6) // 2 = 2
     assert out.x[1, 0, 0].tolist() == [1, 2, 3, 4, 0, 0]
 

@@ -46,7 +46,7 @@ def test_experiment_directory_follows_the_contract(ws: Workspace) -> None:
     config = json.loads((out / "config.json").read_text())
     assert set(config["digests"]) == {"manifest", "features", "augment", "config"}
     assert config["config"]["model"] == "cnn" and config["protocol"] == "loso"
-    assert all(f["validation"] == "held-out training speakers" for f in config["folds"])
+    assert all(f["validation"] == "rotated held-out training speakers" for f in config["folds"])  # issue 13 default
     metrics = json.loads((out / "metrics.json").read_text())
     assert [f["fold"] for f in metrics["folds"]] == ["loso-demo-spk01", "loso-demo-spk02"]
     assert metrics["speaker_dependent"] is False and metrics["protocol"] == "loso"
@@ -73,7 +73,7 @@ def test_experiment_directory_follows_the_contract(ws: Workspace) -> None:
     model, stage2, meta = load_trained_model(out / "model")
     assert stage2 is None and meta["classes"] == metrics["classes"] and meta["view"]["frames"] == 120
     from feature_store.store import FeatureStore
-    from ser_pipeline.dataset.tables import load_table, normalise_with
+    from ser_pipeline.dataset.tables import floor_silence, load_table, normalise_with
     from ser_pipeline.features import FeatureSpec
     from ser_pipeline.inference.forward import predict_proba
     from ser_pipeline.dataset.views import ViewSpec
@@ -83,6 +83,7 @@ def test_experiment_directory_follows_the_contract(ws: Workspace) -> None:
     manifest = read_manifest("demo", ws).set_index("utterance_id", drop=False)
     source = FeatureStore(ws.features).open_set(FeatureSpec.from_dict(meta["feature_spec"]))
     table = load_table(source, manifest.loc[test_ids], meta["classes"], sorted(manifest.speaker.unique()))
+    table = floor_silence(table, meta["view"]["floor_db"])  # issue 13: silence floor before normalisation
     table = normalise_with(table, meta["normalisation"]["mean"], meta["normalisation"]["std"])
     probs = predict_proba(model, table, ViewSpec.from_dict(meta["view"]))
     expected = preds.loc[preds.fold == fold_name].filter(like="p_").to_numpy()
@@ -150,6 +151,7 @@ def test_resolution_and_spec_augment_forms() -> None:
     default = resolve(ExperimentConfig(model="cnn", epochs=3, train={"lr": 0.01}))
     assert default.protocol == "loso" and default.plan.train.epochs == 3 and default.plan.train.lr == 0.01
     assert default.plan.view.frames == MODELS.get("cnn").view["frames"] and default.augment == ""
+    assert default.plan.view.frames_quantile == 0.9 and default.plan.view.normalise == "speaker"  # issue 13
     parsed = spec_augment_from_config({"horizontal_mixup": {"a": 0.05, "b": 1.25, "c": 1.0, "ratio": 0.3}, "cutout": {"holes": 2}})
     assert parsed == SpecAugmentSpec(hmixup=(0.05, 1.25, 1.0), ratio=0.3, cutout=2)
     assert spec_augment_from_config({"mixup": 0.4, "ratio": 0.5}) == SpecAugmentSpec(mixup=0.4, ratio=0.5)
@@ -161,7 +163,10 @@ def test_resolution_and_spec_augment_forms() -> None:
         paper = resolve(ExperimentConfig(model="res_trans", preset="paper", epochs=2))
         assert paper.plan.spec_augment == SpecAugmentSpec(hmixup=(0.05, 1.25, 1.0), ratio=0.3)
         assert paper.plan.speaker_train is not None and paper.plan.speaker_train.epochs == 2
-        assert resolve(ExperimentConfig(model="res_trans", epochs=2)).plan.spec_augment is None
+        # issue 13: the default preset turns on random crops + SpecAugment masks; {} switches them off
+        assert resolve(ExperimentConfig(model="res_trans", epochs=2)).plan.spec_augment == SpecAugmentSpec(
+            random_cut=True, freq_masks=2, time_masks=2)
+        assert resolve(ExperimentConfig(model="res_trans", epochs=2, spec_augment={})).plan.spec_augment is None
 
 
 @pytest.mark.skipif("alexnet_sru" not in load_all(), reason="seed model alexnet_sru not registered")

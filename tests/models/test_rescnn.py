@@ -83,7 +83,7 @@ def test_one_epoch_through_the_engine(tiny_ws: Workspace) -> None:
     preds = (result.folder / "predictions.csv").read_text().strip().splitlines()
     assert len(preds) == 1 + 6  # header + one test speaker's 6 utterances
     resolved = json.loads((result.folder / "config.json").read_text())["resolved"]
-    assert resolved["view"]["resize"] == [40, 36] and resolved["train"]["optimizer"] == "adam"
+    assert resolved["view"]["resize"] == [40, 36] and resolved["train"]["optimizer"] == "adamw"  # issue 13 default recipe
 
 
 def test_paper_preset_uses_the_random_split_and_augmentation(tiny_ws: Workspace) -> None:

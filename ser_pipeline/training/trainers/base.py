@@ -34,6 +34,8 @@ class TrainingPlan:
     stage2_hparams: dict[str, Any] = field(default_factory=dict)
     stage2_train: TrainConfig | None = None
     speaker_train: TrainConfig | None = None
+    refit: bool = True  # after choosing the epoch on validation, retrain on train + val (standard trainer)
+    notes: tuple[str, ...] = ()  # recipe decisions to record (e.g. a from-scratch variant)
 
 
 @dataclass
@@ -61,12 +63,15 @@ class FoldRun:
     def seed(self) -> int:
         return self.plan.train.seed + 1000 * self.index
 
-    def fold_data(self) -> FoldData:
+    def fold_data(self, *, with_val: bool = False) -> FoldData:
+        """The fold's preloaded tables; ``with_val``: the training table holds train + validation
+        utterances (a refit on every non-test speaker; normalisation statistics follow)."""
         assert self.source is not None, "this trainer reads features; the runner passes the feature set"
+        train_ids = self.train_ids + self.val_ids if with_val else self.train_ids
         return build_fold_data(
-            self.source, self.manifest, name=self.name, train_ids=self.train_ids, val_ids=self.val_ids,
+            self.source, self.manifest, name=self.name, train_ids=train_ids, val_ids=self.val_ids,
             test_ids=self.test_ids, classes=self.classes, train_variants=self.train_variants,
-            normalise=self.plan.view.normalise, device=self.device)
+            normalise=self.plan.view.normalise, floor_db=self.plan.view.floor_db, device=self.device)
 
 
 @dataclass

@@ -8,11 +8,11 @@ from typing import Any
 from torch import nn
 
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
-from ser_pipeline.dataset.tables import FeatureTable, FoldData
-from ser_pipeline.dataset.views import ViewSpec
+from ser_pipeline.dataset.tables import FeatureTable, FoldData, pool_table
+from ser_pipeline.dataset.views import ViewSpec, frames_for
 from ser_pipeline.inference.forward import STAGE2_VIEW, embed_table, predict_proba, sequence_table
 from ser_pipeline.training.config import TrainConfig, seed_everything
-from ser_pipeline.training.loop import FitResult, fit, state_digest
+from ser_pipeline.training.loop import FitResult, fit, precise_bn, state_digest
 from ser_pipeline.training.speaker import pretrain_speakers
 from ser_pipeline.training.trainers.base import TRAINERS, FoldOutcome, FoldRun
 
@@ -25,17 +25,62 @@ def _build(run: FoldRun, data: FoldData) -> nn.Module:
     return model.to(run.device)
 
 
-def _fit(run: FoldRun, model: nn.Module, train: FeatureTable, val: FeatureTable, *, view: ViewSpec,
-         config: TrainConfig, tag: str = "", spec_aug: SpecAugmentSpec | None = None) -> FitResult:
+def _fit(run: FoldRun, model: nn.Module, train: FeatureTable, val: FeatureTable | None, *, view: ViewSpec,
+         config: TrainConfig, tag: str = "", spec_aug: SpecAugmentSpec | None = None,
+         stop_epoch: int | None = None) -> FitResult:
     return fit(model, train, val, view=view, config=config.replace(seed=run.seed), n_classes=len(run.classes),
                spec_augment=spec_aug, fold=run.name + tag, checkpoint_dir=run.workdir / (tag.strip("/") or "main"),
-               callbacks=run.callbacks if not tag else ())
+               callbacks=run.callbacks if not tag else (), stop_epoch=stop_epoch)
 
 
-def _outcome(model: nn.Module, data: FoldData, result: FitResult, plan: Any, **extra: Any) -> FoldOutcome:
-    probs = predict_proba(model, data.test, plan.view, batch_size=plan.train.eval_batch_size, bf16=plan.train.bf16)
+def fold_view(view: ViewSpec, data: FoldData) -> ViewSpec:
+    """The fold's view: ``frames`` from the training lengths when ``frames_quantile`` is set."""
+    return frames_for(view, data.train.lengths)
+
+
+def pooled(view: ViewSpec, data: FoldData) -> tuple[ViewSpec, FoldData]:
+    """Time pooling done once on the preloaded tables instead of every batch (a deterministic
+    resize cached): the tables pooled by ``view.time_pool`` and the view without it. The model
+    folder keeps the plan's view (with ``time_pool``), which gives the same input at prediction."""
+    k = view.time_pool
+    if k <= 1:
+        return view, data
+    data = FoldData(data.name, pool_table(data.train, k), pool_table(data.val, k), pool_table(data.test, k),
+                    data.classes, data.speaker_names, data.stats)
+    return view.replace(time_pool=1), data
+
+
+def prepare(run: FoldRun) -> tuple[ViewSpec, FoldData]:
+    """The fold's tables and the view that reads them: corpus-length ``frames`` from the training
+    lengths, then time pooling applied once to the tables (:func:`pooled`)."""
+    data = run.fold_data()
+    return pooled(fold_view(run.plan.view, data), data)
+
+
+def _view_extra(view: ViewSpec, plan: Any) -> dict[str, Any]:
+    return {"view_frames": view.frames, "normalise": view.normalise, "precise_bn": plan.train.precise_bn,
+            "time_pool": plan.view.time_pool}
+
+
+def _outcome(model: nn.Module, data: FoldData, result: FitResult, plan: Any, *, view: ViewSpec,
+             **extra: Any) -> FoldOutcome:
+    if plan.train.precise_bn:
+        precise_bn(model, data.train, view, batch_size=plan.train.eval_batch_size, bf16=plan.train.bf16)
+    probs = predict_proba(model, data.test, view, batch_size=plan.train.eval_batch_size, bf16=plan.train.bf16)
+    extra["extra"] = {**_view_extra(view, plan), **extra.get("extra", {})}
     return FoldOutcome(probs, result.history, result.best_epoch, result.best_val_ua, model=model, timing=result.timing,
                        stats=data.stats, **extra)
+
+
+def refit_on_all(run: FoldRun, chosen_epoch: int, view: ViewSpec) -> tuple[nn.Module, FoldData, FitResult]:
+    """A fresh model (same seed) trained on every non-test utterance (train + validation) for the
+    ``chosen_epoch`` epochs picked on validation, on the same schedule; no validation is used."""
+    p = run.plan
+    view, full = pooled(view.replace(time_pool=p.view.time_pool), run.fold_data(with_val=True))
+    model = _build(run, full)
+    result = _fit(run, model, full.train, None, view=view, config=p.train, spec_aug=p.spec_augment, tag="/refit",
+                  stop_epoch=chosen_epoch)
+    return model, full, result
 
 
 @dataclass(frozen=True)
@@ -49,10 +94,17 @@ class StandardTrainer:
 
     def run(self, fold: FoldRun) -> FoldOutcome:
         p = fold.plan
-        data = fold.fold_data()
+        view, data = prepare(fold)
         model = _build(fold, data)
-        result = _fit(fold, model, data.train, data.val, view=p.view, config=p.train, spec_aug=p.spec_augment)
-        return _outcome(model, data, result, p)
+        result = _fit(fold, model, data.train, data.val, view=view, config=p.train, spec_aug=p.spec_augment)
+        if not p.refit or result.best_epoch < 1:
+            return _outcome(model, data, result, p, view=view, extra={"refit": False, "n_fit": len(data.train)})
+        model, full, refit = refit_on_all(fold, result.best_epoch, view)
+        out = _outcome(model, full, result, p, view=view,
+                       extra={"refit": True, "refit_epochs": result.best_epoch, "n_fit": len(full.train),
+                              "refit_train_loss": refit.history[-1]["train_loss"] if refit.history else None})
+        out.timing = {**result.timing, "refit_epoch_seconds": refit.timing.get("epoch_seconds", 0.0)}
+        return out
 
 
 @dataclass(frozen=True)
@@ -68,13 +120,13 @@ class SpeakerPretrainTrainer:
     def run(self, fold: FoldRun) -> FoldOutcome:
         p = fold.plan
         assert p.speaker_train is not None
-        data = fold.fold_data()
+        view, data = prepare(fold)
         model = _build(fold, data)
-        stage1 = pretrain_speakers(model, data.train, view=p.view, config=p.speaker_train.replace(seed=fold.seed),
+        stage1 = pretrain_speakers(model, data.train, view=view, config=p.speaker_train.replace(seed=fold.seed),
                                    fold=fold.name, checkpoint_dir=fold.workdir / "speaker")
-        result = _fit(fold, model, data.train, data.val, view=p.view, config=p.train, spec_aug=p.spec_augment)
-        return _outcome(model, data, result, p, stage1_history=stage1.history,
-                        extra={"speaker_val_acc": stage1.best_val_ua})
+        result = _fit(fold, model, data.train, data.val, view=view, config=p.train, spec_aug=p.spec_augment)
+        return _outcome(model, data, result, p, view=view, stage1_history=stage1.history,
+                        extra={"speaker_val_acc": stage1.best_val_ua, "refit": False})
 
 
 @dataclass(frozen=True)
@@ -90,13 +142,15 @@ class TwoStageTrainer:
     def run(self, fold: FoldRun) -> FoldOutcome:
         p = fold.plan
         assert p.stage2_train is not None and p.entry.stage2 is not None
-        data = fold.fold_data()
+        view, data = prepare(fold)
         model = _build(fold, data)
-        stage1 = _fit(fold, model, data.train, data.val, view=p.view, config=p.train, spec_aug=p.spec_augment,
+        stage1 = _fit(fold, model, data.train, data.val, view=view, config=p.train, spec_aug=p.spec_augment,
                       tag="/stage1")
+        if p.train.precise_bn:
+            precise_bn(model, data.train, view, batch_size=p.train.eval_batch_size, bf16=p.train.bf16)
         digest = state_digest(model)
         tables = data.tables()
-        embeddings = {name: embed_table(model, t, p.view, batch_size=p.train.eval_batch_size, bf16=p.train.bf16)
+        embeddings = {name: embed_table(model, t, view, batch_size=p.train.eval_batch_size, bf16=p.train.bf16)
                       for name, t in tables.items()}
         if fold.store is not None:
             embeddings = _through_store(fold, digest, tables, embeddings)
@@ -109,7 +163,8 @@ class TwoStageTrainer:
                               bf16=p.train.bf16)
         return FoldOutcome(probs, result.history, result.best_epoch, result.best_val_ua, model=model, stage2=head,
                            stage1_history=stage1.history, timing=result.timing,
-                           extra={"stage1_checkpoint_digest": digest, "embed_dim": dim}, stats=data.stats)
+                           extra={"stage1_checkpoint_digest": digest, "embed_dim": dim, "refit": False,
+                                  **_view_extra(view, p)}, stats=data.stats)
 
 
 def _through_store(fold: FoldRun, digest: str, tables: dict[str, FeatureTable],

@@ -1,0 +1,130 @@
+"""Issue 13 in the runner: rotated validation speakers, the refit on every non-test speaker, the
+recipe recorded in every output, the cpu preset, and the per-experiment file lock (two real
+processes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ser_pipeline.corpora import ingest
+from ser_pipeline.corpora.demo import generate_demo_corpus
+from ser_pipeline.experiments.config import ExperimentConfig, resolve
+from ser_pipeline.experiments.runner import fold_validation, run_experiment
+from ser_pipeline.manifest import read_manifest
+from ser_pipeline.models import load_all
+from ser_pipeline.splits import make_folds
+from ser_pipeline.workspace import Workspace
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+TINY = {"model": "cnn", "corpus": "demo", "epochs": 2, "train": {"batch_size": 8},
+        "hparams": {"channels": [4, 8]}, "view": {"frames": 60}, "max_folds": 2}
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """4 speakers x 4 emotions x 3 utterances of the demo corpus, ingested as ``demo``."""
+    workspace = Workspace.resolve(tmp_path_factory.mktemp("recipes") / "root")
+    csv = generate_demo_corpus(workspace.demo, seed=0, n_speakers=4, per_class=3)
+    ingest("csv", csv, "demo", workspace)
+    return workspace
+
+
+def manifest(speakers: int = 6, per: int = 4) -> pd.DataFrame:
+    rows = [{"utterance_id": f"s{s}-{i}", "speaker": f"s{s}", "emotion": ("a", "b")[i % 2]}
+            for s in range(speakers) for i in range(per)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rotated_validation_speakers_differ_across_folds_and_never_test(seed: int) -> None:
+    m = manifest()
+    folds = make_folds("loso", m, seed=seed)
+    speaker = dict(zip(m.utterance_id, m.speaker, strict=True))
+    chosen = []
+    for fold in folds:
+        train, val, how = fold_validation(m, fold, seed, "rotate")
+        val_speakers = {speaker[u] for u in val}
+        test_speakers = {speaker[u] for u in fold.test}
+        assert how == "rotated held-out training speakers" and len(val_speakers) == 1
+        assert not val_speakers & test_speakers and not set(train) & set(val)
+        assert set(train) | set(val) == set(fold.train)
+        chosen.append(val_speakers.pop())
+    assert sorted(chosen) == sorted(m.speaker.unique())  # LOSO: every speaker validates exactly one fold
+    fixed = {frozenset(speaker[u] for u in fold_validation(m, f, seed, "fixed")[1]) for f in folds}
+    assert len(fixed) < len(folds)  # the old fixed choice repeats speakers across folds
+
+
+def test_refit_trains_on_every_non_test_speaker_and_is_recorded(ws: Workspace) -> None:
+    record = run_experiment(ExperimentConfig.from_dict(TINY), ws, device="cpu")
+    config = json.loads((record.folder / "config.json").read_text())
+    m = read_manifest("demo", ws)
+    for info in config["folds"]:
+        non_test = m.loc[~m.speaker.isin(info["test_speakers"])]
+        assert info["refit"] is True and info["n_fit"] == len(non_test) == info["n_train"] + info["n_val"]
+        assert info["validation"] == "rotated held-out training speakers" and 1 <= info["chosen_epoch"] <= 2
+        assert not set(info["val_speakers"]) & set(info["test_speakers"])
+    assert len({tuple(i["val_speakers"]) for i in config["folds"]}) == len(config["folds"])
+    recipe = record.metrics["recipe"]
+    assert recipe["normalise"] == "speaker" and recipe["refit"] and recipe["precise_bn"] and recipe["validation"] == "rotate"
+    assert all(f["refit"] and f["normalise"] == "speaker" for f in record.metrics["folds"])
+    assert all(f["n_fit"] == i["n_fit"] for f, i in zip(record.metrics["folds"], config["folds"], strict=True))
+
+    off = run_experiment(ExperimentConfig.from_dict({**TINY, "refit": False, "validation": "fixed"}), ws, device="cpu")
+    off_info = json.loads((off.folder / "config.json").read_text())["folds"]
+    assert all(not i["refit"] and i["n_fit"] == i["n_train"] for i in off_info)
+    assert off.experiment_id != record.experiment_id and off.metrics["recipe"]["refit"] is False
+
+
+def test_every_registered_model_has_a_cpu_preset_that_shrinks_it() -> None:
+    for name, entry in load_all().items():
+        cpu = resolve(ExperimentConfig(model=name, preset="cpu"))
+        full = resolve(ExperimentConfig(model=name))
+        assert entry.cpu, name
+        if not cpu.trainer.uses_view:
+            continue
+        size = lambda r: sum(p.numel() for p in r.entry.build(n_classes=4, in_channels=r.plan.view.channels or 3,  # noqa: E731
+                                                              **r.plan.hparams).parameters())
+        small, big = size(cpu), size(full)
+        assert small < big or name == "alexnet_sru_sru_only", (name, small, big)
+        assert cpu.plan.train.epochs <= full.plan.train.epochs
+
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import torch
+    torch.set_num_threads(1)
+    from ser_pipeline.experiments.config import ExperimentConfig
+    from ser_pipeline.experiments.runner import run_experiment
+    from ser_pipeline.workspace import Workspace
+    epochs = []
+    record = run_experiment(ExperimentConfig.from_dict(json.loads(sys.argv[2])), Workspace.resolve(sys.argv[1]),
+                            device="cpu", callbacks=[lambda fold, epoch, m: epochs.append(epoch)])
+    print(json.dumps({"id": record.experiment_id, "trained_epochs": len(epochs)}))
+""")
+
+
+def test_two_processes_on_one_experiment_train_once(ws: Workspace, tmp_path: Path) -> None:
+    config = json.dumps({**TINY, "seed": 7, "max_folds": 1})
+    script = tmp_path / "run_one.py"
+    script.write_text(SCRIPT)
+    env_path = str(Path(__file__).resolve().parents[2])
+    env = {**__import__("os").environ, "PYTHONPATH": env_path, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(ws.root), config], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert results[0]["id"] == results[1]["id"]
+    trained = sorted(r["trained_epochs"] for r in results)
+    assert trained[0] == 0 and trained[1] > 0  # one trained, the other waited and reused its record
+    assert (ws.experiments / results[0]["id"] / ".lock").exists()
