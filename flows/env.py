@@ -36,3 +36,24 @@ def configure(root: str | os.PathLike[str]) -> dict[str, str]:
         os.environ.setdefault(key, value)
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     return {k: os.environ[k] for k in prefect_env(root)}
+
+
+def check_prefect_api(timeout: float = 3.0) -> str | None:
+    """When ``PREFECT_API_URL`` is set, make sure the server answers ``GET <url>/health`` before any
+    flow starts; returns the URL (None in local mode). Raises ``SerError`` with one clear line."""
+    import urllib.error
+    import urllib.request
+
+    from ser_pipeline.errors import SerError
+
+    url = os.environ.get("PREFECT_API_URL", "").strip()
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as response:  # noqa: S310
+            if response.status != 200:
+                raise SerError(f"Prefect API {url} answered {response.status} on /health")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SerError(f"Prefect API {url} is unreachable ({reason}); start it (`prefect server start`) or unset PREFECT_API_URL to run in local mode") from None
+    return url

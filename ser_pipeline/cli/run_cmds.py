@@ -84,21 +84,23 @@ def human_run(summary: dict[str, Any]) -> str:
     if summary.get("comparison"):
         parts += ["", f"comparison ({', '.join(summary.get('experiments', []))}; UA = mean ± std over folds, "
                   "unweighted average recall)", comparison_table(summary["comparison"])]
+    if summary.get("error"):  # never a success line for a failed run; the error line goes to stderr
+        parts += ["", f"FAILED after {summary.get('seconds', 0):.1f} s"]
+        return "\n".join(parts)
     state = "every stage cached" if summary.get("all_cached") else "done"
     parts += ["", f"{state} in {summary.get('seconds', 0):.1f} s (pipeline flow, after Prefect start-up)",
               ui_hint(summary.get("tracking_uri", ""))]
-    if summary.get("error"):
-        parts.append(f"error: {summary['error']}")
     return "\n".join(parts)
 
 
 def run_pipeline(config: str, root: str | None, *, stages: list[str], force: list[str],
                  tracking_uri: str | None) -> dict[str, Any]:
     """Run the pipeline flow in-process (Prefect local mode unless PREFECT_API_URL is set)."""
-    from flows.env import configure  # prefect: imported only by the commands that run flows
+    from flows.env import check_prefect_api, configure  # prefect: imported only by the commands that run flows
 
     ws = workspace(root)
     configure(ws.root)
+    check_prefect_api()
     from flows.pipeline import last_run_path, pipeline_flow
 
     state = pipeline_flow(config=str(Path(config).resolve()), root=str(ws.root), stages=stages, force=force,
@@ -208,7 +210,8 @@ def register(app: typer.Typer) -> None:
         summary = run_pipeline(config, root, stages=plan, force=forced, tracking_uri=tracking_uri)
         emit(summary, as_json, human_run)
         if summary.get("error"):
-            raise typer.Exit(1)
+            typer.echo(f"error: {summary['error']}", err=True)
+            raise typer.Exit(2)
 
     @app.command("schedule")
     def schedule_cmd(
@@ -218,10 +221,11 @@ def register(app: typer.Typer) -> None:
         limit: Annotated[int | None, typer.Option("--limit", help="Max concurrent runs.")] = None,
     ) -> None:
         """Serve the cron-scheduled deployments of prefect.yaml from this process (Ctrl-C stops)."""
-        from flows.env import configure
+        from flows.env import check_prefect_api, configure
 
         ws = workspace(root)
         configure(ws.root)
+        check_prefect_api()
         from flows.serve import serve_all
 
         overrides = {"root": str(ws.root)}
