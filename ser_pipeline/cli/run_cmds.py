@@ -44,33 +44,52 @@ def stage_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for stage in ("ingest", "featurize", "train", "track"):
         for r in summary.get(stage, []):
-            item = r.get("corpus") if stage in ("ingest", "featurize") else r.get("label")
+            item = r.get("corpus") if stage in ("ingest", "featurize") else (r.get("run_name") or r.get("label"))
             detail = r.get("error") or ""
             if stage == "featurize" and r.get("status") == "computed":
                 detail = f"{r['label']}: computed {r['computed']}  reused {r['reused']}  failed {r['failed']}"
             elif stage == "featurize" and r.get("status") == "cached":
                 detail = f"{r['label']}: feature set {r['feature_digest']}"
             if stage == "track" and r.get("run_id"):
-                detail = f"run {r['run_id'][:12]}  {r.get('registered') or ''}"
+                detail = f"run {r['run_id'][:12]}  {r.get('registered') or ''}".rstrip()
             rows.append({"stage": stage, "item": item, "status": r.get("status"),
                          "seconds": _fmt(r.get("seconds"), 1), "detail": detail})
     return rows
 
 
 def comparison_table(rows: list[dict[str, Any]]) -> str:
-    """Models side by side: UA (mean ± std over folds), WA, macro-F1, pooled UA, folds, protocol."""
+    """Models side by side: run name (``*`` = logged by this command), short run id, UA (mean ± std
+    over folds), WA, macro-F1, pooled UA, folds, protocol, and the params that differ between rows."""
     out = [{
-        "model": r.get("label") or r.get("run"),
+        "run": ("* " if r.get("new") else "") + str(r.get("run_name") or r.get("run") or r.get("label")),
+        "id": (r.get("run_id") or "")[:12] or "-",
         "UA": f"{_fmt(r.get('ua'))} ± {_fmt(r.get('ua_std'))}" if r.get("ua") is not None else "-",
         "WA": _fmt(r.get("wa")),
-        "F1": _fmt(r.get("macro_f1")),
+        "F1": _fmt(r.get("macro_f1", r.get("f1"))),
         "pooled UA": _fmt(r.get("pooled_ua")),
         "folds": _fmt(r.get("folds")),
         "protocol": r.get("protocol") or "-",
         "speaker-dep.": "yes" if r.get("speaker_dependent") else "no",
         "status": r.get("status", "logged"),
+        "differs": r.get("differs") or "",
     } for r in rows]
-    return table(out, ["model", "UA", "WA", "F1", "pooled UA", "folds", "protocol", "speaker-dep.", "status"])
+    columns = ["run", "id", "UA", "WA", "F1", "pooled UA", "folds", "protocol", "speaker-dep.", "status"]
+    return table(out, columns + (["differs"] if any(r.get("differs") for r in rows) else []))
+
+
+def with_previous_runs(summary: dict[str, Any], uri: str) -> None:
+    """After a ``ser run`` that logged new runs: ``summary["history"]`` = per MLflow experiment, the
+    new runs beside the previous runs of the same models (before against after). Nothing is read
+    (and MLflow is not imported) when every track stage was cached."""
+    new = [r for r in summary.get("track", []) if r.get("status") == "computed" and r.get("run_id")]
+    if not new:
+        return
+    from ser_pipeline.tracking.compare import compare_runs  # mlflow: only when something was logged
+
+    models = sorted({r["model"] for r in summary.get("train", []) if r.get("model")})
+    ids = [r["run_id"] for r in new]
+    summary["history"] = {exp: compare_runs(exp, uri=uri, models=models, new=ids)
+                          for exp in sorted({r["experiment"] for r in new if r.get("experiment")})}
 
 
 def ui_hint(uri: str) -> str:
@@ -84,6 +103,9 @@ def human_run(summary: dict[str, Any]) -> str:
     if summary.get("comparison"):
         parts += ["", f"comparison ({', '.join(summary.get('experiments', []))}; UA = mean ± std over folds, "
                   "unweighted average recall)", comparison_table(summary["comparison"])]
+    for name, rows in (summary.get("history") or {}).items():
+        parts += ["", f"MLflow experiment {name}: new runs (*) beside the previous runs of the same models",
+                  comparison_table(rows)]
     if summary.get("error"):  # never a success line for a failed run; the error line goes to stderr
         parts += ["", f"FAILED after {summary.get('seconds', 0):.1f} s"]
         return "\n".join(parts)
@@ -208,6 +230,10 @@ def register(app: typer.Typer) -> None:
             emit(pipeline_plan(cfg, planned, workspace(root).root, plan, forced, uri), as_json, human_plan)
             return
         summary = run_pipeline(config, root, stages=plan, force=forced, tracking_uri=tracking_uri)
+        try:
+            with_previous_runs(summary, summary.get("tracking_uri") or tracking_uri or default_tracking_uri())
+        except SerError as exc:
+            summary["history_error"] = str(exc)
         emit(summary, as_json, human_run)
         if summary.get("error"):
             typer.echo(f"error: {summary['error']}", err=True)
@@ -234,6 +260,8 @@ def register(app: typer.Typer) -> None:
     @app.command("compare")
     def compare_cmd(
         experiment: Annotated[str | None, typer.Argument(help="MLflow experiment (default: all).")] = None,
+        runs: Annotated[list[str] | None, typer.Option(
+            "--run", help="Only this run (repeatable): a run name, a full run id or the short id the CLI prints.")] = None,
         test: Annotated[tuple[str, str] | None, typer.Option(
             "--test", help="Paired t-test and Wilcoxon over folds between two runs (names or ids).")] = None,
         metric: Annotated[str, typer.Option("--metric", help="Fold metric for --test.")] = "ua",
@@ -245,8 +273,10 @@ def register(app: typer.Typer) -> None:
 
         uri = tracking_uri or default_tracking_uri()
         names = [experiment] if experiment else compare.list_experiments(uri)
+        if runs and len(names) != 1:
+            raise SerError("--run needs one EXPERIMENT argument")
         payload: dict[str, Any] = {"tracking_uri": uri,
-                                   "experiments": {n: compare.compare_runs(n, uri=uri) for n in names}}
+                                   "experiments": {n: compare.compare_runs(n, uri=uri, runs=runs) for n in names}}
         if test:
             if len(names) != 1:
                 raise SerError("--test needs one EXPERIMENT argument")

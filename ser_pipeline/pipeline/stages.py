@@ -30,6 +30,7 @@ from ser_pipeline.experiments.features import featurize
 from ser_pipeline.experiments.record import ExperimentRecord
 from ser_pipeline.experiments.runner import run_experiment
 from ser_pipeline.features import FeatureSpec, feature_label
+from ser_pipeline.tracking.names import run_name
 from ser_pipeline.manifest import read_manifest, read_summary
 from ser_pipeline.pipeline.config import DEMO_ADAPTER, CorpusEntry, PlannedExperiment, plan_experiment
 from ser_pipeline.pipeline.records import cached, done_record, read_record, write_record
@@ -188,7 +189,8 @@ def train_stage(exp: dict[str, Any], root: str, *, key: str, manifest_digest: st
     record = run_experiment(planned.config, ws, device=device, force=force,
                             callbacks=[on_epoch_end] if on_epoch_end else None)
     out = {
-        "stage": "train", "label": planned.label, "model": record.model, "corpus": record.corpus, "seed": record.seed,
+        "stage": "train", "label": planned.label, "run_name": run_name(record.config, record.digests.config),
+        "model": record.model, "corpus": record.corpus, "seed": record.seed,
         "key": key, "status": "computed", "experiment_dir": str(record.folder), "config_digest": record.digests.config,
         "manifest_digest": manifest_digest, "features_digest": record.digests.features,
         "augment_digest": record.digests.augment, "features": record.feature_label, "device": record.device,

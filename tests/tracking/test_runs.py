@@ -50,7 +50,7 @@ def make_experiment_dir(folder: Path, *, fold_ua: dict[str, float], digest: str,
                                    "per_class_recall": [0.7, 0.5]},
         "mean": {"wa": float(np.mean(values)) + 0.01, "ua": float(np.mean(values)), "macro_f1": 0.5},
         "std": {"ua": float(np.std(values, ddof=1))}, "speaker_dependent": False, "protocol": "loso",
-        "classes": CLASSES,
+        "classes": CLASSES, "seconds": 12.0,
     }
     (folder / "metrics.json").write_text(json.dumps(metrics))
     config = {"model": "cnn", "corpus": "demo", "protocol": "loso", "seed": 0,
@@ -117,15 +117,20 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory: pytest.TempPathFactory, store: str, manifest: Path) -> dict:
     exp = make_experiment_dir(tmp_path_factory.mktemp("exp") / "e1", fold_ua=FOLD_UA, digest="cfg1")
-    return tracking.log_experiment(exp, experiment="demo-loso", uri=store, manifest_path=manifest)
+    return {**tracking.log_experiment(exp, experiment="demo-loso", uri=store, manifest_path=manifest), "folder": str(exp)}
 
 
 def test_parent_run_params_tags_metrics(logged: dict, store: str) -> None:
     assert logged["status"] == "logged"
     run = MlflowClient(store).get_run(logged["run_id"])
-    assert run.info.run_name == "cnn-s0"
+    assert run.info.run_name == "cnn · channels=[4,4,8,8] · protocol=loso · cfg1"
     assert run.data.params["hparams.channels"] == "[4, 4, 8, 8]"
     assert run.data.params["protocol"] == "loso"
+    assert "None" not in run.data.params.values() and "experiment_id" not in run.data.params
+    record = ExperimentRecord.read(Path(run.data.tags["ser.digest.config"] and logged["folder"]))
+    start, end, _ = tracking.training_times(record)
+    assert (run.info.start_time, run.info.end_time) == (start, end)  # the training's times, not logging's
+    assert end - start == 12_000  # metrics.json "seconds"
     tags = run.data.tags
     assert tags["ser.digest.manifest"] == "m" * 16 and tags["ser.digest.config"] == "cfg1"
     assert tags["ser.protocol"] == "loso" and tags["ser.speaker_dependent"] == "false"
@@ -142,7 +147,10 @@ def test_nested_fold_runs_with_epoch_history(logged: dict, store: str) -> None:
     parent = client.get_run(logged["run_id"])
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{logged['run_id']}'")
-    assert sorted(c.info.run_name for c in children) == ["cnn-s0/spk1", "cnn-s0/spk2", "cnn-s0/spk3"]
+    assert sorted(c.info.run_name for c in children) == [f"{logged['run_name']} / spk{i}" for i in (1, 2, 3)]
+    assert all(c.info.start_time >= parent.info.start_time and c.info.end_time <= parent.info.end_time
+               for c in children)
+    assert all(set(c.data.params) == {"fold"} for c in children)  # params once, on the parent
     spk2 = next(c for c in children if c.info.run_name.endswith("spk2"))
     assert spk2.data.metrics["ua"] == pytest.approx(0.75)
     assert spk2.data.metrics["recall_sadness"] == pytest.approx(0.65)
@@ -180,12 +188,14 @@ def test_compare_and_paired_tests(logged: dict, store: str, tmp_path: Path) -> N
     tracking.log_experiment(exp, experiment="demo-loso", uri=store)
     rows = tracking.compare_runs("demo-loso", uri=store)
     by_name = {r["run"]: r for r in rows}
-    assert by_name["cnn-s7"]["ua"] == pytest.approx(np.mean(list(other.values())))
-    assert by_name["cnn-s7"]["folds"] == 3 and by_name["cnn-s7"]["protocol"] == "loso"
-    assert by_name["cnn-s7"]["speaker_dependent"] is False
+    s7 = "cnn · channels=[4,4,8,8] · protocol=loso · seed=7 · cfg2"
+    assert by_name[s7]["differs"] == "seed=7" and by_name[logged["run_name"]]["differs"] == "seed=0"
+    assert by_name[s7]["ua"] == pytest.approx(np.mean(list(other.values())))
+    assert by_name[s7]["folds"] == 3 and by_name[s7]["protocol"] == "loso"
+    assert by_name[s7]["speaker_dependent"] is False
     assert rows[0]["ua"] >= rows[-1]["ua"]
-    a = tracking.fold_scores("demo-loso", "cnn-s0", uri=store)
-    b = tracking.fold_scores("demo-loso", "cnn-s7", uri=store)
+    a = tracking.fold_scores("demo-loso", logged["run_id"], uri=store)  # its name is shared by the forced re-log
+    b = tracking.fold_scores("demo-loso", by_name[s7]["run_id"], uri=store)
     assert a == pytest.approx(FOLD_UA) and b == pytest.approx(other)
     result = tracking.paired_test(a, b)
     folds = sorted(FOLD_UA)
@@ -230,8 +240,6 @@ def test_incomplete_experiment_dir(tmp_path: Path, store: str) -> None:
 
 def test_flatten_and_labels() -> None:
     assert tracking.flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": "1", "a.c": "[1, 2]", "d": "{}"}
-    assert tracking.run_label({"model": "cnn", "seed": 3}) == "cnn-s3"
-    assert tracking.run_label({"model": "cnn", "seed": 0}, label="cnn-x") == "cnn-x-s0"
     assert tracking.registered_name({"model": "att_res", "corpus": "casia"}) == "ser-att_res-casia"
 
 
@@ -243,17 +251,58 @@ def test_cli_compare_and_ui(logged: dict, store: str, tmp_path: Path) -> None:
     other = make_experiment_dir(tmp_path / "cli", fold_ua={"spk1": 0.2, "spk2": 0.3, "spk3": 0.25}, digest="cli")
     tracking.log_experiment(other, experiment="demo-loso", uri=store, label="weak")
     runner = CliRunner()
+    weak = MlflowClient(store).search_runs(
+        [MlflowClient(store).get_experiment_by_name("demo-loso").experiment_id], "tags.`ser.label` = 'weak'")[0]
+    # a run name and the 12-character short id the CLI prints
     result = runner.invoke(app, ["compare", "demo-loso", "--tracking-uri", store, "--json",
-                                 "--test", "cnn-s0", "weak-s0"])
+                                 "--test", weak.info.run_name, logged["run_id"][:12]])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     rows = payload["experiments"]["demo-loso"]
-    assert rows[-1]["run"] == "weak-s0"  # sorted by mean UA
+    assert rows[-1]["run"] == weak.info.run_name == "cnn · channels=[4,4,8,8] · protocol=loso · cli"
     assert payload["test"]["folds"] == sorted(FOLD_UA)
-    xa, xb = [FOLD_UA[f] for f in sorted(FOLD_UA)], [0.2, 0.3, 0.25]
+    xb, xa = [FOLD_UA[f] for f in sorted(FOLD_UA)], [0.2, 0.3, 0.25]
     assert payload["test"]["t_test_p"] == pytest.approx(stats.ttest_rel(xa, xb).pvalue)
     text = runner.invoke(app, ["compare", "demo-loso", "--tracking-uri", store])
-    assert "weak-s0" in text.stdout and "loso" in text.stdout
+    assert weak.info.run_name in text.stdout and "loso" in text.stdout and weak.info.run_id[:12] in text.stdout
     ui = runner.invoke(app, ["ui", "--tracking-uri", store])
     assert ui.exit_code == 0
     assert f"--backend-store-uri {store}" in ui.stdout and "--host 127.0.0.1" in ui.stdout
+
+
+def test_run_names_say_what_differs() -> None:
+    from ser_pipeline.tracking.names import run_name
+
+    base = {"model": "cnn", "corpus": "demo", "seed": 0, "hparams": {}, "feature_overrides": {"n_mels": 48},
+            "epochs": None, "preset": "default"}
+    a = run_name(base, "aaaaaa11")
+    b = run_name({**base, "hparams": {"dropout": 0.4}}, "bbbbbb22")
+    assert a == "cnn · n_mels=48 · aaaaaa"
+    assert b == "cnn · n_mels=48 · dropout=0.4 · bbbbbb" and a != b
+    assert run_name({"model": "svm", "corpus": "demo", "seed": 2}, "c" * 8) == "svm · seed=2 · cccccc"
+
+
+def test_params_are_resolved_values_only() -> None:
+    from ser_pipeline.tracking.names import run_params
+
+    config = {"model": "cnn", "corpus": "demo", "seed": 0, "epochs": 3, "train": {"lr": None}, "max_folds": None}
+    resolved = {"model": {"name": "cnn", "trainer": "standard", "defaults": {"x": 1}}, "protocol": "loso",
+                "feature_spec": {"n_mels": 64, "fmax": None}, "augment": "", "hparams": {"channels": [8, 16]},
+                "view": {"frames": 100}, "train": {"lr": 0.001, "epochs": 3}, "spec_augment": None,
+                "stage2_hparams": {}, "stage2_train": None, "speaker_train": None}
+    params = run_params(config, resolved, protocol="loso", features_label="logmel64")
+    assert params["train.lr"] == "0.001" and params["train.epochs"] == "3" and params["trainer"] == "standard"
+    assert "lr" not in params and "epochs" not in params  # requested values are not logged beside resolved ones
+    assert "None" not in params.values() and not any("defaults" in k for k in params)
+    assert params["hparams.channels"] == "[8, 16]" and params["features.n_mels"] == "64"
+
+
+def test_compare_refuses_an_ambiguous_name(store: str, tmp_path: Path) -> None:
+    for i in range(2):  # two configurations that share a run name (as older runs named cnn-s0 did)
+        exp = make_experiment_dir(tmp_path / f"amb{i}", fold_ua=FOLD_UA, digest=f"amb{i}")
+        out = tracking.log_experiment(exp, experiment="amb", uri=store)
+        MlflowClient(store).set_tag(out["run_id"], "mlflow.runName", "cnn-s0")
+    with pytest.raises(TrackingError, match=r"'cnn-s0' is ambiguous.*2 runs match: [0-9a-f]{12} \("):
+        tracking.fold_scores("amb", "cnn-s0", uri=store)
+    rows = tracking.compare_runs("amb", uri=store)
+    assert len(rows) == 2
