@@ -252,7 +252,7 @@ def test_cli_compare_and_ui(logged: dict, store: str, tmp_path: Path) -> None:
     tracking.log_experiment(other, experiment="demo-loso", uri=store, label="weak")
     runner = CliRunner()
     weak = MlflowClient(store).search_runs(
-        [MlflowClient(store).get_experiment_by_name("demo-loso").experiment_id], "tags.`ser.label` = 'weak'")[0]
+        [MlflowClient(store).get_experiment_by_name("demo-loso").experiment_id], "tags.`ser.label` = 'weak' and tags.`ser.kind` = 'parent'")[0]
     # a run name and the 12-character short id the CLI prints
     result = runner.invoke(app, ["compare", "demo-loso", "--tracking-uri", store, "--json",
                                  "--test", weak.info.run_name, logged["run_id"][:12]])
