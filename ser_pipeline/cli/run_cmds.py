@@ -297,6 +297,28 @@ def register(app: typer.Typer) -> None:
 
         emit(payload, as_json, human)
 
+    @app.command("track")
+    def track_cmd(
+        experiment_dir: Annotated[str, typer.Argument(help="A finished experiment folder (<root>/experiments/<id>).")],
+        experiment: Annotated[str | None, typer.Option("--experiment", help="MLflow experiment "
+                                                       "(default <corpus>-<protocol>).")] = None,
+        register: Annotated[bool, typer.Option("--register/--no-register", help="Register the model.")] = True,
+        force: Annotated[bool, typer.Option("--force", help="Log again even if a run with this config exists.")] = False,
+        root: RootOption = None,
+        tracking_uri: TrackingOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Log an existing experiment folder to MLflow (parent run, fold runs, metrics, model)."""
+        from ser_pipeline.experiments.record import ExperimentRecord
+        from ser_pipeline.tracking.runs import log_experiment  # mlflow: imported only by the commands that use it
+
+        record = ExperimentRecord.read(experiment_dir)
+        out = log_experiment(record, experiment=experiment or f"{record.corpus}-{record.protocol}",
+                             uri=tracking_uri, register=register, force=force,
+                             manifest_path=workspace(root).manifest_path(record.corpus))
+        emit(out, as_json, lambda o: f"{o['status']}: run {o['run_id'][:12]} {o['run_name']} in MLflow experiment "
+             f"{o['experiment']}" + (f"; registered {o['registered']}" if o.get("registered") else ""))
+
     @app.command("predict")
     def predict_cmd(
         model_uri: Annotated[str, typer.Argument(help="models:/<name>@champion, runs:/<id>/model, or a model folder.")],

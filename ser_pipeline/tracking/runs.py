@@ -27,6 +27,11 @@ from ser_pipeline.tracking.uri import artifact_root, check_reachable, default_tr
 log = logging.getLogger(__name__)
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_ua")
+EXPERIMENT_NOTE = ("One parent run per experiment configuration (tag ser.kind = parent; run name = model, what "
+                   "differs from its defaults, config digest) with a nested run per fold. Compare on the parent "
+                   "runs' mean_ua (unweighted average recall, mean over folds), mean_wa and mean_macro_f1: in the "
+                   "runs table, filter with tags.`ser.kind` = 'parent' and add these three metric columns "
+                   "(MLflow 3 has no stored default view; the UI keeps the column choice per browser).")
 TAG = "ser."
 
 
@@ -45,7 +50,14 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
             client.restore_experiment(found.experiment_id)
         return found.experiment_id
     location = artifact_root(uri)
-    return client.create_experiment(name, artifact_location=location) if location else client.create_experiment(name)
+    tags = {"mlflow.note.content": EXPERIMENT_NOTE, f"{TAG}columns": "metrics.mean_ua,metrics.mean_wa,metrics.mean_macro_f1"}
+    try:
+        return client.create_experiment(name, artifact_location=location, tags=tags)
+    except mlflow.exceptions.MlflowException:  # another process created it at the same moment
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
