@@ -17,7 +17,7 @@ import typer
 
 from ser_pipeline.cli.common import JsonOption, RootOption, emit, table, workspace
 from ser_pipeline.errors import ConfigError, SerError
-from ser_pipeline.inference.predictor import frame_results, load_predictor, predict_paths
+from ser_pipeline.inference.predictor import load_predictor, predict_paths
 from ser_pipeline.pipeline import stages
 from ser_pipeline.pipeline.config import STAGES, PipelineConfig, PlannedExperiment, check_config, stage_plan
 from ser_pipeline.pipeline.records import is_done
@@ -142,19 +142,53 @@ def run_pipeline(config: str, root: str | None, *, stages: list[str], force: lis
     return {**summary, "error": error, "state": state.name}
 
 
-def predict_with_uri(model_uri: str, paths: list[str], *, tracking_uri: str | None = None) -> list[dict[str, Any]]:
-    """Predict with a model folder (``<root>/experiments/<id>``) or an MLflow model URI
-    (``models:/<name>@champion``, ``runs:/<run>/model``)."""
+def predict_with_uri(model_uri: str, paths: list[str], *, tracking_uri: str | None = None
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Predict with a model folder (``<root>/experiments/<id>`` or its ``model/``) or an MLflow model
+    URI (``models:/<name>@champion``, ``models:/<name>/<version>``, ``runs:/<run>/model``).
+
+    ``paths`` are expanded (:func:`ser_pipeline.inference.inputs.expand_inputs`: files, folders,
+    globs, CSVs with a ``path`` column); the model is loaded once and the files scored in batches.
+    Registry models are downloaded as plain files and rebuilt from ``model.json`` and state dicts
+    (nothing is unpickled). Returns ``(results, model info)``; the info names the resolved version.
+    """
+    import tempfile
+
+    from ser_pipeline.inference.inputs import expand_inputs
+
     if not paths:
-        raise ConfigError("AUDIO: give at least one audio file")
+        raise ConfigError("PATH: give at least one audio file (or a folder, glob or CSV)")
+    files = expand_inputs(list(paths))
+    if not files:
+        raise ConfigError(f"PATH {' '.join(paths)}: no audio files found")
     if Path(model_uri).exists():
-        return predict_paths(load_predictor(model_uri), list(paths))
+        predictor = load_predictor(model_uri)
+        info: dict[str, Any] = {"model_uri": str(Path(model_uri).resolve()), "resolved": str(Path(model_uri).resolve()),
+                                "version": "local folder", "run_id": None}
+    else:
+        if not model_uri.startswith(("models:/", "runs:/")):
+            raise ConfigError(f"MODEL {model_uri!r}: path does not exist (give a model folder, models:/<name>@champion "
+                              "or runs:/<run>/model)")
+        from ser_pipeline.tracking.pyfunc import fetch_model  # mlflow: only for a registry URI
+
+        with tempfile.TemporaryDirectory(prefix="ser-model-") as tmp:
+            folder, info = fetch_model(model_uri, tmp, uri=tracking_uri)
+            predictor = load_predictor(folder)
+    info.update(selected_by=predictor.meta.get("selected_by", ""), fold=predictor.meta.get("fold"))
+    return predict_paths(predictor, files), {**info, "classes": predictor.classes}
+
+
+def write_predictions(path: Path, results: list[dict[str, Any]], info: dict[str, Any]) -> None:
+    """``predictions.csv``: path, label, p_<class>..., error, model_uri, model_version."""
     import pandas as pd
 
-    from ser_pipeline.tracking.pyfunc import load_pyfunc  # mlflow: only for a registry URI
-
-    model = load_pyfunc(model_uri, uri=tracking_uri)
-    return frame_results(model.predict(pd.DataFrame({"path": [str(p) for p in paths]})))
+    classes = info["classes"]
+    frame = pd.DataFrame([{"path": r["path"], "label": r["emotion"] or "",
+                           **{f"p_{c}": r["probabilities"].get(c) for c in classes}, "error": r["error"] or "",
+                           "model_uri": info["model_uri"], "model_version": info.get("version") or ""}
+                          for r in results])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
 
 
 def pipeline_plan(cfg: PipelineConfig, planned: list[PlannedExperiment], root: Path, plan: list[str],
@@ -321,26 +355,42 @@ def register(app: typer.Typer) -> None:
 
     @app.command("predict")
     def predict_cmd(
-        model_uri: Annotated[str, typer.Argument(help="models:/<name>@champion, runs:/<id>/model, or a model folder.")],
-        audio: Annotated[list[str], typer.Argument(help="Audio files.")],
+        model_uri: Annotated[str, typer.Argument(help="models:/<name>@champion, models:/<name>/<version>, "
+                                                 "runs:/<id>/model, or a model folder.")],
+        audio: Annotated[list[str], typer.Argument(help="Audio files, folders (recursive), globs, or CSVs with a "
+                                                   "'path' column.")],
+        out: Annotated[str | None, typer.Option("--out", help="Write predictions.csv here (path, label, "
+                                                "probability per class, model URI and version).")] = None,
         tracking_uri: TrackingOption = None,
         as_json: JsonOption = False,
     ) -> None:
-        """Predict the emotion of audio files with a registered model (per-file errors, others still predicted)."""
-        results = predict_with_uri(model_uri, audio, tracking_uri=tracking_uri)
+        """Predict the emotion of audio files with a trained or registered model (loaded once, batched;
+        per-file errors, the other files still predicted)."""
+        results, info = predict_with_uri(model_uri, audio, tracking_uri=tracking_uri)
+        where = f"{info['model_uri']}" + (f" -> {info['version']}" if info.get("version") and
+                                           info["version"] != "local folder" else "")
+        typer.echo(f"model {where}; {info['selected_by'] or 'model'}"
+                   + (f" (fold {info['fold']})" if info.get("fold") else ""), err=True)
+        if out:
+            write_predictions(Path(out), results, info)
+        failed = [r for r in results if r.get("error")]
 
         def human(rows: list[dict[str, Any]]) -> str:
             lines = []
             for r in rows:
                 if r.get("error"):
                     lines.append(f"{r['path']}: error: {r['error']}")
-                else:
+                elif len(rows) <= 20 or not out:
                     probs = "  ".join(f"{k} {v:.2f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
                     lines.append(f"{r['path']}: {r['emotion']}  ({probs})")
+            lines.append(f"{len(rows) - len(failed)} predicted, {len(failed)} error(s)"
+                         + (f"; written to {out}" if out else ""))
             return "\n".join(lines)
 
+        for r in results:
+            r.update(model_uri=info["model_uri"], model_version=info.get("version"))
         emit(results, as_json, human)
-        if all(r.get("error") for r in results):
+        if results and len(failed) == len(results):
             raise typer.Exit(1)
 
     @app.command("ui")
