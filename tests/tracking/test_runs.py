@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import mlflow
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
@@ -220,7 +221,21 @@ def test_model_registered_with_champion_and_predicts_from_audio(store: str, tmp_
     out = model.predict(pd.DataFrame({"path": [str(wav), str(tmp_path / "missing.wav")]}))
     assert out.loc[0, "emotion"] in CLASSES and out.loc[0, "error"] == ""
     assert out.loc[0, ["p_anger", "p_sadness"]].sum() == pytest.approx(1.0, abs=1e-5)
-    assert "not found" in out.loc[1, "error"]
+    assert "path does not exist" in out.loc[1, "error"]
+    # logged from code: the model holds the code path, no pickled python_model
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/ser-cnn-demo/1", dst_path=str(tmp_path / "dl")))
+    assert not list(local.rglob("*.pkl")) and "pyfunc_code.py" in (local / "MLmodel").read_text()
+    # ser predict resolves @champion to its version, says so, and writes it in predictions.csv
+    from typer.testing import CliRunner
+
+    from ser_pipeline.cli import app
+
+    csv = tmp_path / "p.csv"
+    result = CliRunner().invoke(app, ["predict", "models:/ser-cnn-demo@champion", str(wav), "--tracking-uri", store,
+                                      "--out", str(csv)])
+    assert result.exit_code == 0, result.output
+    assert "models:/ser-cnn-demo@champion -> ser-cnn-demo/1" in result.stderr
+    assert pd.read_csv(csv)["model_version"].tolist() == ["ser-cnn-demo/1"]
 
 
 def test_unreachable_server_fails_fast_naming_the_uri() -> None:
