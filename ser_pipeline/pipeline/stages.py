@@ -218,9 +218,15 @@ def track_stage(trained: dict[str, Any], root: str, *, key: str, experiment: str
 
     ws = Workspace.resolve(root)
     start = time.perf_counter()
+    from ser_pipeline.pipeline.explore_stage import exploration_folder
+
+    try:
+        dataset_dir = exploration_folder(trained["corpus"], ws)
+    except SerError:  # e.g. a cross-corpus experiment named after no single manifest: no plots
+        dataset_dir = None
     out = log_experiment(ExperimentRecord.read(trained["experiment_dir"]), experiment=experiment, uri=uri,
                          manifest_path=ws.manifest_path(trained["corpus"]), register=register, force=force,
-                         label=trained["label"])
+                         label=trained["label"], dataset_dir=dataset_dir)
     record = {"stage": "track", "label": trained["label"], "key": key, **out,
               "status": "computed" if out["status"] == "logged" else "cached",
               "seconds": round(time.perf_counter() - start, 3)}

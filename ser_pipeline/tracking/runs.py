@@ -151,9 +151,11 @@ def log_experiment(
     force: bool = False,
     example_audio: str | None = None,
     label: str | None = None,
+    dataset_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Log one finished experiment (its record, or the folder holding it) as a parent run with
-    nested fold runs, with the training's start and end times.
+    nested fold runs, with the training's start and end times; ``dataset_dir`` (the corpus
+    exploration) is logged under the parent's ``dataset/`` artifacts.
 
     Idempotent in the store: a finished parent run with the same config digest is returned
     (``status="existing"``) unless ``force``. The run name says what differs from the model's
@@ -174,7 +176,7 @@ def log_experiment(
             found = find_run(client, exp_id, record.digests.config)
             if found is not None:
                 return _summary(found, experiment, "existing")
-        run_id, end_ms = _log_runs(client, exp_id, record, manifest_path, label)
+        run_id, end_ms = _log_runs(client, exp_id, record, manifest_path, label, dataset_dir)
         model_info = None
         model_dir = record.folder / record.model_folder
         try:
@@ -242,7 +244,8 @@ def resolved_section(record: ExperimentRecord) -> dict[str, Any] | None:
 
 
 def _log_runs(client: MlflowClient, exp_id: str, record: ExperimentRecord,
-              manifest_path: str | os.PathLike[str] | None, label: str | None) -> tuple[str, int]:
+              manifest_path: str | os.PathLike[str] | None, label: str | None,
+              dataset_dir: str | os.PathLike[str] | None = None) -> tuple[str, int]:
     """Create the parent run (left RUNNING for the model; the caller terminates it) and the fold runs."""
     metrics, classes = record.metrics, list(record.classes)
     history = json.loads(record.path("history").read_text())
@@ -287,9 +290,8 @@ def _log_runs(client: MlflowClient, exp_id: str, record: ExperimentRecord,
     for key in ("predictions", "config", "metrics", "history", "curves"):
         if key in record.artifacts:
             client.log_artifact(run_id, str(record.path(key)))
-    for key, file in record.artifacts.items():  # corpus exploration (explore.py), when the runner wrote it
-        if key.startswith("explore_"):
-            client.log_artifact(run_id, str(record.folder / file), artifact_path="dataset")
+    if dataset_dir is not None and Path(dataset_dir).is_dir():  # the corpus exploration (plots, explore.json)
+        client.log_artifacts(run_id, str(dataset_dir), artifact_path="dataset")
     return run_id, end
 
 

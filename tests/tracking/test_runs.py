@@ -118,7 +118,10 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory: pytest.TempPathFactory, store: str, manifest: Path) -> dict:
     exp = make_experiment_dir(tmp_path_factory.mktemp("exp") / "e1", fold_ua=FOLD_UA, digest="cfg1")
-    return {**tracking.log_experiment(exp, experiment="demo-loso", uri=store, manifest_path=manifest), "folder": str(exp)}
+    dataset = tmp_path_factory.mktemp("explore")
+    (dataset / "explore.json").write_text("{}")
+    return {**tracking.log_experiment(exp, experiment="demo-loso", uri=store, manifest_path=manifest,
+                                      dataset_dir=dataset), "folder": str(exp)}
 
 
 def test_parent_run_params_tags_metrics(logged: dict, store: str) -> None:
@@ -164,7 +167,8 @@ def test_nested_fold_runs_with_epoch_history(logged: dict, store: str) -> None:
 def test_parent_artifacts_and_dataset_lineage(logged: dict, store: str) -> None:
     client = MlflowClient(store)
     paths = {a.path for a in client.list_artifacts(logged["run_id"])}
-    assert {"predictions.csv", "config.json", "metrics.json", "curves.png"} <= paths
+    assert {"predictions.csv", "config.json", "metrics.json", "curves.png", "dataset"} <= paths
+    assert [a.path for a in MlflowClient(store).list_artifacts(logged["run_id"], "dataset")] == ["dataset/explore.json"]
     inputs = client.get_run(logged["run_id"]).inputs.dataset_inputs
     assert len(inputs) == 1
     assert inputs[0].dataset.name == "demo"
