@@ -46,7 +46,9 @@ def config_changes(config: dict[str, Any]) -> dict[str, str]:
     in a stable order. Short names are the last path part (``hparams.dropout`` -> ``dropout``)
     unless two fields would share one (then the full path)."""
     changed: dict[str, Any] = {}
-    for key, value in config.items():
+    order = [k for k in DEFAULTS if k in config] + sorted(k for k in config if k not in DEFAULTS)
+    for key in order:  # the ExperimentConfig field order: features first, then protocol, ..., hparams
+        value = config[key]
         if key in IDENTITY or value == DEFAULTS.get(key, object()) or value in (None, "", {}):
             continue
         changed.update(_leaves(value, f"{key}.") if isinstance(value, dict) else {key: value})
