@@ -396,6 +396,9 @@ def register(app: typer.Typer) -> None:
     @app.command("ui")
     def ui_cmd(
         launch: Annotated[bool, typer.Option("--launch", help="Start the MLflow UI instead of printing the command.")] = False,
+        port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
+        workers: Annotated[int, typer.Option("--workers", min=1, help="Server worker processes (1 answers "
+                                             "fastest on a small machine).")] = 1,
         tracking_uri: TrackingOption = None,
     ) -> None:
         """Print (or launch) the command that opens the MLflow UI on the local store, bound to 127.0.0.1."""
@@ -405,8 +408,24 @@ def register(app: typer.Typer) -> None:
             return
         root = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
         cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root",
-               root.as_uri(), "--host", "127.0.0.1", "--port", "5000"]
+               root.as_uri(), "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
         if not launch:
             typer.echo(" ".join(shlex.quote(c) for c in ["mlflow", *cmd[3:]]))
             return
-        raise typer.Exit(subprocess.call(cmd))
+        if port_in_use("127.0.0.1", port):
+            raise SerError(f"port {port} on 127.0.0.1 is already in use (an MLflow UI already running? open "
+                           f"http://127.0.0.1:{port}); or choose another with --port")
+        typer.echo(f"MLflow UI on http://127.0.0.1:{port} ({workers} worker(s)); Ctrl-C stops", err=True)
+        try:
+            raise typer.Exit(subprocess.call(cmd))
+        except KeyboardInterrupt:
+            raise typer.Exit(0) from None
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on ``host:port``."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0

@@ -287,6 +287,16 @@ def test_cli_compare_and_ui(logged: dict, store: str, tmp_path: Path) -> None:
     ui = runner.invoke(app, ["ui", "--tracking-uri", store])
     assert ui.exit_code == 0
     assert f"--backend-store-uri {store}" in ui.stdout and "--host 127.0.0.1" in ui.stdout
+    assert "--port 5000" in ui.stdout and "--workers 1" in ui.stdout
+    with socket.socket() as busy:  # a second launch on a taken port: one clear line, exit 2
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        from ser_pipeline.cli import main
+
+        with pytest.raises(SystemExit) as exit_:
+            main(["ui", "--launch", "--port", str(port), "--tracking-uri", store])
+        assert exit_.value.code == 2
 
 
 def test_run_names_say_what_differs() -> None:
