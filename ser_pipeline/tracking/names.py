@@ -17,6 +17,7 @@ from typing import Any
 SEP = " · "
 DIGEST_CHARS = 6
 MAX_DIFFS = 6
+EQUIVALENT_DEFAULTS = {("protocol", "loso")}  # the protocol an empty value resolves to (preset default)
 IDENTITY = ("model", "corpus")  # named elsewhere (the name's head, the MLflow experiment)
 DEFAULTS: dict[str, Any] = {"features": "", "feature_overrides": {}, "augment": "", "protocol": "",
                             "protocol_options": {}, "seed": 0, "epochs": None, "hparams": {}, "view": {},
@@ -49,7 +50,8 @@ def config_changes(config: dict[str, Any]) -> dict[str, str]:
     order = [k for k in DEFAULTS if k in config] + sorted(k for k in config if k not in DEFAULTS)
     for key in order:  # the ExperimentConfig field order: features first, then protocol, ..., hparams
         value = config[key]
-        if key in IDENTITY or value == DEFAULTS.get(key, object()) or value in (None, "", {}):
+        if key in IDENTITY or value == DEFAULTS.get(key, object()) or value in (None, "", {}) or \
+                (key, value) in EQUIVALENT_DEFAULTS:
             continue
         changed.update(_leaves(value, f"{key}.") if isinstance(value, dict) else {key: value})
     changed = {k: v for k, v in changed.items() if v is not None}

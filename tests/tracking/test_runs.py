@@ -127,7 +127,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory, store: str, manifest: Path)
 def test_parent_run_params_tags_metrics(logged: dict, store: str) -> None:
     assert logged["status"] == "logged"
     run = MlflowClient(store).get_run(logged["run_id"])
-    assert run.info.run_name == "cnn · protocol=loso · channels=[4,4,8,8] · cfg1"
+    assert run.info.run_name == "cnn · channels=[4,4,8,8] · cfg1"
     assert run.data.params["hparams.channels"] == "[4, 4, 8, 8]"
     assert run.data.params["protocol"] == "loso"
     assert "None" not in run.data.params.values() and "experiment_id" not in run.data.params
@@ -193,7 +193,7 @@ def test_compare_and_paired_tests(logged: dict, store: str, tmp_path: Path) -> N
     tracking.log_experiment(exp, experiment="demo-loso", uri=store)
     rows = tracking.compare_runs("demo-loso", uri=store)
     by_name = {r["run"]: r for r in rows}
-    s7 = "cnn · protocol=loso · seed=7 · channels=[4,4,8,8] · cfg2"
+    s7 = "cnn · seed=7 · channels=[4,4,8,8] · cfg2"
     assert by_name[s7]["differs"] == "seed=7" and by_name[logged["run_name"]]["differs"] == "seed=0"
     assert by_name[s7]["ua"] == pytest.approx(np.mean(list(other.values())))
     assert by_name[s7]["folds"] == 3 and by_name[s7]["protocol"] == "loso"
@@ -278,7 +278,7 @@ def test_cli_compare_and_ui(logged: dict, store: str, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     rows = payload["experiments"]["demo-loso"]
-    assert rows[-1]["run"] == weak.info.run_name == "cnn · protocol=loso · channels=[4,4,8,8] · cli"
+    assert rows[-1]["run"] == weak.info.run_name == "cnn · channels=[4,4,8,8] · cli"
     assert payload["test"]["folds"] == sorted(FOLD_UA)
     xb, xa = [FOLD_UA[f] for f in sorted(FOLD_UA)], [0.2, 0.3, 0.25]
     assert payload["test"]["t_test_p"] == pytest.approx(stats.ttest_rel(xa, xb).pvalue)
