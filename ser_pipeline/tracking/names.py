@@ -51,7 +51,7 @@ def config_changes(config: dict[str, Any]) -> dict[str, str]:
     for key in order:  # the ExperimentConfig field order: features first, then protocol, ..., hparams
         value = config[key]
         if key in IDENTITY or value == DEFAULTS.get(key, object()) or value in (None, "", {}) or \
-                (key, value) in EQUIVALENT_DEFAULTS:
+                (key, str(value)) in EQUIVALENT_DEFAULTS:
             continue
         changed.update(_leaves(value, f"{key}.") if isinstance(value, dict) else {key: value})
     changed = {k: v for k, v in changed.items() if v is not None}
