@@ -57,3 +57,21 @@ def check_prefect_api(timeout: float = 3.0) -> str | None:
         reason = getattr(exc, "reason", exc)
         raise SerError(f"Prefect API {url} is unreachable ({reason}); start it (`prefect server start`) or unset PREFECT_API_URL to run in local mode") from None
     return url
+
+
+def init_local_prefect_db() -> bool:
+    """Local mode only (no ``PREFECT_API_URL``): create the temporary server's SQLite schema once,
+    under a file lock, before the server starts; two processes starting on a fresh root at once
+    would both run the migrations. Returns True when this call created it."""
+    if os.environ.get("PREFECT_API_URL"):
+        return False
+    from ser_pipeline.tracking.dbinit import initialise_once
+
+    def migrate() -> None:
+        import asyncio
+
+        from prefect.server.database import provide_database_interface
+
+        asyncio.run(provide_database_interface().create_db())
+
+    return initialise_once(Path(os.environ["PREFECT_HOME"]) / "prefect.db", migrate)

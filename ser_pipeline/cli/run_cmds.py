@@ -118,11 +118,12 @@ def human_run(summary: dict[str, Any]) -> str:
 def run_pipeline(config: str, root: str | None, *, stages: list[str], force: list[str],
                  tracking_uri: str | None) -> dict[str, Any]:
     """Run the pipeline flow in-process (Prefect local mode unless PREFECT_API_URL is set)."""
-    from flows.env import check_prefect_api, configure  # prefect: imported only by the commands that run flows
+    from flows.env import check_prefect_api, configure, init_local_prefect_db  # prefect: only commands that run flows
 
     ws = workspace(root)
     configure(ws.root)
     check_prefect_api()
+    init_local_prefect_db()
     from flows.pipeline import last_run_path, pipeline_flow
 
     state = pipeline_flow(config=str(Path(config).resolve()), root=str(ws.root), stages=stages, force=force,

@@ -108,9 +108,9 @@ def fetch_model(model_uri: str, dst: str | os.PathLike[str], *, uri: str | None 
     {"model_uri", "resolved", "version", "run_id"})``."""
     uri = uri or default_tracking_uri()
     check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    from ser_pipeline.tracking.runs import client_for
+
+    client = client_for(uri)
     info: dict[str, Any] = {"model_uri": model_uri, "resolved": model_uri, "version": None, "run_id": None}
     try:
         if model_uri.startswith("models:/"):

@@ -20,6 +20,7 @@ from typing import Any  # noqa: E402
 
 from ser_pipeline.errors import ConfigError, TrackingError  # noqa: E402
 from ser_pipeline.experiments.record import ExperimentRecord  # noqa: E402
+from ser_pipeline.tracking.dbinit import initialise_once  # noqa: E402
 from ser_pipeline.tracking.names import run_name, run_params  # noqa: E402
 from ser_pipeline.tracking.pyfunc import log_model as log_pyfunc  # noqa: E402
 from ser_pipeline.tracking.uri import artifact_root, check_reachable, default_tracking_uri  # noqa: E402
@@ -35,8 +36,17 @@ EXPERIMENT_NOTE = ("One parent run per experiment configuration (tag ser.kind = 
 TAG = "ser."
 
 
+def init_store(uri: str) -> None:
+    """Create a local SQLite store's schema once, under a file lock (two processes starting on a
+    fresh store at the same moment would both run MLflow's migrations)."""
+    if uri.startswith("sqlite:///"):
+        initialise_once(uri.removeprefix("sqlite:///"),
+                        lambda: MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1))
+
+
 def client_for(uri: str) -> MlflowClient:
     """A client on ``uri`` (also set as mlflow's default tracking and registry URI)."""
+    init_store(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
