@@ -28,11 +28,13 @@ from ser_pipeline.tracking.uri import artifact_root, check_reachable, default_tr
 log = logging.getLogger(__name__)
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_ua")
+EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens "custom_model_development" on the training runs
+TRAINING_KIND = "custom_model_development"
 EXPERIMENT_NOTE = ("One parent run per experiment configuration (tag ser.kind = parent; run name = model, what "
                    "differs from its defaults, config digest) with a nested run per fold. Compare on the parent "
                    "runs' mean_ua (unweighted average recall, mean over folds), mean_wa and mean_macro_f1: in the "
                    "runs table, filter with tags.`ser.kind` = 'parent' and add these three metric columns "
-                   "(MLflow 3 has no stored default view; the UI keeps the column choice per browser).")
+                   "(MLflow 3 stores no default column set; the UI keeps the column choice per browser).")
 TAG = "ser."
 
 
@@ -58,9 +60,12 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     if found is not None:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
+        if found.tags.get(EXPERIMENT_KIND) is None:  # experiments made before: open on the training runs too
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
         return found.experiment_id
     location = artifact_root(uri)
-    tags = {"mlflow.note.content": EXPERIMENT_NOTE, f"{TAG}columns": "metrics.mean_ua,metrics.mean_wa,metrics.mean_macro_f1"}
+    tags = {"mlflow.note.content": EXPERIMENT_NOTE, EXPERIMENT_KIND: TRAINING_KIND,
+            f"{TAG}columns": "metrics.mean_ua,metrics.mean_wa,metrics.mean_macro_f1"}
     try:
         return client.create_experiment(name, artifact_location=location, tags=tags)
     except mlflow.exceptions.MlflowException:  # another process created it at the same moment

@@ -135,6 +135,8 @@ def test_parent_run_params_tags_metrics(logged: dict, store: str) -> None:
     start, end, _ = tracking.training_times(record)
     assert (run.info.start_time, run.info.end_time) == (start, end)  # the training's times, not logging's
     assert end - start == 12_000  # metrics.json "seconds"
+    experiment = MlflowClient(store).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the training runs
     tags = run.data.tags
     assert tags["ser.digest.manifest"] == "m" * 16 and tags["ser.digest.config"] == "cfg1"
     assert tags["ser.protocol"] == "loso" and tags["ser.speaker_dependent"] == "false"
