@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from ser_pipeline.experiments.config import ExperimentConfig, resolve
-from ser_pipeline.manifest import read_manifest
+from ser_pipeline.experiments.corpora import experiment_manifest
 from ser_pipeline.splits import make_folds
 from ser_pipeline.workspace import Workspace
 
@@ -69,7 +69,7 @@ def announce(config: ExperimentConfig, ws: Workspace, device: str,
     """Print what ``ser train`` will do (before any feature is loaded) and return the epoch printer."""
     say = say or (lambda line: typer.echo(line, err=True))
     resolved = resolve(config)
-    manifest = read_manifest(config.corpus, ws)
+    manifest = experiment_manifest(config.corpus, resolved.protocol, config.protocol_options, ws)
     folds = [f.name for f in make_folds(resolved.protocol, manifest, seed=config.seed, **config.protocol_options)]
     folds = folds[: config.max_folds] if config.max_folds else folds
     epochs = resolved.plan.train.epochs
