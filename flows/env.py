@@ -36,3 +36,42 @@ def configure(root: str | os.PathLike[str]) -> dict[str, str]:
         os.environ.setdefault(key, value)
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     return {k: os.environ[k] for k in prefect_env(root)}
+
+
+def check_prefect_api(timeout: float = 3.0) -> str | None:
+    """When ``PREFECT_API_URL`` is set, make sure the server answers ``GET <url>/health`` before any
+    flow starts; returns the URL (None in local mode). Raises ``SerError`` with one clear line."""
+    import urllib.error
+    import urllib.request
+
+    from ser_pipeline.errors import SerError
+
+    url = os.environ.get("PREFECT_API_URL", "").strip()
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as response:  # noqa: S310
+            if response.status != 200:
+                raise SerError(f"Prefect API {url} answered {response.status} on /health")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SerError(f"Prefect API {url} is unreachable ({reason}); start it (`prefect server start`) or unset PREFECT_API_URL to run in local mode") from None
+    return url
+
+
+def init_local_prefect_db() -> bool:
+    """Local mode only (no ``PREFECT_API_URL``): create the temporary server's SQLite schema once,
+    under a file lock, before the server starts; two processes starting on a fresh root at once
+    would both run the migrations. Returns True when this call created it."""
+    if os.environ.get("PREFECT_API_URL"):
+        return False
+    from ser_pipeline.tracking.dbinit import initialise_once
+
+    def migrate() -> None:
+        import asyncio
+
+        from prefect.server.database import provide_database_interface
+
+        asyncio.run(provide_database_interface().create_db())
+
+    return initialise_once(Path(os.environ["PREFECT_HOME"]) / "prefect.db", migrate)

@@ -23,7 +23,7 @@ from ser_pipeline.pipeline.config import STAGES, check_config
 from ser_pipeline.tracking.uri import default_tracking_uri
 from ser_pipeline.workspace import Workspace
 
-COMPARE_KEYS = ("label", "model", "corpus", "seed", "ua", "ua_std", "wa", "macro_f1", "pooled_ua", "folds",
+COMPARE_KEYS = ("label", "run_name", "model", "corpus", "seed", "ua", "ua_std", "wa", "macro_f1", "pooled_ua", "folds",
                 "protocol", "speaker_dependent", "experiment_dir", "status")
 
 

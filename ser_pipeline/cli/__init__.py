@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
+from typing import Annotated
 
 import typer
 
+from ser_pipeline.cli import common
 from ser_pipeline.errors import SerError
 
 _app = typer.Typer(
@@ -60,11 +63,27 @@ def register_commands(argv: list[str]) -> None:
             _registered.add(module)
 
 
+@_app.callback()
+def _options(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show library warnings, progress bars and tracebacks.")] = False) -> None:
+    """Speech emotion recognition: ingest corpora, cache features, train, track and compare."""
+    common.VERBOSE["on"] = verbose
+    if not verbose:
+        common.quiet_libraries()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    register_commands(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv[1:]:  # accepted after the command too: `ser run CONFIG --verbose`
+        argv = ["--verbose", *[a for a in argv if a != "--verbose"]]
+    if "--verbose" not in argv and "-v" not in argv[:1]:
+        common.quiet_libraries()  # before any command imports mlflow or prefect
+    register_commands(argv)
     try:
         _app(args=argv, standalone_mode=True)
     except SerError as exc:
+        if common.VERBOSE["on"]:
+            traceback.print_exc()
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

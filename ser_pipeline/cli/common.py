@@ -1,21 +1,60 @@
-"""Options and output helpers shared by every command module."""
+"""Options and output helpers shared by every command module.
+
+``--json`` makes a command print exactly one JSON document on stdout: while the command runs,
+``sys.stdout`` is pointed at stderr (libraries that print, such as MLflow's "View run" line, end up
+there) and :func:`emit` writes the document to the real stdout.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
+import warnings
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 
 from ser_pipeline.workspace import Workspace
 
+_JSON_OUT: list[TextIO] = []  # the real stdout while a --json command runs
+VERBOSE = {"on": False}
+
+
+def _json_mode(ctx: typer.Context, value: bool) -> bool:
+    """``--json`` callback: send everything but the JSON document to stderr until the command ends."""
+    if value and not _JSON_OUT:
+        _JSON_OUT.append(sys.stdout)
+        sys.stdout = sys.stderr
+
+        def restore() -> None:
+            if _JSON_OUT:
+                sys.stdout = _JSON_OUT.pop()
+
+        ctx.call_on_close(restore)
+    return value
+
+
 RootOption = Annotated[
     str | None,
     typer.Option("--root", envvar="SER_ROOT", help="Workspace root (default ./ser-data)."),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+JsonOption = Annotated[bool, typer.Option("--json", callback=_json_mode,
+                                          help="Print one JSON document on stdout (nothing else).")]
+
+
+def quiet_libraries() -> None:
+    """Silence MLflow's and Prefect's own warnings, progress bars and chatter (``--verbose`` keeps them)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    for module in ("mlflow", "alembic", "cloudpickle", "prefect", "pydantic", "huggingface_hub"):
+        warnings.filterwarnings("ignore", module=rf"{module}(\..*)?")
+    warnings.filterwarnings("ignore", message=r".*(CloudPickle|cloudpickle|dataset source).*")
+    for name in ("mlflow", "alembic", "prefect", "httpx", "distributed", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def workspace(root: str | None) -> Workspace:
@@ -25,7 +64,9 @@ def workspace(root: str | None) -> Workspace:
 def emit(payload: Any, as_json: bool, human: Callable[[Any], str] | None = None) -> None:
     """Print ``payload`` as one JSON document, or as text through ``human``."""
     if as_json:
-        sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        out = _JSON_OUT[-1] if _JSON_OUT else sys.stdout
+        out.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        out.flush()
     else:
         typer.echo(human(payload) if human else json.dumps(payload, indent=2, default=str))
 

@@ -50,6 +50,25 @@ def format_summary(summary: dict[str, Any]) -> str:
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the ser app."""
 
+    @app.command("explore")
+    def explore_cmd(
+        name: Annotated[str, typer.Argument(help="Ingested corpus (manifest) name.")],
+        out: Annotated[str | None, typer.Option("--out", help="Output folder (default <root>/explore/<name>-<digest>).")] = None,
+        per_class: Annotated[int, typer.Option("--per-class", min=0, help="Utterances per class for the mean "
+                                               "log-Mel plot (0: no plot).")] = 20,
+        root: RootOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Plot a corpus: class counts overall and per speaker, durations per class, sample rates and
+        channels, rejects by reason, mean log-Mel per class (PNG files and explore.json)."""
+        from ser_pipeline.pipeline.explore_stage import explore_corpus
+
+        summary = explore_corpus(name, workspace(root), out, per_class=per_class)
+        emit(summary, as_json, lambda s: "\n".join([
+            f"{name}: {sum(s['classes'].values())} utterances, {len(s['per_speaker'])} speakers, "
+            f"classes {', '.join(f'{k} {v}' for k, v in s['classes'].items())}",
+            f"written to {s['folder']}: {', '.join(s['files'])}"]))
+
     @app.command("corpora")
     def corpora_cmd(as_json: JsonOption = False) -> None:
         """List corpus adapters with their expected folder layout and options."""

@@ -17,7 +17,7 @@ import typer
 
 from ser_pipeline.cli.common import JsonOption, RootOption, emit, table, workspace
 from ser_pipeline.errors import ConfigError, SerError
-from ser_pipeline.inference.predictor import frame_results, load_predictor, predict_paths
+from ser_pipeline.inference.predictor import load_predictor, predict_paths
 from ser_pipeline.pipeline import stages
 from ser_pipeline.pipeline.config import STAGES, PipelineConfig, PlannedExperiment, check_config, stage_plan
 from ser_pipeline.pipeline.records import is_done
@@ -44,33 +44,52 @@ def stage_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for stage in ("ingest", "featurize", "train", "track"):
         for r in summary.get(stage, []):
-            item = r.get("corpus") if stage in ("ingest", "featurize") else r.get("label")
+            item = r.get("corpus") if stage in ("ingest", "featurize") else (r.get("run_name") or r.get("label"))
             detail = r.get("error") or ""
             if stage == "featurize" and r.get("status") == "computed":
                 detail = f"{r['label']}: computed {r['computed']}  reused {r['reused']}  failed {r['failed']}"
             elif stage == "featurize" and r.get("status") == "cached":
                 detail = f"{r['label']}: feature set {r['feature_digest']}"
             if stage == "track" and r.get("run_id"):
-                detail = f"run {r['run_id'][:12]}  {r.get('registered') or ''}"
+                detail = f"run {r['run_id'][:12]}  {r.get('registered') or ''}".rstrip()
             rows.append({"stage": stage, "item": item, "status": r.get("status"),
                          "seconds": _fmt(r.get("seconds"), 1), "detail": detail})
     return rows
 
 
 def comparison_table(rows: list[dict[str, Any]]) -> str:
-    """Models side by side: UA (mean ± std over folds), WA, macro-F1, pooled UA, folds, protocol."""
+    """Models side by side: run name (``*`` = logged by this command), short run id, UA (mean ± std
+    over folds), WA, macro-F1, pooled UA, folds, protocol, and the params that differ between rows."""
     out = [{
-        "model": r.get("label") or r.get("run"),
+        "run": ("* " if r.get("new") else "") + str(r.get("run_name") or r.get("run") or r.get("label")),
+        "id": (r.get("run_id") or "")[:12] or "-",
         "UA": f"{_fmt(r.get('ua'))} ± {_fmt(r.get('ua_std'))}" if r.get("ua") is not None else "-",
         "WA": _fmt(r.get("wa")),
-        "F1": _fmt(r.get("macro_f1")),
+        "F1": _fmt(r.get("macro_f1", r.get("f1"))),
         "pooled UA": _fmt(r.get("pooled_ua")),
         "folds": _fmt(r.get("folds")),
         "protocol": r.get("protocol") or "-",
         "speaker-dep.": "yes" if r.get("speaker_dependent") else "no",
         "status": r.get("status", "logged"),
+        "differs": r.get("differs") or "",
     } for r in rows]
-    return table(out, ["model", "UA", "WA", "F1", "pooled UA", "folds", "protocol", "speaker-dep.", "status"])
+    columns = ["run", "id", "UA", "WA", "F1", "pooled UA", "folds", "protocol", "speaker-dep.", "status"]
+    return table(out, columns + (["differs"] if any(r.get("differs") for r in rows) else []))
+
+
+def with_previous_runs(summary: dict[str, Any], uri: str) -> None:
+    """After a ``ser run`` that logged new runs: ``summary["history"]`` = per MLflow experiment, the
+    new runs beside the previous runs of the same models (before against after). Nothing is read
+    (and MLflow is not imported) when every track stage was cached."""
+    new = [r for r in summary.get("track", []) if r.get("status") == "computed" and r.get("run_id")]
+    if not new:
+        return
+    from ser_pipeline.tracking.compare import compare_runs  # mlflow: only when something was logged
+
+    models = sorted({r["model"] for r in summary.get("train", []) if r.get("model")})
+    ids = [r["run_id"] for r in new]
+    summary["history"] = {exp: compare_runs(exp, uri=uri, models=models, new=ids)
+                          for exp in sorted({r["experiment"] for r in new if r.get("experiment")})}
 
 
 def ui_hint(uri: str) -> str:
@@ -84,21 +103,27 @@ def human_run(summary: dict[str, Any]) -> str:
     if summary.get("comparison"):
         parts += ["", f"comparison ({', '.join(summary.get('experiments', []))}; UA = mean ± std over folds, "
                   "unweighted average recall)", comparison_table(summary["comparison"])]
+    for name, rows in (summary.get("history") or {}).items():
+        parts += ["", f"MLflow experiment {name}: new runs (*) beside the previous runs of the same models",
+                  comparison_table(rows)]
+    if summary.get("error"):  # never a success line for a failed run; the error line goes to stderr
+        parts += ["", f"FAILED after {summary.get('seconds', 0):.1f} s"]
+        return "\n".join(parts)
     state = "every stage cached" if summary.get("all_cached") else "done"
     parts += ["", f"{state} in {summary.get('seconds', 0):.1f} s (pipeline flow, after Prefect start-up)",
               ui_hint(summary.get("tracking_uri", ""))]
-    if summary.get("error"):
-        parts.append(f"error: {summary['error']}")
     return "\n".join(parts)
 
 
 def run_pipeline(config: str, root: str | None, *, stages: list[str], force: list[str],
                  tracking_uri: str | None) -> dict[str, Any]:
     """Run the pipeline flow in-process (Prefect local mode unless PREFECT_API_URL is set)."""
-    from flows.env import configure  # prefect: imported only by the commands that run flows
+    from flows.env import check_prefect_api, configure, init_local_prefect_db  # prefect: only commands that run flows
 
     ws = workspace(root)
     configure(ws.root)
+    check_prefect_api()
+    init_local_prefect_db()
     from flows.pipeline import last_run_path, pipeline_flow
 
     state = pipeline_flow(config=str(Path(config).resolve()), root=str(ws.root), stages=stages, force=force,
@@ -118,19 +143,53 @@ def run_pipeline(config: str, root: str | None, *, stages: list[str], force: lis
     return {**summary, "error": error, "state": state.name}
 
 
-def predict_with_uri(model_uri: str, paths: list[str], *, tracking_uri: str | None = None) -> list[dict[str, Any]]:
-    """Predict with a model folder (``<root>/experiments/<id>``) or an MLflow model URI
-    (``models:/<name>@champion``, ``runs:/<run>/model``)."""
+def predict_with_uri(model_uri: str, paths: list[str], *, tracking_uri: str | None = None
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Predict with a model folder (``<root>/experiments/<id>`` or its ``model/``) or an MLflow model
+    URI (``models:/<name>@champion``, ``models:/<name>/<version>``, ``runs:/<run>/model``).
+
+    ``paths`` are expanded (:func:`ser_pipeline.inference.inputs.expand_inputs`: files, folders,
+    globs, CSVs with a ``path`` column); the model is loaded once and the files scored in batches.
+    Registry models are downloaded as plain files and rebuilt from ``model.json`` and state dicts
+    (nothing is unpickled). Returns ``(results, model info)``; the info names the resolved version.
+    """
+    import tempfile
+
+    from ser_pipeline.inference.inputs import expand_inputs
+
     if not paths:
-        raise ConfigError("AUDIO: give at least one audio file")
+        raise ConfigError("PATH: give at least one audio file (or a folder, glob or CSV)")
+    files = expand_inputs(list(paths))
+    if not files:
+        raise ConfigError(f"PATH {' '.join(paths)}: no audio files found")
     if Path(model_uri).exists():
-        return predict_paths(load_predictor(model_uri), list(paths))
+        predictor = load_predictor(model_uri)
+        info: dict[str, Any] = {"model_uri": str(Path(model_uri).resolve()), "resolved": str(Path(model_uri).resolve()),
+                                "version": "local folder", "run_id": None}
+    else:
+        if not model_uri.startswith(("models:/", "runs:/")):
+            raise ConfigError(f"MODEL {model_uri!r}: path does not exist (give a model folder, models:/<name>@champion "
+                              "or runs:/<run>/model)")
+        from ser_pipeline.tracking.pyfunc import fetch_model  # mlflow: only for a registry URI
+
+        with tempfile.TemporaryDirectory(prefix="ser-model-") as tmp:
+            folder, info = fetch_model(model_uri, tmp, uri=tracking_uri)
+            predictor = load_predictor(folder)
+    info.update(selected_by=predictor.meta.get("selected_by", ""), fold=predictor.meta.get("fold"))
+    return predict_paths(predictor, files), {**info, "classes": predictor.classes}
+
+
+def write_predictions(path: Path, results: list[dict[str, Any]], info: dict[str, Any]) -> None:
+    """``predictions.csv``: path, label, p_<class>..., error, model_uri, model_version."""
     import pandas as pd
 
-    from ser_pipeline.tracking.pyfunc import load_pyfunc  # mlflow: only for a registry URI
-
-    model = load_pyfunc(model_uri, uri=tracking_uri)
-    return frame_results(model.predict(pd.DataFrame({"path": [str(p) for p in paths]})))
+    classes = info["classes"]
+    frame = pd.DataFrame([{"path": r["path"], "label": r["emotion"] or "",
+                           **{f"p_{c}": r["probabilities"].get(c) for c in classes}, "error": r["error"] or "",
+                           "model_uri": info["model_uri"], "model_version": info.get("version") or ""}
+                          for r in results])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
 
 
 def pipeline_plan(cfg: PipelineConfig, planned: list[PlannedExperiment], root: Path, plan: list[str],
@@ -206,9 +265,14 @@ def register(app: typer.Typer) -> None:
             emit(pipeline_plan(cfg, planned, workspace(root).root, plan, forced, uri), as_json, human_plan)
             return
         summary = run_pipeline(config, root, stages=plan, force=forced, tracking_uri=tracking_uri)
+        try:
+            with_previous_runs(summary, summary.get("tracking_uri") or tracking_uri or default_tracking_uri())
+        except SerError as exc:
+            summary["history_error"] = str(exc)
         emit(summary, as_json, human_run)
         if summary.get("error"):
-            raise typer.Exit(1)
+            typer.echo(f"error: {summary['error']}", err=True)
+            raise typer.Exit(2)
 
     @app.command("schedule")
     def schedule_cmd(
@@ -218,10 +282,11 @@ def register(app: typer.Typer) -> None:
         limit: Annotated[int | None, typer.Option("--limit", help="Max concurrent runs.")] = None,
     ) -> None:
         """Serve the cron-scheduled deployments of prefect.yaml from this process (Ctrl-C stops)."""
-        from flows.env import configure
+        from flows.env import check_prefect_api, configure
 
         ws = workspace(root)
         configure(ws.root)
+        check_prefect_api()
         from flows.serve import serve_all
 
         overrides = {"root": str(ws.root)}
@@ -230,6 +295,8 @@ def register(app: typer.Typer) -> None:
     @app.command("compare")
     def compare_cmd(
         experiment: Annotated[str | None, typer.Argument(help="MLflow experiment (default: all).")] = None,
+        runs: Annotated[list[str] | None, typer.Option(
+            "--run", help="Only this run (repeatable): a run name, a full run id or the short id the CLI prints.")] = None,
         test: Annotated[tuple[str, str] | None, typer.Option(
             "--test", help="Paired t-test and Wilcoxon over folds between two runs (names or ids).")] = None,
         metric: Annotated[str, typer.Option("--metric", help="Fold metric for --test.")] = "ua",
@@ -241,8 +308,10 @@ def register(app: typer.Typer) -> None:
 
         uri = tracking_uri or default_tracking_uri()
         names = [experiment] if experiment else compare.list_experiments(uri)
+        if runs and len(names) != 1:
+            raise SerError("--run needs one EXPERIMENT argument")
         payload: dict[str, Any] = {"tracking_uri": uri,
-                                   "experiments": {n: compare.compare_runs(n, uri=uri) for n in names}}
+                                   "experiments": {n: compare.compare_runs(n, uri=uri, runs=runs) for n in names}}
         if test:
             if len(names) != 1:
                 raise SerError("--test needs one EXPERIMENT argument")
@@ -263,33 +332,74 @@ def register(app: typer.Typer) -> None:
 
         emit(payload, as_json, human)
 
-    @app.command("predict")
-    def predict_cmd(
-        model_uri: Annotated[str, typer.Argument(help="models:/<name>@champion, runs:/<id>/model, or a model folder.")],
-        audio: Annotated[list[str], typer.Argument(help="Audio files.")],
+    @app.command("track")
+    def track_cmd(
+        experiment_dir: Annotated[str, typer.Argument(help="A finished experiment folder (<root>/experiments/<id>).")],
+        experiment: Annotated[str | None, typer.Option("--experiment", help="MLflow experiment "
+                                                       "(default <corpus>-<protocol>).")] = None,
+        register: Annotated[bool, typer.Option("--register/--no-register", help="Register the model.")] = True,
+        force: Annotated[bool, typer.Option("--force", help="Log again even if a run with this config exists.")] = False,
+        root: RootOption = None,
         tracking_uri: TrackingOption = None,
         as_json: JsonOption = False,
     ) -> None:
-        """Predict the emotion of audio files with a registered model (per-file errors, others still predicted)."""
-        results = predict_with_uri(model_uri, audio, tracking_uri=tracking_uri)
+        """Log an existing experiment folder to MLflow (parent run, fold runs, metrics, model)."""
+        from ser_pipeline.experiments.record import ExperimentRecord
+        from ser_pipeline.tracking.runs import log_experiment  # mlflow: imported only by the commands that use it
+
+        record = ExperimentRecord.read(experiment_dir)
+        out = log_experiment(record, experiment=experiment or f"{record.corpus}-{record.protocol}",
+                             uri=tracking_uri, register=register, force=force,
+                             manifest_path=workspace(root).manifest_path(record.corpus))
+        emit(out, as_json, lambda o: f"{o['status']}: run {o['run_id'][:12]} {o['run_name']} in MLflow experiment "
+             f"{o['experiment']}" + (f"; registered {o['registered']}" if o.get("registered") else ""))
+
+    @app.command("predict")
+    def predict_cmd(
+        model_uri: Annotated[str, typer.Argument(help="models:/<name>@champion, models:/<name>/<version>, "
+                                                 "runs:/<id>/model, or a model folder.")],
+        audio: Annotated[list[str], typer.Argument(help="Audio files, folders (recursive), globs, or CSVs with a "
+                                                   "'path' column.")],
+        out: Annotated[str | None, typer.Option("--out", help="Write predictions.csv here (path, label, "
+                                                "probability per class, model URI and version).")] = None,
+        tracking_uri: TrackingOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Predict the emotion of audio files with a trained or registered model (loaded once, batched;
+        per-file errors, the other files still predicted)."""
+        results, info = predict_with_uri(model_uri, audio, tracking_uri=tracking_uri)
+        where = f"{info['model_uri']}" + (f" -> {info['version']}" if info.get("version") and
+                                           info["version"] != "local folder" else "")
+        typer.echo(f"model {where}; {info['selected_by'] or 'model'}"
+                   + (f" (fold {info['fold']})" if info.get("fold") else ""), err=True)
+        if out:
+            write_predictions(Path(out), results, info)
+        failed = [r for r in results if r.get("error")]
 
         def human(rows: list[dict[str, Any]]) -> str:
             lines = []
             for r in rows:
                 if r.get("error"):
                     lines.append(f"{r['path']}: error: {r['error']}")
-                else:
+                elif len(rows) <= 20 or not out:
                     probs = "  ".join(f"{k} {v:.2f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
                     lines.append(f"{r['path']}: {r['emotion']}  ({probs})")
+            lines.append(f"{len(rows) - len(failed)} predicted, {len(failed)} error(s)"
+                         + (f"; written to {out}" if out else ""))
             return "\n".join(lines)
 
+        for r in results:
+            r.update(model_uri=info["model_uri"], model_version=info.get("version"))
         emit(results, as_json, human)
-        if all(r.get("error") for r in results):
+        if results and len(failed) == len(results):
             raise typer.Exit(1)
 
     @app.command("ui")
     def ui_cmd(
         launch: Annotated[bool, typer.Option("--launch", help="Start the MLflow UI instead of printing the command.")] = False,
+        port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
+        workers: Annotated[int, typer.Option("--workers", min=1, help="Server worker processes (1 answers "
+                                             "fastest on a small machine).")] = 1,
         tracking_uri: TrackingOption = None,
     ) -> None:
         """Print (or launch) the command that opens the MLflow UI on the local store, bound to 127.0.0.1."""
@@ -299,8 +409,24 @@ def register(app: typer.Typer) -> None:
             return
         root = Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
         cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--default-artifact-root",
-               root.as_uri(), "--host", "127.0.0.1", "--port", "5000"]
+               root.as_uri(), "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
         if not launch:
             typer.echo(" ".join(shlex.quote(c) for c in ["mlflow", *cmd[3:]]))
             return
-        raise typer.Exit(subprocess.call(cmd))
+        if port_in_use("127.0.0.1", port):
+            raise SerError(f"port {port} on 127.0.0.1 is already in use (an MLflow UI already running? open "
+                           f"http://127.0.0.1:{port}); or choose another with --port")
+        typer.echo(f"MLflow UI on http://127.0.0.1:{port} ({workers} worker(s)); Ctrl-C stops", err=True)
+        try:
+            raise typer.Exit(subprocess.call(cmd))
+        except KeyboardInterrupt:
+            raise typer.Exit(0) from None
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on ``host:port``."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0

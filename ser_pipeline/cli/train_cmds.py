@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from ser_pipeline.cli.common import JsonOption, RootOption, emit, table, workspace
+from ser_pipeline.cli.progress import announce, track_record
 from ser_pipeline.errors import ConfigError
 from ser_pipeline.experiments.config import ExperimentConfig, resolve
 from ser_pipeline.experiments.record import ExperimentRecord
@@ -80,7 +81,11 @@ def human_train(summary: dict[str, Any], metrics: dict[str, Any]) -> str:
     if r:
         head += (f"\nrecipe: preset {r.get('preset')}, normalise {r.get('normalise')}, validation {r.get('validation')}"
                  f", refit {r.get('refit')}, precise-BN {r.get('precise_bn')}")
-    return "\n".join([head, table(fold_rows(metrics), ["fold", *METRICS]), f"written to {summary['directory']}"])
+    lines = [head, table(fold_rows(metrics), ["fold", *METRICS]), f"written to {summary['directory']}"]
+    if summary.get("tracking"):
+        t = summary["tracking"]
+        lines.append(f"MLflow: run {t['run_id'][:12]} {t['run_name']} in experiment {t['experiment']} ({t['status']})")
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:
@@ -116,22 +121,26 @@ def register(app: typer.Typer) -> None:
         sets: Annotated[list[str] | None, typer.Option("--set", help="Override a config field: hparams.width=16, "
                                                        "view.frames=200, train.optimizer=sgd, max_folds=2 ...")] = None,
         force: Annotated[bool, typer.Option(help="Re-run even when the experiment exists.")] = False,
+        track: Annotated[bool, typer.Option("--track/--no-track", help="Log the result to MLflow as `ser run` "
+                                            "does (experiment <corpus>-<protocol>).")] = True,
+        tracking_uri: Annotated[str | None, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                                                         help="MLflow tracking URI.")] = None,
         root: RootOption = None,
         as_json: JsonOption = False,
     ) -> None:
-        """Train MODEL on CORPUS under a protocol; every fold, then per-fold, pooled and mean±std metrics."""
+        """Train MODEL on CORPUS under a protocol; every fold, then per-fold, pooled and mean±std metrics;
+        tracked in MLflow unless --no-track."""
         base = {"model": model, "corpus": corpus, "protocol": protocol, "features": features, "augment": augment,
                 "epochs": epochs, "seed": seed, "preset": preset}
         config = ExperimentConfig.from_dict(apply_sets(base, sets))
         check_device(device)
         resolve(config)  # every section validated before any work
 
-        def progress(fold: str, epoch: int, metrics: dict[str, float]) -> None:
-            typer.echo(f"{fold} epoch {epoch}: train_loss {metrics['train_loss']:.4f} val_loss "
-                       f"{metrics['val_loss']:.4f} val_ua {metrics['val_ua']:.3f}", err=True)
-
         ws = workspace(root)
         cached = not force and ExperimentRecord.find(experiment_folder(config, ws)) is not None
+        progress = announce(config, ws, device)  # within a second: what it does, then fold i/N and epochs
         result = run_experiment(config, ws, device=device, callbacks=[progress], force=force)
         summary = train_summary(result, cached=cached)
+        if track:
+            summary["tracking"] = track_record(result, ws, tracking_uri)
         emit(summary, as_json, lambda s: human_train(s, result.metrics))

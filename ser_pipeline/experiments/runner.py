@@ -32,13 +32,14 @@ import torch
 from feature_store.store import FeatureStore
 from ser_pipeline.augment import parse_augment
 from ser_pipeline.config import stable_digest
+from ser_pipeline.experiments.corpora import experiment_manifest
 from ser_pipeline.experiments.config import ExperimentConfig, Resolved, experiment_digest, resolve
 from ser_pipeline.experiments.features import ExperimentFeatures, ensure_features
 from ser_pipeline.experiments.record import Digests, ExperimentRecord, json_default, write_json
 from ser_pipeline.experiments.reports import write_confusion_csv, write_confusion_png, write_curves_png
 from ser_pipeline.features import feature_label
 from ser_pipeline.inference.model_folder import save_model_folder
-from ser_pipeline.manifest import manifest_digest, read_manifest
+from ser_pipeline.manifest import manifest_digest
 from ser_pipeline.metrics import aggregate, confusion, score
 from ser_pipeline.splits import Fold, holdout_validation, make_folds, rotated_validation
 from ser_pipeline.training.config import resolve_device
@@ -136,7 +137,8 @@ def _score_fold(out: Path, c: _Collected, fold: Fold, index: int, outcome: FoldO
 def experiment_folder(config: ExperimentConfig, workspace: Workspace) -> Path:
     """Where ``config``'s experiment is (or will be) written."""
     resolved = resolve(config)
-    return workspace.experiments / experiment_id(config, resolved, manifest_digest(read_manifest(config.corpus, workspace)))
+    manifest = experiment_manifest(config.corpus, resolved.protocol, config.protocol_options, workspace)
+    return workspace.experiments / experiment_id(config, resolved, manifest_digest(manifest))
 
 
 def run_experiment(
@@ -156,7 +158,7 @@ def run_experiment(
     """
     resolved = resolve(config)
     torch_device = resolve_device(device) if resolved.trainer.uses_device else torch.device("cpu")
-    manifest = read_manifest(config.corpus, workspace)
+    manifest = experiment_manifest(config.corpus, resolved.protocol, config.protocol_options, workspace)
     m_digest = manifest_digest(manifest)
     exp_id = experiment_id(config, resolved, m_digest)
     out = workspace.experiments / exp_id

@@ -25,7 +25,7 @@ import pandas as pd
 
 import torch
 
-from ser_pipeline.audio import load, signal_problem
+from ser_pipeline.audio import MIN_DURATION_S, check_recording, resample, signal_problem, to_mono
 from ser_pipeline.dataset.tables import DictSource, load_table, normalise_tables, normalise_with
 from ser_pipeline.dataset.views import ViewSpec
 from ser_pipeline.errors import AudioError, ConfigError, SerError
@@ -67,13 +67,18 @@ def load_predictor(path: str | os.PathLike[str], *, device: str = "cpu") -> Pred
     return Predictor(model, stage2, spec, view, list(meta["classes"]), meta)
 
 
-def file_features(path: str | os.PathLike[str], spec: FeatureSpec) -> np.ndarray:
-    """``(C, F, T)`` float32 features of one audio file under ``spec``; AudioError names the file."""
+def file_features(path: str | os.PathLike[str], spec: FeatureSpec, *,
+                  min_duration_s: float = MIN_DURATION_S) -> np.ndarray:
+    """``(C, F, T)`` float32 features of one audio file under ``spec``; AudioError names the file
+    (``path does not exist``, ``truncated audio: ...``, ``too short: ...``, unreadable, silent)."""
     path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: path does not exist")
     if not path.is_file():
-        raise AudioError(f"{path}: file not found")
+        raise AudioError(f"{path}: not a file")
     try:
-        wave, _sr = load(path, sample_rate=spec.sample_rate)
+        data, rate = check_recording(path, min_duration_s=min_duration_s)
+        wave = resample(to_mono(data), rate, spec.sample_rate) if rate != spec.sample_rate else to_mono(data)
     except SerError:
         raise
     except Exception as exc:  # noqa: BLE001 - libsndfile raises several types
@@ -119,27 +124,32 @@ def posteriors(predictor: Predictor, features: list[np.ndarray]) -> np.ndarray:
         return predict_proba(predictor.model, table, predictor.view, bf16=False)
 
 
-def predict_paths(predictor: Predictor, paths: list[str]) -> list[dict[str, Any]]:
+CHUNK = 256  # files whose features are held in memory at once
+
+
+def predict_paths(predictor: Predictor, paths: list[str], *, chunk: int = CHUNK) -> list[dict[str, Any]]:
     """One result per path: ``{"path", "emotion", "probabilities": {class: p}, "error"}``.
 
-    A file that cannot be used gets ``emotion=None`` and an ``error`` naming the problem; the other
-    files are still predicted.
+    The model is used as loaded (once); files are featurized and scored in chunks of ``chunk``
+    (batched forward passes). A file that cannot be used gets ``emotion=None`` and an ``error``
+    naming the problem; the other files are still predicted.
     """
     results: list[dict[str, Any]] = [{"path": str(p), "emotion": None, "probabilities": {}, "error": None}
                                      for p in paths]
-    good: list[int] = []
-    feats: list[np.ndarray] = []
-    for i, path in enumerate(paths):
-        try:
-            feats.append(file_features(path, predictor.feature_spec))
-            good.append(i)
-        except SerError as exc:
-            results[i]["error"] = str(exc)
-    if feats:
-        probs = posteriors(predictor, feats)
-        for i, row in zip(good, probs, strict=True):
-            results[i]["probabilities"] = {c: float(p) for c, p in zip(predictor.classes, row, strict=True)}
-            results[i]["emotion"] = predictor.classes[int(np.argmax(row))]
+    for lo in range(0, len(paths), chunk):
+        good: list[int] = []
+        feats: list[np.ndarray] = []
+        for i in range(lo, min(lo + chunk, len(paths))):
+            try:
+                feats.append(file_features(paths[i], predictor.feature_spec))
+                good.append(i)
+            except SerError as exc:
+                results[i]["error"] = str(exc)
+        if feats:
+            probs = posteriors(predictor, feats)
+            for i, row in zip(good, probs, strict=True):
+                results[i]["probabilities"] = {c: float(p) for c, p in zip(predictor.classes, row, strict=True)}
+                results[i]["emotion"] = predictor.classes[int(np.argmax(row))]
     return results
 
 

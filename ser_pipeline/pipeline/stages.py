@@ -30,6 +30,7 @@ from ser_pipeline.experiments.features import featurize
 from ser_pipeline.experiments.record import ExperimentRecord
 from ser_pipeline.experiments.runner import run_experiment
 from ser_pipeline.features import FeatureSpec, feature_label
+from ser_pipeline.tracking.names import run_name
 from ser_pipeline.manifest import read_manifest, read_summary
 from ser_pipeline.pipeline.config import DEMO_ADAPTER, CorpusEntry, PlannedExperiment, plan_experiment
 from ser_pipeline.pipeline.records import cached, done_record, read_record, write_record
@@ -188,7 +189,8 @@ def train_stage(exp: dict[str, Any], root: str, *, key: str, manifest_digest: st
     record = run_experiment(planned.config, ws, device=device, force=force,
                             callbacks=[on_epoch_end] if on_epoch_end else None)
     out = {
-        "stage": "train", "label": planned.label, "model": record.model, "corpus": record.corpus, "seed": record.seed,
+        "stage": "train", "label": planned.label, "run_name": run_name(record.config, record.digests.config),
+        "model": record.model, "corpus": record.corpus, "seed": record.seed,
         "key": key, "status": "computed", "experiment_dir": str(record.folder), "config_digest": record.digests.config,
         "manifest_digest": manifest_digest, "features_digest": record.digests.features,
         "augment_digest": record.digests.augment, "features": record.feature_label, "device": record.device,
@@ -216,9 +218,15 @@ def track_stage(trained: dict[str, Any], root: str, *, key: str, experiment: str
 
     ws = Workspace.resolve(root)
     start = time.perf_counter()
+    from ser_pipeline.pipeline.explore_stage import exploration_folder
+
+    try:
+        dataset_dir = exploration_folder(trained["corpus"], ws)
+    except SerError:  # e.g. a cross-corpus experiment named after no single manifest: no plots
+        dataset_dir = None
     out = log_experiment(ExperimentRecord.read(trained["experiment_dir"]), experiment=experiment, uri=uri,
                          manifest_path=ws.manifest_path(trained["corpus"]), register=register, force=force,
-                         label=trained["label"])
+                         label=trained["label"], dataset_dir=dataset_dir)
     record = {"stage": "track", "label": trained["label"], "key": key, **out,
               "status": "computed" if out["status"] == "logged" else "cached",
               "seconds": round(time.perf_counter() - start, 3)}

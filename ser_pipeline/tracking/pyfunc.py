@@ -21,6 +21,7 @@ from ser_pipeline.inference.predictor import load_predictor, predict_paths, resu
 from ser_pipeline.tracking.uri import check_reachable, default_tracking_uri  # noqa: E402
 
 CHAMPION = "champion"
+MODEL_CODE = Path(__file__).with_name("pyfunc_code.py")
 
 
 class SerAudioModel(mlflow.pyfunc.PythonModel):
@@ -49,10 +50,9 @@ def log_model(run_id: str, exp_dir: Path, model_dir: Path, *, registered: str | 
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=SerAudioModel(),
+            python_model=str(MODEL_CODE),  # models-from-code: no cloudpickle in the logged model
             artifacts={"model_dir": str(model_dir)},
             signature=signature,
-            input_example=example,
             registered_model_name=registered,
             pip_requirements=["ser-pipeline", "torch", "librosa", "soundfile", "soxr", "pandas"],
         )
@@ -99,6 +99,39 @@ def update_champion(client: MlflowClient, name: str, *, metric: str = "mean_ua")
         return None
     client.set_registered_model_alias(name, CHAMPION, str(best[1]))
     return str(best[1])
+
+
+def fetch_model(model_uri: str, dst: str | os.PathLike[str], *, uri: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Download the model folder (``model.json`` + weights) of a registered or logged model into
+    ``dst``, without loading (unpickling) anything. ``models:/<name>@<alias>`` and
+    ``models:/<name>/<version>`` are resolved to the version first. Returns ``(model folder,
+    {"model_uri", "resolved", "version", "run_id"})``."""
+    uri = uri or default_tracking_uri()
+    check_reachable(uri)
+    from ser_pipeline.tracking.runs import client_for
+
+    client = client_for(uri)
+    info: dict[str, Any] = {"model_uri": model_uri, "resolved": model_uri, "version": None, "run_id": None}
+    try:
+        if model_uri.startswith("models:/"):
+            rest = model_uri.removeprefix("models:/")
+            if "@" in rest:
+                name, alias = rest.split("@", 1)
+                version = client.get_model_version_by_alias(name, alias)
+            else:
+                name, number = rest.split("/", 1)
+                version = client.get_model_version(name, number)
+            info.update(resolved=f"models:/{name}/{version.version}", version=f"{name}/{version.version}",
+                        run_id=version.run_id)
+        elif model_uri.startswith("runs:/"):
+            info["run_id"] = model_uri.removeprefix("runs:/").split("/", 1)[0]
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info["resolved"], dst_path=str(dst)))
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrackingError(f"cannot load model {model_uri} from {uri}: {str(exc).splitlines()[0]}") from None
+    found = sorted(local.rglob("model.json"))
+    if not found:
+        raise TrackingError(f"model {model_uri}: no model.json in its artifacts (not a ser-pipeline model)")
+    return found[0].parent, info
 
 
 def load_pyfunc(model_uri: str, *, uri: str | None = None) -> Any:

@@ -16,7 +16,7 @@ from ser_pipeline.errors import ConfigError, ProtocolError, TrainingError
 from ser_pipeline.workspace import Workspace
 
 runner = CliRunner()
-FAST = ["--device", "cpu", "--set", "hparams.channels=[8,16]", "--set", "view.frames=100", "--set", "view.normalise=global",
+FAST = ["--device", "cpu", "--no-track", "--set", "hparams.channels=[8,16]", "--set", "view.frames=100", "--set", "view.normalise=global",
         "--set", "train.lr=0.003", "--set", "train.batch_size=8", "--set", "train.patience=null"]
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -102,7 +103,7 @@ def test_bad_files_get_errors_and_the_others_are_predicted(tmp_path: Path, demo_
         assert bad["emotion"] is None and bad["probabilities"] == {}
         assert bad["path"] in bad["error"]
     assert "silent" in results[0]["error"] or "silence" in results[0]["error"]
-    assert "not found" in results[3]["error"]
+    assert results[3]["error"] == f"{missing}: path does not exist"
     assert results[1]["emotion"] in CLASSES and results[4]["emotion"] in CLASSES
 
 
@@ -116,8 +117,8 @@ def test_results_frame_round_trip(tmp_path: Path, demo_files: list[Path], write_
 
 def test_predict_with_an_experiment_folder(tmp_path: Path, demo_files: list[Path]) -> None:
     make_model_dir(tmp_path / "exp" / "model")
-    results = predict_with_uri(str(tmp_path / "exp"), [str(demo_files[0])])
-    assert results[0]["emotion"] in CLASSES
+    results, info = predict_with_uri(str(tmp_path / "exp"), [str(demo_files[0])])
+    assert results[0]["emotion"] in CLASSES and info["version"] == "local folder"
 
 
 def test_not_a_model_folder(tmp_path: Path) -> None:
@@ -140,3 +141,49 @@ def test_cli_predict_json_with_a_bad_file(tmp_path: Path, demo_files: list[Path]
     assert rows[0]["emotion"] in CLASSES and rows[1]["error"]
     human = CliRunner().invoke(app, ["predict", str(tmp_path / "exp"), str(silent)])
     assert human.exit_code == 1 and "error" in human.stdout
+
+
+def test_predict_a_folder_glob_and_csv_writes_one_row_per_file(tmp_path: Path, demo_files: list[Path],
+                                                               write_wav) -> None:
+    """Folders (recursive), globs and CSVs; one row per readable file, one error per unreadable one."""
+    import shutil
+
+    import soundfile as sf
+    from typer.testing import CliRunner
+
+    from ser_pipeline.cli import app
+
+    make_model_dir(tmp_path / "exp" / "model")
+    folder = tmp_path / "in" / "deep"
+    folder.mkdir(parents=True)
+    for p in demo_files[:4]:
+        shutil.copy(p, folder / p.name)
+    flac = tmp_path / "in" / "a.flac"
+    sf.write(str(flac), sf.read(str(demo_files[4]))[0], 16000)
+    full = write_wav(tmp_path / "in" / "trunc.wav", seconds=1.0)
+    full.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])  # header says more frames than it holds
+    write_wav(tmp_path / "in" / "short.wav", seconds=0.05)
+    (tmp_path / "in" / "notes.txt").write_text("not audio")  # ignored: not an audio suffix
+    csv = tmp_path / "list.csv"
+    csv.write_text(f"path,x\n{demo_files[5]},1\nmissing.wav,2\n")
+    out = tmp_path / "preds.csv"
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "exp"), str(tmp_path / "in"),
+                                      str(tmp_path / "nowhere"), str(demo_files[0].parent / "*.wav"), str(csv),
+                                      "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    by_path = {Path(r["path"]).name: r for r in rows}
+    assert len(rows) == len({r["path"] for r in rows})  # no file twice
+    good = [r for r in rows if not r["error"]]
+    errors = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
+    assert set(errors) == {"trunc.wav", "short.wav", "nowhere", "missing.wav"}
+    assert "truncated audio" in errors["trunc.wav"] and "too short" in errors["short.wav"]
+    assert errors["nowhere"].endswith("path does not exist") and errors["missing.wav"].endswith("path does not exist")
+    assert by_path["a.flac"]["emotion"] in CLASSES
+    globbed = {str(p) for p in demo_files[0].parent.glob("*.wav")}
+    assert len(globbed) >= 2
+    assert len(good) == 4 + 1 + len(globbed | {str(demo_files[5])})  # folder (4 wav + 1 flac), glob, CSV
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["path", "label", "p_anger", "p_sadness", "error", "model_uri", "model_version"]
+    assert len(frame) == len(rows) and (frame["model_version"] == "local folder").all()
+    assert frame.loc[frame["error"].isna(), ["p_anger", "p_sadness"]].sum(axis=1).round(6).eq(1.0).all()

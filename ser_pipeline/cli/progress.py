@@ -1,0 +1,94 @@
+"""What ``ser train`` says while it works, and its tracking step.
+
+:class:`TrainProgress` prints at once what the command is about to do (model, corpus, protocol,
+folds, epochs, the features it loads), then, through the training loop's epoch callback, ``fold
+i/N`` when a fold starts reporting, one line per epoch with an ETA, and ``resumed fold X from
+epoch k`` when the loop picked up a checkpoint after a kill.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import typer
+
+from ser_pipeline.experiments.config import ExperimentConfig, resolve
+from ser_pipeline.experiments.corpora import experiment_manifest
+from ser_pipeline.splits import make_folds
+from ser_pipeline.workspace import Workspace
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    s = int(round(max(seconds, 0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+@dataclass
+class TrainProgress:
+    """Progress lines on stderr (``say`` is the printer; tests pass a list's append)."""
+
+    folds: list[str]
+    epochs: int
+    say: Callable[[str], None] = field(default=lambda line: typer.echo(line, err=True))
+    seen: dict[str, int] = field(default_factory=dict)
+    epoch_seconds: list[float] = field(default_factory=list)
+    last: float = field(default_factory=time.perf_counter)
+
+    def fold_started(self, fold: str, epoch: int) -> None:
+        index = self.folds.index(fold) + 1 if fold in self.folds else len(self.seen) + 1
+        self.say(f"fold {index}/{len(self.folds)}: {fold}")
+        if epoch > 1:
+            self.say(f"resumed fold {fold} from epoch {epoch}")
+
+    def __call__(self, fold: str, epoch: int, metrics: dict[str, float]) -> None:
+        now = time.perf_counter()
+        if fold not in self.seen:
+            self.seen[fold] = epoch
+            self.fold_started(fold, epoch)
+        seconds = float(metrics.get("seconds") or (now - self.last))
+        self.last = now
+        self.epoch_seconds.append(seconds)
+        per_epoch = sum(self.epoch_seconds[-10:]) / len(self.epoch_seconds[-10:])
+        index = self.folds.index(fold) if fold in self.folds else len(self.seen) - 1
+        left = (self.epochs - epoch) + (len(self.folds) - index - 1) * self.epochs
+        self.say(f"{fold} epoch {epoch}/{self.epochs}: train_loss {metrics.get('train_loss', float('nan')):.4f} "
+                 f"val_loss {metrics.get('val_loss', float('nan')):.4f} val_ua {metrics.get('val_ua', float('nan')):.3f}"
+                 f"  ({seconds:.1f} s/epoch, ETA {duration(left * per_epoch)} at most; early stopping can end sooner)")
+
+
+def announce(config: ExperimentConfig, ws: Workspace, device: str,
+             say: Callable[[str], None] | None = None) -> TrainProgress:
+    """Print what ``ser train`` will do (before any feature is loaded) and return the epoch printer."""
+    say = say or (lambda line: typer.echo(line, err=True))
+    resolved = resolve(config)
+    manifest = experiment_manifest(config.corpus, resolved.protocol, config.protocol_options, ws)
+    folds = [f.name for f in make_folds(resolved.protocol, manifest, seed=config.seed, **config.protocol_options)]
+    folds = folds[: config.max_folds] if config.max_folds else folds
+    epochs = resolved.plan.train.epochs
+    say(f"train {config.model} on {config.corpus} ({len(manifest)} utterances): protocol {resolved.protocol}, "
+        f"{len(folds)} fold(s), up to {epochs} epoch(s) each, device {device}")
+    if resolved.features is not None:
+        from ser_pipeline.augment import parse_augment
+        from ser_pipeline.features import feature_label
+
+        variants = parse_augment(resolved.augment).variants
+        say(f"loading features: {len(manifest)} items ({feature_label(resolved.features)}"
+            + (f"; augmented variants {', '.join(v for v in variants if v != 'orig')} for training utterances"
+               if len(variants) > 1 else "") + "), computing any that are missing")
+    return TrainProgress(folds, epochs, say)
+
+
+def track_record(record: Any, ws: Workspace, uri: str | None) -> dict[str, Any]:
+    """Log a finished experiment to MLflow as ``ser run`` does (experiment ``<corpus>-<protocol>``)."""
+    from ser_pipeline.tracking.runs import log_experiment  # mlflow: only when something is tracked
+
+    return log_experiment(record, experiment=f"{record.corpus}-{record.protocol}", uri=uri,
+                          manifest_path=ws.manifest_path(record.corpus))

@@ -1,0 +1,62 @@
+"""``ser train`` is tracked like ``ser run`` and says what it does; ``ser track`` logs a folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from ser_pipeline.cli import app
+from ser_pipeline.cli.progress import TrainProgress, duration
+from ser_pipeline.corpora import ingest
+from ser_pipeline.corpora.demo import generate_demo_corpus
+from ser_pipeline.workspace import Workspace
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+FAST = ["--device", "cpu", "--epochs", "2", "--set", "max_folds=2", "--set", "hparams.channels=[4,8]",
+        "--set", "view.frames=60", "--set", "train.batch_size=16", "--set", "train.patience=null"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> str:
+    ws = Workspace.resolve(tmp_path_factory.mktemp("track") / "root")
+    ingest("csv", generate_demo_corpus(ws.demo, seed=0, n_speakers=3, per_class=3), "demo", ws)
+    return str(ws.root)
+
+
+def test_train_writes_an_mlflow_run_and_talks(root: str, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    result = CliRunner().invoke(app, ["train", "cnn", "demo", "--root", root, "--tracking-uri", store, "--json", *FAST])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)  # stdout holds the JSON document only
+    err = result.stderr.splitlines()
+    assert err[0].startswith("train cnn on demo (36 utterances): protocol loso, 2 fold(s), up to 2 epoch(s)")
+    assert err[1].startswith("loading features: 36 items")
+    starts = [line for line in err if line.startswith("fold ")]
+    assert [s.split(":")[0] for s in starts] == ["fold 1/2", "fold 2/2"]
+    first = starts[0].split(": ")[1]
+    assert any(line.startswith(f"{first} epoch 2/2:") and "ETA" in line for line in err)
+    run = MlflowClient(store).get_run(summary["tracking"]["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["ser.kind"] == "parent"
+    assert run.info.run_name.startswith("cnn · ") and "epochs=2" in run.info.run_name
+    assert run.data.metrics["n_folds"] == 2 and run.data.params["train.epochs"] == "2"
+    children = MlflowClient(store).search_runs([run.info.experiment_id],
+                                               f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert len(children) == 2
+    # ser track on the same folder finds the run already there (idempotent by config digest)
+    again = CliRunner().invoke(app, ["track", summary["directory"], "--tracking-uri", store, "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["status"] == "existing"
+    assert json.loads(again.stdout)["run_id"] == run.info.run_id
+
+
+def test_progress_says_resumed_and_eta() -> None:
+    lines: list[str] = []
+    p = TrainProgress(["a", "b"], epochs=4, say=lines.append)
+    p("a", 3, {"train_loss": 1.0, "val_loss": 1.0, "val_ua": 0.5, "seconds": 10.0})
+    assert lines[:2] == ["fold 1/2: a", "resumed fold a from epoch 3"]
+    assert "ETA 50s" in lines[2]  # 1 epoch left in fold a + 4 in fold b, 10 s each
+    assert duration(125) == "2m05s" and duration(3720) == "1h02m"
