@@ -81,3 +81,33 @@ def write_curves_png(history: Mapping[str, Sequence[Mapping[str, Any]]], path: s
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def layer_weights(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """``{fold: [w_0, ..., w_{L-1}]}`` from fold rows carrying ``layer_weight_<i>`` (ssl_probe); empty otherwise."""
+    out: dict[str, list[float]] = {}
+    for row in rows:
+        keys = sorted((k for k in row if k.startswith("layer_weight_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+        if keys:
+            out[str(row["fold"])] = [float(row[k]) for k in keys]
+    return out
+
+
+def write_layer_weights_png(weights: Mapping[str, Sequence[float]], path: str | Path) -> Path | None:
+    """Bars of the learned weight of every stored layer, one group per fold; None without weights."""
+    if not weights:
+        return None
+    plt = _pyplot()
+    folds = list(weights)
+    n_layers = max(len(w) for w in weights.values())
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * n_layers + 3), 3.5))
+    width = 0.8 / len(folds)
+    for j, fold in enumerate(folds):
+        ax.bar([i + j * width for i in range(len(weights[fold]))], weights[fold], width=width, label=fold)
+    ax.set(xlabel="layer (0 = front end)", ylabel="softmax weight", title="learned layer weights")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -36,7 +36,13 @@ from ser_pipeline.experiments.corpora import experiment_manifest
 from ser_pipeline.experiments.config import ExperimentConfig, Resolved, experiment_digest, resolve
 from ser_pipeline.experiments.features import ExperimentFeatures, ensure_features
 from ser_pipeline.experiments.record import Digests, ExperimentRecord, json_default, write_json
-from ser_pipeline.experiments.reports import write_confusion_csv, write_confusion_png, write_curves_png
+from ser_pipeline.experiments.reports import (
+    layer_weights,
+    write_confusion_csv,
+    write_confusion_png,
+    write_curves_png,
+    write_layer_weights_png,
+)
 from ser_pipeline.features import feature_label
 from ser_pipeline.inference.model_folder import save_model_folder
 from ser_pipeline.manifest import manifest_digest
@@ -269,6 +275,10 @@ def _write(out: Path, config: ExperimentConfig, resolved: Resolved, c: _Collecte
     write_confusion_png(c.pooled, classes, out / "confusion_pooled.png", title=f"{config.model} pooled ({resolved.protocol})")
     pd.concat(c.predictions).to_csv(out / "predictions.csv", index=False)
     write_curves_png(c.histories, out / "curves.png")
+    learned = layer_weights(c.rows)
+    if learned:  # ssl_probe: the weight of every stored layer, per fold
+        write_layer_weights_png(learned, out / "layer_weights.png")
+        c.artifacts["layer_weights"] = "layer_weights.png"
     write_json(out / "history.json", c.histories)
     artifacts = {**c.artifacts, "confusion_pooled_csv": "confusion_pooled.csv", "confusion_pooled_png": "confusion_pooled.png",
                  "predictions": "predictions.csv", "curves": "curves.png", "history": "history.json",

@@ -29,9 +29,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from ser_pipeline.registry import Registry
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -72,6 +73,14 @@ class ModelEntry:
             "spec_augment": self.spec_augment,
             "cpu": self.cpu,
         }
+
+
+@runtime_checkable
+class LayerWeighted(Protocol):
+    """A model that learns weights over stored layers (``ssl_probe``): ``layer_weights() -> (L,)``
+    tensor summing to 1. The trainer records them per fold; tracking logs a metric per layer."""
+
+    def layer_weights(self) -> Any: ...
 
 
 MODELS: Registry[ModelEntry] = Registry("model")

@@ -302,7 +302,7 @@ def _log_runs(client: MlflowClient, exp_id: str, record: ExperimentRecord,
     })
     for ext in ("png", "csv"):
         client.log_artifact(run_id, str(record.path(f"confusion_pooled_{ext}")), artifact_path="confusion")
-    for key in ("predictions", "config", "metrics", "history", "curves"):
+    for key in ("predictions", "config", "metrics", "history", "curves", "layer_weights"):
         if key in record.artifacts:
             client.log_artifact(run_id, str(record.path(key)))
     if dataset_dir is not None and Path(dataset_dir).is_dir():  # the corpus exploration (plots, explore.json)

@@ -45,7 +45,12 @@ def test_ssl_features_train_evaluate_and_track(tmp_path: Path, monkeypatch: pyte
 
     from mlflow.tracking import MlflowClient
 
+    assert Path(row["experiment_dir"], "layer_weights.png").stat().st_size > 1000
     client = MlflowClient(uri)
-    (exp,) = [e for e in client.search_experiments() if e.name.startswith("ssltest") or "tiny" in e.name]
-    runs = client.search_runs([exp.experiment_id])
-    assert any(r.data.metrics.get("mean_ua") is not None or r.data.metrics.get("ua") is not None for r in runs)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    folds = [r for r in runs if "layer_weight_0" in r.data.metrics]
+    assert len(folds) == 2  # one metric per layer on every fold run, the weights summing to 1
+    for run in folds:
+        assert sum(run.data.metrics[f"layer_weight_{i}"] for i in range(3)) == pytest.approx(1.0, abs=1e-5)
+    parent = next(r for r in runs if "mean_ua" in r.data.metrics)
+    assert "layer_weights.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}

@@ -11,6 +11,7 @@ from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
 from ser_pipeline.dataset.tables import FeatureTable, FoldData, pool_table
 from ser_pipeline.dataset.views import ViewSpec, frames_for
 from ser_pipeline.inference.forward import STAGE2_VIEW, embed_table, predict_proba, sequence_table
+from ser_pipeline.models import LayerWeighted
 from ser_pipeline.training.config import TrainConfig, seed_everything
 from ser_pipeline.training.loop import FitResult, fit, precise_bn, state_digest
 from ser_pipeline.training.speaker import pretrain_speakers
@@ -68,6 +69,9 @@ def _outcome(model: nn.Module, data: FoldData, result: FitResult, plan: Any, *, 
         precise_bn(model, data.train, view, batch_size=plan.train.eval_batch_size, bf16=plan.train.bf16)
     probs = predict_proba(model, data.test, view, batch_size=plan.train.eval_batch_size, bf16=plan.train.bf16)
     extra["extra"] = {**_view_extra(view, plan), **extra.get("extra", {})}
+    if isinstance(model, LayerWeighted):  # ssl_probe: the learned weight of every stored layer
+        weights = model.layer_weights().detach().cpu().tolist()
+        extra["extra"].update({f"layer_weight_{i}": float(w) for i, w in enumerate(weights)})
     return FoldOutcome(probs, result.history, result.best_epoch, result.best_val_ua, model=model, timing=result.timing,
                        stats=data.stats, **extra)
 
