@@ -116,6 +116,7 @@ class SslProbe(nn.Module):
               "layer_norm": True, "lstm_hidden": 128},
     ablations={"pooling": "mean | attentive", "sequence": "none | blstm over frames",
                "layer_norm": "normalise each layer before the weighted sum"},
+    cpu={"hparams": {"head": (64,)}, "train": {"epochs": 15}},
 )
 def build_ssl_probe(n_classes: int, in_channels: int, **hparams: object) -> SslProbe:
     """Registry builder: :class:`SslProbe` (``feature_dim`` is filled from the feature spec's hidden size)."""
