@@ -17,6 +17,7 @@ from ser_pipeline.corpora import ingest
 from ser_pipeline.corpora.demo import generate_demo_corpus
 from ser_pipeline.experiments.config import ExperimentConfig, resolve
 from ser_pipeline.experiments.runner import fold_validation, run_experiment
+from ser_pipeline.features import PRESETS
 from ser_pipeline.manifest import read_manifest
 from ser_pipeline.models import load_all
 from ser_pipeline.splits import make_folds
@@ -85,6 +86,9 @@ def test_refit_trains_on_every_non_test_speaker_and_is_recorded(ws: Workspace) -
 
 def test_every_registered_model_has_a_cpu_preset_that_shrinks_it() -> None:
     for name, entry in load_all().items():
+        if PRESETS.get(entry.feature_preset).get("kind") == "ssl":
+            assert entry.cpu, name  # resolving needs a checkpoint: tests/flows/test_ssl_pipeline.py trains it
+            continue
         cpu = resolve(ExperimentConfig(model=name, preset="cpu"))
         full = resolve(ExperimentConfig(model=name))
         assert entry.cpu, name
