@@ -42,16 +42,27 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _registered_preset(model: str) -> str | None:
+    """The model's registered feature preset (naming it again is not a change), None if unknown."""
+    from ser_pipeline.models import get_model  # the registry imports torch: only when naming a run
+
+    try:
+        return get_model(model).feature_preset
+    except Exception:  # noqa: BLE001 - an unknown or unloadable model just keeps the preset in the name
+        return None
+
+
 def config_changes(config: dict[str, Any]) -> dict[str, str]:
     """``{short name: value}`` of the fields of an ExperimentConfig dict that differ from the defaults,
     in a stable order. Short names are the last path part (``hparams.dropout`` -> ``dropout``)
     unless two fields would share one (then the full path)."""
     changed: dict[str, Any] = {}
+    registered = _registered_preset(str(config.get("model", "")))
     order = [k for k in DEFAULTS if k in config] + sorted(k for k in config if k not in DEFAULTS)
     for key in order:  # the ExperimentConfig field order: features first, then protocol, ..., hparams
         value = config[key]
         if key in IDENTITY or value == DEFAULTS.get(key, object()) or value in (None, "", {}) or \
-                (key, str(value)) in EQUIVALENT_DEFAULTS:
+                (key, str(value)) in EQUIVALENT_DEFAULTS or (key == "features" and value in ("auto", registered)):
             continue
         changed.update(_leaves(value, f"{key}.") if isinstance(value, dict) else {key: value})
     changed = {k: v for k, v in changed.items() if v is not None}
