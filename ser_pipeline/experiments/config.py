@@ -27,7 +27,8 @@ from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
 from ser_pipeline.dataset.views import ViewSpec
 from ser_pipeline.errors import ConfigError, ProtocolError
 from ser_pipeline.experiments.feature_spec import AUTO_PRESET, resolve_feature_spec  # noqa: F401 - re-exported
-from ser_pipeline.features import FeatureSpec, feature_spec
+from ser_pipeline.features import PRESETS as FEATURE_PRESETS
+from ser_pipeline.features import FeatureSpec
 from ser_pipeline.models import ModelEntry, get_model
 from ser_pipeline.splits import PROTOCOLS
 from ser_pipeline.training.config import MODERN_RECIPE, TrainConfig
@@ -284,7 +285,8 @@ def _view_fields(entry: ModelEntry, paper: bool, cpu: dict[str, Any], given: dic
     """The view: the entry's; outside ``paper`` the issue-13 defaults (and corpus-length crops for
     fixed views unless the user gives ``frames``), then the CPU size, then the user's fields."""
     fields: dict[str, Any] = dict(entry.view)
-    if not paper:
+    ssl = entry.feature_preset in FEATURE_PRESETS and FEATURE_PRESETS.get(entry.feature_preset).get("kind") == "ssl"
+    if not paper and not ssl:  # hidden states are not log energies: no silence floor, the entry's normalisation
         fields.update(DEFAULT_VIEW)
         if fields.get("kind", "fixed") == "fixed" and "frames" not in given and "frames" not in cpu.get("view", {}):
             fields["frames_quantile"] = 0.9

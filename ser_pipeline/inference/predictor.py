@@ -22,11 +22,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 import torch
 
 from ser_pipeline.audio import MIN_DURATION_S, check_recording, resample, signal_problem, to_mono
-from ser_pipeline.dataset.tables import DictSource, load_table, normalise_tables, normalise_with
+from ser_pipeline.dataset.tables import (
+    DictSource,
+    floor_silence,
+    load_table,
+    normalise_tables,
+    normalise_with,
+)
 from ser_pipeline.dataset.views import ViewSpec
 from ser_pipeline.errors import AudioError, ConfigError, SerError
 from ser_pipeline.features import FeatureSpec, extract
@@ -107,7 +112,7 @@ def posteriors(predictor: Predictor, features: list[np.ndarray]) -> np.ndarray:
     rows = pd.DataFrame({"utterance_id": ids, "sha256": ids, "emotion": [predictor.classes[0]] * n,
                          "speaker": ids})
     source = DictSource({(uid, "orig"): feats for uid, feats in zip(ids, features, strict=True)})
-    table = load_table(source, rows, predictor.classes, ids)
+    table = floor_silence(load_table(source, rows, predictor.classes, ids), predictor.view.floor_db)  # as in training
     mode = predictor.view.normalise
     stats = predictor.meta.get("normalisation")
     if mode == "global" and stats is not None:

@@ -110,7 +110,7 @@ class SslProbe(nn.Module):
     reference=("probe on frozen self-supervised layers (SUPERB emotion task; EmoBox): softmax-weighted sum of every "
                "hidden layer, length-masked mean (or attentive) pooling, MLP head; optional BiLSTM over frames"),
     feature_preset="ssl",
-    view={"kind": "full", "channels": 0, "normalise": "none"},
+    view={"kind": "full", "channels": 0, "normalise": "none", "floor_db": 0.0},  # hidden states, not log energies
     recipe={"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 30, "patience": 8},
     defaults={"feature_dim": 768, "pooling": "mean", "sequence": "none", "head": (256,), "dropout": 0.2,
               "layer_norm": True, "lstm_hidden": 128},
