@@ -7,13 +7,12 @@ which writes it, and the predictor, which reads it::
     weights.pt          the network's state dict (neural models)
     stage2.pt           the stage-2 head (two-stage models)
     normalisation.pt    ``{"mean", "std"}`` ``(C, F)`` training statistics
-    estimator.pkl       a scikit-learn estimator (classic models)
+    estimator.json      a classic estimator's fitted numbers (scaler, SVM coefficients): no pickle
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +42,10 @@ def save_model_folder(folder: Path, meta: dict[str, Any], *, model: Any = None, 
         torch.save(_cpu(model), folder / "weights.pt")
         if stage2 is not None:
             torch.save(_cpu(stage2), folder / "stage2.pt")
-    elif model is not None:
-        (folder / "estimator.pkl").write_bytes(pickle.dumps(model))
+    elif model is not None:  # a classic estimator: its numbers as JSON, never a pickle
+        state = model.state_dict()
+        (folder / "estimator.json").write_text(json.dumps(state, sort_keys=True))
+        meta["estimator_file"] = "estimator.json"
     atomic_write_bytes(folder / META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return folder
 

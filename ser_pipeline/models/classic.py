@@ -148,6 +148,20 @@ class FunctionalsSVM:
         self.pipeline.fit(X, y)
         return self
 
+    def state_dict(self) -> dict[str, Any]:
+        """The fitted model as plain numbers (JSON-ready, no pickle): scaler mean and scale, the SVM's
+        ``coef`` ``(K', D)`` and ``intercept`` ``(K',)``, the classes it saw."""
+        scaler, svm = self.pipeline[0], self.pipeline[-1]
+        return {"n_classes": self.n_classes, "feature_set": self.feature_set, "speaker_norm": self.speaker_norm,
+                "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(), "coef": svm.coef_.tolist(),
+                "intercept": svm.intercept_.tolist(), "classes": [int(c) for c in svm.classes_]}
+
+    @staticmethod
+    def scores_from_state(state: dict[str, Any], X: np.ndarray) -> np.ndarray:
+        """Decision values ``(N, K')`` of a :meth:`state_dict` on functionals ``X`` ``(N, D)``."""
+        z = (np.asarray(X, dtype=np.float64) - np.asarray(state["mean"])) / np.asarray(state["scale"])
+        return z @ np.asarray(state["coef"]).T + np.asarray(state["intercept"])
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """``(N, K)`` pseudo-posteriors over all ``n_classes`` (absent training classes get 0)."""
         scores = np.asarray(self.pipeline.decision_function(X), dtype=np.float64)
