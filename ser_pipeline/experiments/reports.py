@@ -22,6 +22,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt: Any, fig: Any, path: str | Path, *, dpi: int) -> Path:
+    """Lay out, write and close ``fig``; returns ``path``."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def confusion_frame(cm: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
     """Counts ``(K, K)`` as a frame: index ``true_<class>``, columns ``pred_<class>``."""
     return pd.DataFrame(np.asarray(cm, dtype=np.int64), index=[f"true_{c}" for c in classes],
@@ -54,11 +63,7 @@ def write_confusion_png(cm: np.ndarray, classes: Sequence[str], path: str | Path
         for j in range(k):
             colour = "white" if norm[i, j] > 0.5 else "black"
             ax.text(j, i, f"{cm[i, j]}\n{100 * norm[i, j]:.1f}%", ha="center", va="center", fontsize=8, color=colour)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=90)
 
 
 def write_curves_png(history: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> Path | None:
@@ -76,11 +81,7 @@ def write_curves_png(history: Mapping[str, Sequence[Mapping[str, Any]]], path: s
     ax_ua.set(xlabel="epoch", ylabel="UA", title="validation UA")
     ax_loss.legend(fontsize=6)
     ax_ua.legend(fontsize=6)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=80)
 
 
 def layer_weights(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
@@ -106,8 +107,4 @@ def write_layer_weights_png(weights: Mapping[str, Sequence[float]], path: str | 
         ax.bar([i + j * width for i in range(len(weights[fold]))], weights[fold], width=width, label=fold)
     ax.set(xlabel="layer (0 = front end)", ylabel="softmax weight", title="learned layer weights")
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=80)
