@@ -86,7 +86,8 @@ def resolve_checkpoint(name: str, *, allow_download: bool = False) -> Path:
         from huggingface_hub import snapshot_download  # optional dependency of the ssl extra
     except ImportError:
         snapshot_download = None
-    if snapshot_download is not None and "/" in name and not path.exists():
+    hub_id = name.count("/") == 1 and not name.startswith(("/", ".", "~"))  # "org/model", not a path
+    if snapshot_download is not None and hub_id and not path.exists():
         try:
             return Path(snapshot_download(name, local_files_only=not allow_download))
         except Exception as exc:  # noqa: BLE001 - every hub failure becomes one clear message
