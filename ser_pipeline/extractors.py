@@ -8,7 +8,9 @@
 - ``logmel`` / ``spectrogram`` on ``torch``: :func:`ser_pipeline.torch_features.extract_batch`, the
   same computation batched on CUDA (or the CPU), equal to numpy within 1e-3;
 - ``ssl`` (any backend): the checkpoint's hidden states ``(L, H, T)``
-  (:mod:`ser_pipeline.ssl_features`), the encoder loaded once per process.
+  (:mod:`ser_pipeline.ssl_features`), the encoder loaded once per process;
+- ``functionals`` (any backend): openSMILE utterance functionals ``(1, D, 1)``
+  (:mod:`ser_pipeline.functionals`).
 
 The backend is a runtime choice like the device: it never enters a feature set's digest. torch and
 transformers are imported only when their backend is used (Dask workers start faster without).
@@ -50,11 +52,19 @@ def _ssl(waves: Sequence[np.ndarray], spec: FeatureSpec) -> list[np.ndarray]:
     return extract_ssl(encoder, waves, layers=spec.layers, window_s=spec.window_s, context_s=spec.context_s)
 
 
+def _functionals(waves: Sequence[np.ndarray], spec: FeatureSpec) -> list[np.ndarray]:
+    from ser_pipeline.functionals import extract_functionals  # opensmile: the optional opensmile extra
+
+    return extract_functionals(waves, spec.functional_set, spec.sample_rate)
+
+
 for _kind in ("logmel", "spectrogram"):
     EXTRACTORS.add(f"{_kind}:numpy", _numpy)
     EXTRACTORS.add(f"{_kind}:torch", _torch)
 EXTRACTORS.add("ssl:numpy", _ssl)
 EXTRACTORS.add("ssl:torch", _ssl)
+EXTRACTORS.add("functionals:numpy", _functionals)
+EXTRACTORS.add("functionals:torch", _functionals)
 
 
 def resolve_backend(backend: str) -> str:
@@ -72,7 +82,8 @@ def resolve_backend(backend: str) -> str:
 
 def extract_many(waves: Sequence[np.ndarray], spec: FeatureSpec, *, backend: str = "numpy") -> list[np.ndarray]:
     """Features of each wave ``(n_i,)`` at ``spec.sample_rate``: a list of float32 arrays
-    (``(C, F, T_i)`` for log-Mel and spectrograms, ``(L, H, T_i)`` for ``ssl``)."""
+    (``(C, F, T_i)`` for log-Mel and spectrograms, ``(L, H, T_i)`` for ``ssl``, ``(1, D, 1)`` for
+    ``functionals``)."""
     if not waves:
         return []
     return EXTRACTORS.get(f"{spec.kind}:{resolve_backend(backend)}")(waves, spec)

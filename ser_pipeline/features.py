@@ -29,13 +29,17 @@ import scipy.fft
 
 from ser_pipeline.config import Spec, canonical_json, check_fields, require, stable_digest
 from ser_pipeline.errors import ConfigError
+from ser_pipeline.functionals import FUNCTIONAL_SETS
 from ser_pipeline.registry import Registry
 
-FEATURE_KINDS = ("logmel", "spectrogram", "ssl")
-# Fields that only the ssl kind reads, and the ones it ignores (neither enters the other's digest).
+FEATURE_KINDS = ("logmel", "spectrogram", "ssl", "functionals")
+# The fields each family of kinds reads; a kind's digest leaves out the other families' fields.
 SSL_FIELDS = ("checkpoint", "layers", "window_s", "context_s")
 SPECTRAL_FIELDS = ("n_mels", "fmin", "fmax", "win_ms", "hop_ms", "n_fft", "preemphasis", "log_floor", "deltas",
                    "delta_width", "normalize_waveform")
+FUNCTIONAL_FIELDS = ("functional_set",)
+KIND_FIELDS: dict[str, tuple[str, ...]] = {"logmel": SPECTRAL_FIELDS, "spectrogram": SPECTRAL_FIELDS,
+                                           "ssl": SSL_FIELDS, "functionals": FUNCTIONAL_FIELDS}
 FEATURE_DTYPES = ("float16", "float32")
 
 # Preset name -> FeatureSpec field overrides (the rest keeps the dataclass defaults).
@@ -46,6 +50,8 @@ PRESETS.add("logmel64_norm", {"kind": "logmel", "n_mels": 64, "normalize_wavefor
 PRESETS.add("spectrogram", {"kind": "spectrogram"})
 # Self-supervised hidden states (set ``checkpoint`` to a local Hugging Face folder; see README).
 PRESETS.add("ssl", {"kind": "ssl", "dtype": "float16"})
+# openSMILE utterance functionals (model ``svm``): ``(1, D, 1)`` float32 per recording.
+PRESETS.add("functionals", {"kind": "functionals", "dtype": "float32"})
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,8 @@ class FeatureSpec(Spec):
     layers: tuple[int, ...] | None = None
     window_s: float = 20.0
     context_s: float = 2.0
+    # kind="functionals" only: the openSMILE set (:data:`ser_pipeline.functionals.FUNCTIONAL_SETS`).
+    functional_set: str = "eGeMAPSv02"
 
     def validate(self) -> None:
         require(self.preset in PRESETS, "preset", self.preset, f"unknown preset; valid: {PRESETS.names()}")
@@ -107,10 +115,16 @@ class FeatureSpec(Spec):
                     "layers", self.layers, "None (all) or a non-empty list of layer indices >= 0")
             require(self.window_s > 0 and self.context_s >= 0 and self.window_s > 2 * self.context_s, "window_s",
                     self.window_s, f"must be positive and more than twice context_s={self.context_s}")
+        if self.kind == "functionals":
+            require(self.functional_set in FUNCTIONAL_SETS, "functional_set", self.functional_set,
+                    f"valid sets: {list(FUNCTIONAL_SETS)}")
+            require(self.dtype == "float32", "dtype", self.dtype, "functionals are stored as float32 "
+                    "(float16 would round values in the thousands to whole numbers)")
 
     def _params(self) -> dict[str, Any]:
         """The fields that determine this kind's arrays (no ``preset``; the other kind's fields dropped)."""
-        drop = {"preset", *(SPECTRAL_FIELDS if self.kind == "ssl" else SSL_FIELDS)}
+        own = KIND_FIELDS[self.kind]
+        drop = {"preset", *(f for fields in KIND_FIELDS.values() for f in fields if f not in own)}
         return {k: v for k, v in self.to_dict().items() if k not in drop}
 
     def digest(self) -> str:
@@ -127,7 +141,7 @@ class FeatureSpec(Spec):
     def legacy_digest(self) -> str:
         """The key stores used before the preset left the digest (preset name included): such sets stay
         readable and ``ser store gc`` reports them as superseded by :meth:`digest`."""
-        old = {k: v for k, v in self.to_dict().items() if k not in SSL_FIELDS}
+        old = {k: v for k, v in self.to_dict().items() if k not in (*SSL_FIELDS, *FUNCTIONAL_FIELDS)}
         return stable_digest(old, version=f"{type(self).__name__}:{self.CODE_VERSION}")
 
     @property
@@ -147,28 +161,34 @@ class FeatureSpec(Spec):
 
     @property
     def channels(self) -> int:
-        """C of the output: 3 with deltas, else 1; for ``ssl`` the layers kept (from the checkpoint's config)."""
+        """C of the output: 3 with deltas, else 1; for ``ssl`` the layers kept (from the checkpoint's config); 1 for ``functionals``."""
         if self.kind == "ssl":
             from ser_pipeline.ssl_features import checkpoint_shape  # ssl kind only
 
             return len(self.layers) if self.layers else checkpoint_shape(self.checkpoint)[0]
+        if self.kind == "functionals":
+            return 1
         return 3 if self.deltas else 1
 
     @property
     def bands(self) -> int:
-        """F of the output: Mel bands, linear FFT bins for ``spectrogram``, the hidden size for ``ssl``."""
+        """F of the output: Mel bands, linear FFT bins for ``spectrogram``, the hidden size for ``ssl``, the set's D for ``functionals``."""
         if self.kind == "ssl":
             from ser_pipeline.ssl_features import checkpoint_shape  # ssl kind only
 
             return checkpoint_shape(self.checkpoint)[1]
+        if self.kind == "functionals":
+            return FUNCTIONAL_SETS[self.functional_set]
         return self.n_mels if self.kind == "logmel" else self.fft_size // 2 + 1
 
     def frames_for(self, n_samples: int) -> int:
-        """T of the output for a wave of ``n_samples`` (at least 1); 50 Hz for ``ssl``."""
+        """T of the output for a wave of ``n_samples`` (at least 1); 50 Hz for ``ssl``; 1 for ``functionals``."""
         if self.kind == "ssl":
             from ser_pipeline.ssl_features import ssl_frames  # ssl kind only
 
             return ssl_frames(self.checkpoint, n_samples)
+        if self.kind == "functionals":
+            return 1
         return 1 + max(0, n_samples - self.win_length) // self.hop_length
 
 

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lower layers first; a module may import its own layer or any layer before it.
 LAYERS = [
     {"errors", "config", "registry", "workspace"},
-    {"audio", "augment", "features", "torch_features", "ssl_features", "extractors", "manifest", "splits", "metrics", "corpora",
+    {"audio", "augment", "features", "functionals", "torch_features", "ssl_features", "extractors", "manifest", "splits", "metrics", "corpora",
      "explore"},
     {"dataset"},
     {"models"},

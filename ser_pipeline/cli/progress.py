@@ -73,8 +73,9 @@ def announce(config: ExperimentConfig, ws: Workspace, device: str,
     folds = [f.name for f in make_folds(resolved.protocol, manifest, seed=config.seed, **config.protocol_options)]
     folds = folds[: config.max_folds] if config.max_folds else folds
     epochs = resolved.plan.train.epochs
+    per_fold = f"up to {epochs} epoch(s) each" if resolved.trainer.uses_view else "one fit each"
     say(f"train {config.model} on {config.corpus} ({len(manifest)} utterances): protocol {resolved.protocol}, "
-        f"{len(folds)} fold(s), up to {epochs} epoch(s) each, device {device}")
+        f"{len(folds)} fold(s), {per_fold}, device {device if resolved.trainer.uses_device else 'cpu'}")
     if resolved.features is not None:
         from ser_pipeline.augment import parse_augment
         from ser_pipeline.features import feature_label

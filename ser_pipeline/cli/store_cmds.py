@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -106,6 +107,21 @@ def _gc_text(r: dict[str, Any]) -> str:
     lines += [f"  remove {x['path']}: {x['reason']}" for x in r["removed"]]
     lines += [f"  compact {x['path']}: keep {x['items_kept']}, drop {x['items_dropped']} ({x['reason']})" for x in r["compacted"]]
     return "\n".join(lines + superseded)
+
+
+LEGACY_FUNCTIONALS = "functionals"  # <features>/functionals/<set>.parquet: the old svm's own cache
+
+
+def legacy_functionals(features_dir: Path, *, dry_run: bool) -> list[dict[str, Any]]:
+    """The openSMILE parquet caches the ``svm`` kept before functionals became a store feature kind:
+    ``[{"path", "bytes", "reason"}]``, deleted unless ``dry_run`` (nothing reads them any more)."""
+    out = []
+    for path in sorted((features_dir / LEGACY_FUNCTIONALS).glob("*.parquet")):
+        out.append({"path": str(path), "bytes": path.stat().st_size,
+                    "reason": "old svm functionals cache, superseded by the store's 'functionals' feature kind"})
+        if not dry_run:
+            path.unlink()
+    return out
 
 
 def referenced_digests(store: Any, manifest_names: set[str]) -> set[str]:
@@ -232,5 +248,8 @@ def register(app: typer.Typer) -> None:
         keep_set = referenced_digests(store, set(list_manifests(ws))) | set(keep or [])
         items = referenced_items(store, ws, set(keep or []))
         report = gc(store, keep_set, dry_run=not apply, referenced_items=items)
+        legacy = legacy_functionals(Path(ws.features), dry_run=not apply)
+        report["removed"] += legacy
+        report["bytes"] += sum(x["bytes"] for x in legacy)
         report["superseded"] = superseded
         emit(report, as_json, _gc_text)

@@ -8,8 +8,9 @@ section strictly, before any work, with the field path, the value and the valid 
 
 Training settings have one path: ``train`` (TrainConfig fields) for the main network,
 ``stage2.recipe`` for the stage-2 head of a two-stage model, ``speaker_epochs``/``speaker_lr``
-under ``train`` for speaker pre-training. ``epochs`` is the experiment's epoch budget: it sets
-the main network's epochs and caps the other stages (never raises them). The device is not part of
+under ``train`` for speaker pre-training. ``epochs`` is the shorthand of ``train.epochs`` (the
+main network, and the speaker pre-training's default); it never touches stage 2, whose epochs are
+``stage2.recipe.epochs`` only. The device is not part of
 the configuration: it is a runtime argument of the runner.
 """
 
@@ -239,7 +240,9 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
         cpu_train = cpu.get("train", {})
     recipe = {**base, **cpu_train, **config.train}
     speaker = {k: recipe.pop(k) for k in SPEAKER_KEYS if k in recipe}
-    if config.epochs is not None:
+    if config.epochs is not None:  # the shorthand of train.epochs (the main network only)
+        require("epochs" not in config.train or config.train["epochs"] == config.epochs, f"{where}epochs",
+                config.epochs, f"differs from {where}train.epochs={config.train.get('epochs')}; give one")
         recipe["epochs"] = config.epochs
     if entry.recipe.get("epochs") == 0 and "epochs" not in config.train:
         recipe["epochs"] = 0  # an ablation that never trains this stage stays untrained
@@ -254,14 +257,13 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
         s2_base = entry.stage2_recipe if paper else {**entry.stage2_recipe, **STAGE2_MODERN}
         s2 = {**s2_base, **cpu.get("stage2_train", {}), **dict(config.stage2.get("recipe") or {})}
         stage2_train = _train_config(s2, where=f"{where}stage2.recipe", seed=config.seed)
-        stage2_train = _capped(stage2_train, config.epochs)
     elif config.stage2:
         raise ConfigError(f"{where}stage2: model {entry.name!r} has no stage 2")
     speaker_train = None
     if "speaker_pretrain" == trainer.name:
         epochs = int(speaker.get("speaker_epochs", train.epochs))
-        speaker_train = _capped(train.replace(epochs=epochs, lr=float(speaker.get("speaker_lr", train.lr)),
-                                              class_weighted=False, label_smoothing=0.0), config.epochs)
+        speaker_train = train.replace(epochs=epochs, lr=float(speaker.get("speaker_lr", train.lr)),
+                                      class_weighted=False, label_smoothing=0.0)
     plan = TrainingPlan(entry, hparams, view, train, spec_aug, stage2_hparams, stage2_train, speaker_train,
                         refit=config.refit, notes=tuple(notes))
     return Resolved(entry, trainer, protocol, features, augment, plan)
@@ -315,11 +317,6 @@ def _base_recipe(entry: ModelEntry, paper: bool, hparams: dict[str, Any], neural
     keep = {k: v for k, v in entry.recipe.items() if k in ("batch_size", "epochs", "class_weighted", "eval_batch_size",
                                                           "speaker_epochs", "speaker_lr", "grad_clip")}
     return {**keep, **MODERN_RECIPE}, note
-
-
-def _capped(train: TrainConfig, budget: int | None) -> TrainConfig:
-    """A secondary stage's settings with its epochs capped by the experiment's budget."""
-    return train if budget is None or train.epochs <= budget else train.replace(epochs=budget)
 
 
 def experiment_digest(config: ExperimentConfig, resolved: Resolved) -> str:

@@ -239,8 +239,7 @@ def _run_locked(config: ExperimentConfig, resolved: Resolved, manifest: pd.DataF
         train_ids, val_ids, val_source = fold_validation(usable, fold, config.seed, config.validation)
         run = FoldRun(fold.name, i, resolved.plan, usable, train_ids, val_ids, tuple(fold.test), classes, torch_device,
                       workdir / fold.name, list(callbacks or ()), features.feature_set if features else None,
-                      features.store if features else None, resolved.feature_digest, tuple(variants),
-                      workspace.features)
+                      features.store if features else None, resolved.feature_digest, tuple(variants))
         t0 = time.perf_counter()
         outcome = resolved.trainer.run(run)
         outcome.fold = fold.name

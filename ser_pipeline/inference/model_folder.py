@@ -62,6 +62,9 @@ def load_trained_model(model_dir: str | Path, *, device: str = "cpu") -> tuple[n
     if not meta_path.exists():
         raise ConfigError(f"{meta_path}: not a trained model folder (model.json missing)")
     meta = json.loads(meta_path.read_text())
+    if meta.get("estimator_file"):
+        raise ConfigError(f"{model_dir}: model {meta['model']!r} is a classic estimator ({meta['estimator_file']}); "
+                          "prediction from audio serves neural models only")
     entry = get_model(meta["model"])
     hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["hparams"].items()}
     model = entry.build(n_classes=meta["n_classes"], in_channels=meta["in_channels"], **hparams)

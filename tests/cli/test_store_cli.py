@@ -64,6 +64,14 @@ def test_verify_and_gc(ingested):
     assert ok.exit_code == 0 and json.loads(ok.stdout)["items_checked"] == 6
     # the logmel60 set is referenced by manifest "tiny": nothing to collect
     assert json.loads(invoke("store", "gc", "--root", root, "--json").stdout)["removed"] == []
+    legacy = ingested.features / "functionals" / "eGeMAPSv02.parquet"  # the old svm cache: reported, then removed
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"PAR1" * 10)
+    listed = json.loads(invoke("store", "gc", "--root", root, "--json").stdout)
+    assert [r["path"] for r in listed["removed"]] == [str(legacy)] and "functionals" in listed["removed"][0]["reason"]
+    assert legacy.exists() and listed["bytes"] >= 40
+    invoke("store", "gc", "--root", root, "--apply")
+    assert not legacy.exists() and FeatureStore(ingested.features).digests()  # the sets stay
     (ingested.manifests / "tiny.json").unlink()  # manifest gone: both sets unreferenced unless kept
     keep = feature_spec("logmel64").digest()
     plan = json.loads(invoke("store", "gc", "--root", root, "--keep", keep, "--json").stdout)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feature_store.store import FeatureStore
 from ser_pipeline.corpora import ingest
 from ser_pipeline.corpora.demo import generate_demo_corpus
 from ser_pipeline.errors import ConfigError, ProtocolError
@@ -162,7 +163,19 @@ def test_resolution_and_spec_augment_forms() -> None:
     if "res_trans" in MODELS:  # a seed model with a paper recipe: speaker pre-training + Horizontal Mixup
         paper = resolve(ExperimentConfig(model="res_trans", preset="paper", epochs=2))
         assert paper.plan.spec_augment == SpecAugmentSpec(hmixup=(0.05, 1.25, 1.0), ratio=0.3)
-        assert paper.plan.speaker_train is not None and paper.plan.speaker_train.epochs == 2
+        # top-level epochs is train.epochs only: the recipe's speaker_epochs stays, train.speaker_epochs sets it
+        assert paper.plan.train.epochs == 2 and paper.plan.speaker_train is not None
+        assert paper.plan.speaker_train.epochs == MODELS.get("res_trans").recipe["speaker_epochs"]
+        short = resolve(ExperimentConfig(model="res_trans", preset="paper", epochs=2, train={"speaker_epochs": 1}))
+        assert short.plan.speaker_train is not None and short.plan.speaker_train.epochs == 1
+        with pytest.raises(ConfigError, match="epochs.*train.epochs=5"):
+            resolve(ExperimentConfig(model="cnn", epochs=2, train={"epochs": 5}))
+    if "alexnet_sru" in MODELS:  # stage 2's epochs come from stage2.recipe only, never from top-level epochs
+        two = resolve(ExperimentConfig(model="alexnet_sru", epochs=1))
+        assert two.plan.train.epochs == 1 and two.plan.stage2_train is not None
+        assert two.plan.stage2_train.epochs == MODELS.get("alexnet_sru").stage2_recipe["epochs"] > 1
+        given = resolve(ExperimentConfig(model="alexnet_sru", epochs=1, stage2={"recipe": {"epochs": 2}}))
+        assert given.plan.stage2_train is not None and given.plan.stage2_train.epochs == 2
         # issue 13: the default preset turns on random crops + SpecAugment masks; {} switches them off
         assert resolve(ExperimentConfig(model="res_trans", epochs=2)).plan.spec_augment == SpecAugmentSpec(
             random_cut=True, freq_masks=2, time_masks=2)
@@ -190,10 +203,13 @@ def test_classic_svm_on_cached_functionals(ws: Workspace) -> None:
     config = ExperimentConfig.from_dict({"model": "svm", "corpus": "demo", "max_folds": 2})
     result = run_experiment(config, ws, device="cpu")
     assert result.metrics["mean"]["ua"] > 0.25
-    cache = Path(ws.features) / "functionals" / "eGeMAPSv02.parquet"
-    stamp = cache.stat().st_mtime_ns
+    store = FeatureStore(ws.features)
+    (listed,) = [s for s in store.list_sets() if s["kind"] == "functionals"]
+    assert listed["spec"]["functional_set"] == "eGeMAPSv02" and listed["utterances"] == len(read_manifest("demo", ws))
+    batches = listed["batches"]
     run_experiment(config.replace(seed=1), ws)
-    assert cache.stat().st_mtime_ns == stamp  # nothing recomputed
+    (again,) = [s for s in store.list_sets() if s["kind"] == "functionals"]
+    assert again["batches"] == batches  # nothing recomputed: the second run read the store
 
 
 def test_one_bad_recording_is_left_out_not_fatal(tmp_path: Path) -> None:

@@ -140,9 +140,9 @@ def test_device_is_not_part_of_the_experiment_identity() -> None:
     assert experiment_digest(other, resolve(other)) != experiment_digest(config, r1)
 
 
-def test_top_level_epochs_caps_stage2_and_train_lr_stays_in_stage1() -> None:
+def test_top_level_epochs_and_train_lr_stay_in_stage1() -> None:
     config = ExperimentConfig(model="alexnet_sru", corpus="demo", epochs=4, train={"lr": 0.5},
                               stage2={"recipe": {"epochs": 8, "lr": 0.01}})
     plan = resolve(config).plan
     assert plan.train.epochs == 4 and plan.train.lr == 0.5
-    assert plan.stage2_train.epochs == 4 and plan.stage2_train.lr == 0.01
+    assert plan.stage2_train.epochs == 8 and plan.stage2_train.lr == 0.01

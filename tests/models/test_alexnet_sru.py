@@ -168,7 +168,7 @@ def test_one_epoch_through_the_engine(tiny_ws: Workspace, name: str) -> None:
     config = ExperimentConfig(model=name, corpus="tiny", epochs=1, max_folds=1,
                               hparams={"width_mult": 0.02} if name != "alexnet_sru_sru_only" else {"pool": 4},
                               view={"resize": (67, 67), "frames": 67, "n_segments": 3},
-                              stage2={"hparams": {"hidden_size": 16}})
+                              stage2={"hparams": {"hidden_size": 16}, "recipe": {"epochs": 1}})
     result = run_experiment(config, tiny_ws, device="cpu")
     fold = result.metrics["folds"][0]
     assert 0.0 <= fold["ua"] <= 1.0

@@ -196,27 +196,54 @@ def test_functionals_svm_gives_posteriors_for_every_class() -> None:
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 3], 10)  # class 2 absent from training
     X = rng.standard_normal((30, 5)) + y[:, None] * 2.0
-    svm = build_model("svm", 4, 0, feature_set="IS09", C=1.0)
-    assert isinstance(svm, FunctionalsSVM) and svm.feature_set == "IS09" and svm.speaker_norm
+    svm = build_model("svm", 4, 0, C=1.0)
+    assert isinstance(svm, FunctionalsSVM) and svm.speaker_norm
     probs = svm.fit(X, y).predict_proba(X)
     assert probs.shape == (30, 4) and np.allclose(probs.sum(axis=1), 1.0) and np.all(probs[:, 2] == 0)
     assert (probs.argmax(axis=1) == y).mean() > 0.9
-    with pytest.raises(ConfigError, match="feature_set"):
-        build_model("svm", 4, 0, feature_set="MFCC")
+    with pytest.raises(ConfigError, match="C"):
+        build_model("svm", 4, 0, C=0.0)
 
 
-def test_opensmile_functionals_are_cached(tmp_path: Path, write_wav) -> None:
-    pytest.importorskip("opensmile")
+def test_opensmile_functionals_are_a_store_feature_kind(tmp_path: Path, write_wav) -> None:
+    """eGeMAPS functionals go through the store like log-Mels: keyed by the spec digest, ``(1, 88, 1)``
+    float32 equal to openSMILE's own output, computed once (a second featurize computes nothing)."""
+    opensmile = pytest.importorskip("opensmile")
     import pandas as pd
 
-    from ser_pipeline.models.classic import cache_path, functionals
+    from feature_store.store import FeatureStore
+    from ser_pipeline.audio import file_sha256, load
+    from ser_pipeline.augment import parse_augment
+    from ser_pipeline.experiments.features import featurize
+    from ser_pipeline.features import feature_spec
 
     paths = [write_wav(tmp_path / f"{i}.wav", 0.5, freq=150 + 50 * i) for i in range(3)]
-    manifest = pd.DataFrame({"utterance_id": [f"u{i}" for i in range(3)], "sha256": [f"s{i}" for i in range(3)],
-                             "path": [str(p) for p in paths]})
-    X, failed = functionals(manifest, "eGeMAPSv02", tmp_path / "features", workers=1)
-    assert X.shape == (3, 88) and not failed and np.isfinite(X).all()
-    stamp = cache_path(tmp_path / "features", "eGeMAPSv02").stat().st_mtime_ns
-    X2, _ = functionals(manifest.iloc[::-1].reset_index(drop=True), "eGeMAPSv02", tmp_path / "features", workers=1)
-    assert np.array_equal(X2, X[::-1])
-    assert cache_path(tmp_path / "features", "eGeMAPSv02").stat().st_mtime_ns == stamp
+    manifest = pd.DataFrame({"utterance_id": [f"u{i}" for i in range(3)], "speaker": ["a", "a", "b"],
+                             "emotion": ["x", "y", "x"], "path": [str(p) for p in paths],
+                             "sha256": [file_sha256(p) for p in paths], "corpus": "t"})
+    spec = feature_spec("functionals")
+    assert spec.digest() != feature_spec("functionals", functional_set="IS09").digest()
+    store = FeatureStore(tmp_path / "features")
+    report, _ = featurize(manifest, spec, parse_augment("orig"), store, manifest_name="t", manifest_digest="d")
+    assert report.computed == 3 and not report.failed
+    fset = store.open_set(spec)
+    got = fset.read_many([(sha, "orig") for sha in manifest["sha256"]])
+    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.Functionals)
+    wave, sr = load(str(paths[1]), sample_rate=16000)
+    want = smile.process_signal(wave, sr).to_numpy()[0]
+    assert got[1].shape == (1, 88, 1) and got[1].dtype == np.float32
+    np.testing.assert_allclose(got[1].reshape(-1), want, rtol=1e-6)
+    again, _ = featurize(manifest, spec, parse_augment("orig"), store, manifest_name="t", manifest_digest="d")
+    assert again.computed == 0 and again.reused == 3
+    listed = {s["digest"]: s for s in store.list_sets()}[spec.digest()]
+    assert listed["kind"] == "functionals" and listed["items"] == 3
+
+
+def test_functionals_spec_refuses_float16_and_unknown_sets() -> None:
+    from ser_pipeline.features import feature_spec
+
+    with pytest.raises(ConfigError, match="dtype"):
+        feature_spec("functionals", dtype="float16")
+    with pytest.raises(ConfigError, match="functional_set.*eGeMAPSv02"):
+        feature_spec("functionals", functional_set="MFCC")
+    assert feature_spec("functionals").bands == 88 and feature_spec("functionals", functional_set="IS09").bands == 384

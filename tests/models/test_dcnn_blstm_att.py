@@ -146,7 +146,7 @@ def test_one_epoch_through_the_engine(tiny_ws: Workspace) -> None:
 
     config = ExperimentConfig(model="dcnn_blstm_att", corpus="tiny", epochs=1, max_folds=1,
                               hparams={"width_mult": 0.02}, view={"resize": (67, 67), "frames": 96},
-                              stage2={"hparams": {"hidden": 8, "dnn": (16, 8, 8)}})
+                              stage2={"hparams": {"hidden": 8, "dnn": (16, 8, 8)}, "recipe": {"epochs": 1}})
     result = run_experiment(config, tiny_ws, device="cpu")
     fold = result.metrics["folds"][0]
     assert 0.0 <= fold["ua"] <= 1.0

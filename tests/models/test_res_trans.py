@@ -98,7 +98,7 @@ def test_entry_is_valid_for_the_engine() -> None:
 
 
 def test_speaker_pretraining_through_the_engine(tiny_ws: Workspace) -> None:
-    config = ExperimentConfig(model="res_trans", corpus="tiny", epochs=1, max_folds=1,
+    config = ExperimentConfig(model="res_trans", corpus="tiny", epochs=1, max_folds=1, train={"speaker_epochs": 1},
                               hparams={"width": 4, "heads": 2, "ff_dim": 16}, view={"frames": 64})
     result = run_experiment(config, tiny_ws, device="cpu")
     fold = result.metrics["folds"][0]

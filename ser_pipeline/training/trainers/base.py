@@ -57,7 +57,6 @@ class FoldRun:
     store: Any = None  # FeatureStore: two-stage derived items
     feature_digest: str = ""
     train_variants: tuple[str, ...] = ("orig",)
-    functionals_dir: Path | None = None
 
     @property
     def seed(self) -> int:
@@ -95,7 +94,7 @@ class Trainer(Protocol):
     """One trainer kind: ``run(fold) -> FoldOutcome`` plus what the runner must prepare for it."""
 
     name: str
-    reads_features: bool  # needs the log-Mel feature set from the store
+    reads_features: bool  # reads its feature set (log-Mel, spectrogram, ssl, functionals) from the store
     uses_view: bool  # the model entry's view applies
     uses_device: bool  # runs on the requested device (else on CPU)
 
