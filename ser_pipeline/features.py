@@ -394,8 +394,12 @@ def extract(wave: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """Features of a mono wave ``(n,)`` at ``spec.sample_rate``: ``(C, F, T)`` float32.
 
     ``C = 3`` (static, delta, delta-delta) when ``spec.deltas`` else 1; ``F = spec.bands``;
-    ``T = spec.frames_for(n)``.
+    ``T = spec.frames_for(n)``. Spectral kinds only (``ssl`` and ``functionals`` are computed by
+    :func:`ser_pipeline.extractors.extract_many`).
     """
+    if KIND_FIELDS[spec.kind] is not SPECTRAL_FIELDS:
+        raise ConfigError(f"kind={spec.kind!r}: features.extract computes logmel/spectrogram only; "
+                          "use ser_pipeline.extractors.extract_many")
     static = static_features(wave, spec)
     out = np.empty((spec.channels, *static.shape), dtype=np.float32)
     out[0] = static

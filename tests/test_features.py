@@ -21,7 +21,13 @@ from ser_pipeline.features import (
 from tests.conftest import make_tone
 
 
-SPECTRAL_PRESETS = [p for p in PRESETS.names() if PRESETS.get(p).get("kind") != "ssl"]  # ssl: tests/test_ssl_features.py
+# ssl: tests/test_ssl_features.py; functionals: tests/models/test_baselines.py
+SPECTRAL_PRESETS = [p for p in PRESETS.names() if PRESETS.get(p).get("kind") not in ("ssl", "functionals")]
+
+
+def test_extract_refuses_kinds_it_does_not_compute():
+    with pytest.raises(ConfigError, match="functionals.*extract_many"):
+        extract(make_tone(0.5), feature_spec("functionals"))
 
 
 @pytest.mark.parametrize("preset", SPECTRAL_PRESETS)
