@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import typer
 
 from ser_pipeline.cli.common import JsonOption, RootOption, emit, workspace
-from ser_pipeline.manifest import read_manifest
 
 bench_app = typer.Typer(help="Benchmarks users can run (not timed tests).", no_args_is_help=True)
 
@@ -56,6 +55,7 @@ def featurize(
     """Store featurize vs the naive librosa loop: audio s per wall s, ratio, peak memory, no-op re-run."""
     # benchmarks/ sits outside the library's import graph: imported only when a benchmark runs
     from benchmarks.featurize import bench_featurize, frame_from_dir
+    from ser_pipeline.manifest import read_manifest  # pandas: when the command runs
 
     frame = frame_from_dir(path) if path is not None else read_manifest(name, workspace(root))
     folder = Path(tempfile.mkdtemp(prefix="ser-bench-", dir=scratch))
@@ -105,6 +105,7 @@ def extract(
     from benchmarks.extract import bench_backends, bench_ssl  # outside the library's import graph
     from feature_store.materialise import load_checked
     from ser_pipeline.features import feature_spec
+    from ser_pipeline.manifest import read_manifest  # pandas: when the command runs
 
     frame = read_manifest(name, workspace(root)).head(limit)
     spec = feature_spec(preset)

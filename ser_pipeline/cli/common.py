@@ -77,3 +77,8 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True))  # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def say(line: str) -> None:
+    """A progress line on stderr (stdout stays for results and ``--json``)."""
+    typer.echo(line, err=True)

@@ -17,6 +17,7 @@ import typer
 
 from ser_pipeline.experiments.config import ExperimentConfig, resolve
 from ser_pipeline.experiments.corpora import experiment_manifest
+from ser_pipeline.experiments.runner import FoldStarted
 from ser_pipeline.splits import make_folds
 from ser_pipeline.workspace import Workspace
 
@@ -31,6 +32,11 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+def speakers(names: tuple[str, ...], *, most: int = 3) -> str:
+    """``spk01, spk02`` or ``12 speakers`` when there are more than ``most``."""
+    return ", ".join(names) if len(names) <= most else f"{len(names)} speakers"
+
+
 @dataclass
 class TrainProgress:
     """Progress lines on stderr (``say`` is the printer; tests pass a list's append)."""
@@ -38,29 +44,45 @@ class TrainProgress:
     folds: list[str]
     epochs: int
     say: Callable[[str], None] = field(default=lambda line: typer.echo(line, err=True))
+    refit: bool = False  # each fold ends with a refit of at most ``epochs`` epochs
     seen: dict[str, int] = field(default_factory=dict)
+    announced: set[str] = field(default_factory=set)
     epoch_seconds: list[float] = field(default_factory=list)
     last: float = field(default_factory=time.perf_counter)
 
-    def fold_started(self, fold: str, epoch: int) -> None:
-        index = self.folds.index(fold) + 1 if fold in self.folds else len(self.seen) + 1
-        self.say(f"fold {index}/{len(self.folds)}: {fold}")
-        if epoch > 1:
-            self.say(f"resumed fold {fold} from epoch {epoch}")
+    def fold_begins(self, event: FoldStarted) -> None:
+        """The runner's fold hook: ``fold i/N`` with its speakers, before any feature of it is read."""
+        self.announced.add(event.name)
+        self.last = time.perf_counter()
+        val = f", validation {speakers(event.val_speakers)}: {event.n_val}" if event.n_val else ""
+        self.say(f"fold {event.index + 1}/{event.total}: {event.name} (train {event.n_train} utterances{val}; "
+                 f"test {speakers(event.test_speakers)}: {event.n_test})")
 
     def __call__(self, fold: str, epoch: int, metrics: dict[str, float]) -> None:
         now = time.perf_counter()
+        base, _, phase = fold.partition("/")
         if fold not in self.seen:
             self.seen[fold] = epoch
-            self.fold_started(fold, epoch)
+            if base not in self.announced:
+                index = self.folds.index(base) + 1 if base in self.folds else len(self.announced) + 1
+                self.say(f"fold {index}/{len(self.folds)}: {base}")
+                self.announced.add(base)
+            if epoch > 1:
+                self.say(f"resumed fold {fold} from epoch {epoch}")
+            if phase == "refit":
+                self.say(f"{base}: refit on train + validation speakers for the epochs chosen on validation")
         seconds = float(metrics.get("seconds") or (now - self.last))
         self.last = now
         self.epoch_seconds.append(seconds)
         per_epoch = sum(self.epoch_seconds[-10:]) / len(self.epoch_seconds[-10:])
-        index = self.folds.index(fold) if fold in self.folds else len(self.seen) - 1
-        left = (self.epochs - epoch) + (len(self.folds) - index - 1) * self.epochs
-        self.say(f"{fold} epoch {epoch}/{self.epochs}: train_loss {metrics.get('train_loss', float('nan')):.4f} "
-                 f"val_loss {metrics.get('val_loss', float('nan')):.4f} val_ua {metrics.get('val_ua', float('nan')):.3f}"
+        per_fold = self.epochs * (2 if self.refit else 1)
+        index = self.folds.index(base) if base in self.folds else len(self.announced) - 1
+        here = (self.epochs - epoch) + (self.epochs if self.refit and phase != "refit" else 0)
+        left = here + (len(self.folds) - index - 1) * per_fold
+        scores = (f"val_loss {metrics.get('val_loss', float('nan')):.4f} val_ua {metrics.get('val_ua', float('nan')):.3f}"
+                  if phase != "refit" else "(no validation in a refit)")
+        of = f"/{self.epochs}" if phase != "refit" else ""
+        self.say(f"{fold} epoch {epoch}{of}: train_loss {metrics.get('train_loss', float('nan')):.4f} {scores}"
                  f"  ({seconds:.1f} s/epoch, ETA {duration(left * per_epoch)} at most; early stopping can end sooner)")
 
 
@@ -84,7 +106,7 @@ def announce(config: ExperimentConfig, ws: Workspace, device: str,
         say(f"loading features: {len(manifest)} items ({feature_label(resolved.features)}"
             + (f"; augmented variants {', '.join(v for v in variants if v != 'orig')} for training utterances"
                if len(variants) > 1 else "") + "), computing any that are missing")
-    return TrainProgress(folds, epochs, say)
+    return TrainProgress(folds, epochs, say, refit=bool(resolved.plan.refit and resolved.trainer.refits))
 
 
 def track_record(record: Any, ws: Workspace, uri: str | None) -> dict[str, Any]:

@@ -11,17 +11,21 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ser_pipeline.cli.common import JsonOption, RootOption, emit, table, workspace
 from ser_pipeline.errors import ConfigError, SerError
-from ser_pipeline.inference.predictor import load_predictor, predict_paths
-from ser_pipeline.pipeline import stages
-from ser_pipeline.pipeline.config import STAGES, PipelineConfig, PlannedExperiment, check_config, stage_plan
 from ser_pipeline.pipeline.records import is_done
 from ser_pipeline.tracking.uri import default_tracking_uri
+
+if TYPE_CHECKING:
+    from ser_pipeline.pipeline.config import PipelineConfig, PlannedExperiment
+
+# The pipeline and the predictor (torch, pandas) are imported inside the commands that use them, so
+# `ser --help` lists every command without loading torch.
+STAGES = ("ingest", "featurize", "train")  # = ser_pipeline.pipeline.config.STAGES (a test keeps them equal)
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 TrackingOption = Annotated[
@@ -118,7 +122,11 @@ def human_run(summary: dict[str, Any]) -> str:
 def run_pipeline(config: str, root: str | None, *, stages: list[str], force: list[str],
                  tracking_uri: str | None) -> dict[str, Any]:
     """Run the pipeline flow in-process (Prefect local mode unless PREFECT_API_URL is set)."""
-    from flows.env import check_prefect_api, configure, init_local_prefect_db  # prefect: only commands that run flows
+    from flows.env import (  # prefect: only commands that run flows
+        check_prefect_api,
+        configure,
+        init_local_prefect_db,
+    )
 
     ws = workspace(root)
     configure(ws.root)
@@ -156,6 +164,7 @@ def predict_with_uri(model_uri: str, paths: list[str], *, tracking_uri: str | No
     import tempfile
 
     from ser_pipeline.inference.inputs import expand_inputs
+    from ser_pipeline.inference.predictor import load_predictor, predict_paths  # heavy (torch)
 
     if not paths:
         raise ConfigError("PATH: give at least one audio file (or a folder, glob or CSV)")
@@ -196,6 +205,8 @@ def pipeline_plan(cfg: PipelineConfig, planned: list[PlannedExperiment], root: P
                   forced: list[str], uri: str) -> dict[str, Any]:
     """What ``ser run`` would do: per stage and item, ``run`` or ``cached`` (from the stage records;
     stages after an uncached one are ``run`` when their inputs are not known yet)."""
+    from ser_pipeline.pipeline import stages  # heavy (torch, pandas)
+
     root_ = str(root)
     rows: list[dict[str, Any]] = []
     manifests: dict[str, str | None] = {}
@@ -254,6 +265,11 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOption = False,
     ) -> None:
         """Run the pipeline DAG through Prefect: ingest -> featurize -> train -> MLflow, with caching."""
+        from ser_pipeline.pipeline.config import (  # heavy (torch): the experiment layer
+            check_config,
+            stage_plan,
+        )
+
         plan = list(stage_plan(stage=stage, start=start))
         forced = list(force or [])
         bad = [f for f in forced if f not in (*STAGES, "track")]
@@ -345,7 +361,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Log an existing experiment folder to MLflow (parent run, fold runs, metrics, model)."""
         from ser_pipeline.experiments.record import ExperimentRecord
-        from ser_pipeline.tracking.runs import log_experiment  # mlflow: imported only by the commands that use it
+        from ser_pipeline.tracking.runs import (
+            log_experiment,  # mlflow: imported only by the commands that use it
+        )
 
         record = ExperimentRecord.read(experiment_dir)
         out = log_experiment(record, experiment=experiment or f"{record.corpus}-{record.protocol}",

@@ -8,14 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
-from feature_store.maintenance import gc, verify
-from feature_store.store import FeatureStore
-from ser_pipeline.augment import parse_augment
 from ser_pipeline.cli.common import JsonOption, RootOption, emit, table, workspace
-from ser_pipeline.experiments.feature_spec import resolve_feature_spec
-from ser_pipeline.experiments.features import featurize
-from ser_pipeline.features import FeatureSpec, feature_label
-from ser_pipeline.manifest import list_manifests, manifest_digest, read_manifest
+
+# The store (zarr, pandas) is imported inside the functions that use it, so `ser --help` stays fast;
+# `ser featurize` still loads neither torch, MLflow nor Prefect.
 
 PresetOption = Annotated[str, typer.Option("--preset", help="Feature preset (logmel64, logmel60, logmel64_norm, spectrogram; "
                                                             "'auto' with --model: the model's).")]
@@ -36,6 +32,13 @@ def run_featurize(
     backend: str = "numpy",
 ) -> dict[str, Any]:
     """Featurize manifest ``name``; returns the report dict (plus ``wall_seconds`` incl. cluster start)."""
+    from feature_store.store import FeatureStore  # zarr: when the command runs
+    from ser_pipeline.augment import parse_augment
+    from ser_pipeline.experiments.feature_spec import resolve_feature_spec
+    from ser_pipeline.experiments.features import featurize
+    from ser_pipeline.features import feature_label
+    from ser_pipeline.manifest import manifest_digest, read_manifest
+
     start = time.perf_counter()
     ws = workspace(root)
     frame = read_manifest(name, ws)
@@ -75,6 +78,8 @@ def _ls_text(sets: list[dict[str, Any]]) -> str:
 def labelled(sets: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The store's set listing with the user-facing label (preset and overrides) and, for sets
     keyed by the old digest (preset name included), the digest that supersedes them."""
+    from ser_pipeline.features import FeatureSpec, feature_label
+
     out = []
     for s in sets:
         spec = FeatureSpec.from_dict(s["spec"])
@@ -143,6 +148,8 @@ def referenced_items(store: Any, ws: Any, keep: set[str]) -> dict[str, set[tuple
     manifest, sets named with ``--keep`` and sets serving no present manifest are left out (kept
     whole, or removed whole by ``referenced_digests``).
     """
+    from ser_pipeline.manifest import list_manifests, read_manifest
+
     present = set(list_manifests(ws))
     shas: dict[str, set[str]] = {}
     out: dict[str, set[tuple[str, str]]] = {}
@@ -187,7 +194,7 @@ def register(app: typer.Typer) -> None:
         """Compute missing feature items of manifest NAME into the store (incremental, crash-safe)."""
         overrides: dict[str, Any] = {}
         if sets:
-            from ser_pipeline.cli.train_cmds import apply_sets  # heavy (torch): only when --set is given
+            from ser_pipeline.cli.train_cmds import apply_sets  # yaml: only when --set is given
 
             overrides = apply_sets({}, sets)
         report = run_featurize(name, root=root, preset=preset, model=model, overrides=overrides,
@@ -199,6 +206,8 @@ def register(app: typer.Typer) -> None:
     @store_app.command("ls")
     def ls(root: RootOption = None, as_json: JsonOption = False) -> None:
         """List feature sets with their lineage."""
+        from feature_store.store import FeatureStore  # zarr: when the command runs
+
         store = FeatureStore(workspace(root).features)
         sets = labelled(store.list_sets())
         if as_json:
@@ -213,8 +222,11 @@ def register(app: typer.Typer) -> None:
         root: RootOption = None, as_json: JsonOption = False,
     ) -> None:
         """Check every committed item's checksum and shape; exit 1 when anything served is corrupt."""
-        from feature_store.maintenance import repair as repair_store
+        from feature_store.maintenance import repair as repair_store  # zarr: when the command runs
         from feature_store.maintenance import verify
+        from feature_store.store import FeatureStore
+        from ser_pipeline.manifest import list_manifests, read_manifest
+
         ws = workspace(root)
         store = FeatureStore(ws.features)
         report = verify(store)
@@ -241,6 +253,10 @@ def register(app: typer.Typer) -> None:
         Batches of only dead items are removed; mixed batches are rewritten without them.
         Run it when no featurize or training reads the store.
         """
+        from feature_store.maintenance import gc  # zarr: when the command runs
+        from feature_store.store import FeatureStore
+        from ser_pipeline.manifest import list_manifests
+
         ws = workspace(root)
         store = FeatureStore(ws.features)
         superseded = [{k: s[k] for k in ("digest", "label", "superseded_by")}  # listed before any removal

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import json
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ser_pipeline.cli.common import JsonOption, RootOption, emit, table, workspace
-from ser_pipeline.cli.progress import announce, track_record
+from ser_pipeline.cli.common import JsonOption, RootOption, emit, say, table, workspace
 from ser_pipeline.errors import ConfigError
-from ser_pipeline.experiments.config import ExperimentConfig, resolve
-from ser_pipeline.experiments.record import ExperimentRecord
-from ser_pipeline.experiments.runner import experiment_folder, run_experiment
-from ser_pipeline.models import load_all
-from ser_pipeline.training.config import check_device
+
+if TYPE_CHECKING:
+    from ser_pipeline.experiments.record import ExperimentRecord
+
+# The experiment layer (torch, the model registry) is imported inside the commands: `ser --help`
+# and the first line of `ser train` do not wait for torch.
 
 METRICS = ("wa", "ua", "macro_f1")
 
@@ -50,6 +51,15 @@ def apply_sets(base: dict[str, Any], items: list[str] | None) -> dict[str, Any]:
             node = child
         node[parts[-1]] = parse_value(raw.strip())
     return out
+
+
+def manifest_size(ws: Any, corpus: str) -> str:
+    """`` (N utterances)`` from the manifest's JSON summary (no pandas), or ``""`` when there is none."""
+    path = ws.manifests / f"{corpus}.json"
+    try:
+        return f" ({int(json.loads(path.read_text())['utterances'])} utterances)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def fold_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -94,6 +104,8 @@ def register(app: typer.Typer) -> None:
     @app.command("models")
     def models_cmd(as_json: JsonOption = False) -> None:
         """List registered models with their reference, input view, trainer and default hyperparameters."""
+        from ser_pipeline.models import load_all  # heavy (torch): imported when the command runs
+
         entries = [e.describe() for _, e in load_all().items()]
 
         def human(items: list[dict[str, Any]]) -> str:
@@ -130,17 +142,29 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train MODEL on CORPUS under a protocol; every fold, then per-fold, pooled and mean±std metrics;
         tracked in MLflow unless --no-track."""
+        ws = workspace(root)
+        say(f"train {model} on {corpus}{manifest_size(ws, corpus)}: resolving the recipe (loading torch and the "
+            "model registry)")
+        # heavy (torch, the experiment layer): imported after the first line
+        from ser_pipeline.cli.progress import announce
+        from ser_pipeline.experiments.config import ExperimentConfig, resolve
+        from ser_pipeline.experiments.record import ExperimentRecord
+        from ser_pipeline.experiments.runner import experiment_folder, run_experiment
+        from ser_pipeline.training.config import check_device
+
         base = {"model": model, "corpus": corpus, "protocol": protocol, "features": features, "augment": augment,
                 "epochs": epochs, "seed": seed, "preset": preset}
         config = ExperimentConfig.from_dict(apply_sets(base, sets))
         check_device(device)
         resolve(config)  # every section validated before any work
 
-        ws = workspace(root)
         cached = not force and ExperimentRecord.find(experiment_folder(config, ws)) is not None
-        progress = announce(config, ws, device)  # within a second: what it does, then fold i/N and epochs
-        result = run_experiment(config, ws, device=device, callbacks=[progress], force=force)
+        progress = announce(config, ws, device)  # what it does, then fold i/N and epoch lines
+        result = run_experiment(config, ws, device=device, callbacks=[progress], on_fold=progress.fold_begins,
+                                force=force)
         summary = train_summary(result, cached=cached)
         if track:
+            from ser_pipeline.cli.progress import track_record  # heavy (mlflow): only when tracking
+
             summary["tracking"] = track_record(result, ws, tracking_uri)
         emit(summary, as_json, lambda s: human_train(s, result.metrics))

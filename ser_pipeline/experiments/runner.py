@@ -19,7 +19,7 @@ import logging
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +140,23 @@ def _score_fold(out: Path, c: _Collected, fold: Fold, index: int, outcome: FoldO
     log.info("fold %s: UA %.3f WA %.3f (%.1fs)", fold.name, m["ua"], m["wa"], seconds)
 
 
+@dataclass(frozen=True)
+class FoldStarted:
+    """What the runner's ``on_fold`` hook is told when fold ``index`` (0-based) of ``total`` starts."""
+
+    index: int
+    total: int
+    name: str
+    n_train: int
+    n_val: int
+    n_test: int
+    val_speakers: tuple[str, ...]
+    test_speakers: tuple[str, ...]
+
+
+FoldHook = Callable[[FoldStarted], None]
+
+
 def experiment_folder(config: ExperimentConfig, workspace: Workspace) -> Path:
     """Where ``config``'s experiment is (or will be) written."""
     resolved = resolve(config)
@@ -153,6 +170,7 @@ def run_experiment(
     *,
     device: str = "auto",
     callbacks: Sequence[EpochCallback] | None = None,
+    on_fold: FoldHook | None = None,
     force: bool = False,
 ) -> ExperimentRecord:
     """Run every fold of ``config`` on ``device`` and write the experiment folder.
@@ -174,7 +192,7 @@ def run_experiment(
         if found is not None and not force:
             return found
         return _run_locked(config, resolved, manifest, m_digest, exp_id, out, workspace, torch_device, callbacks,
-                           force)
+                           on_fold, force)
 
 
 LOCK_FILE = ".lock"
@@ -209,7 +227,7 @@ def experiment_lock(folder: Path) -> Iterator[None]:
 
 def _run_locked(config: ExperimentConfig, resolved: Resolved, manifest: pd.DataFrame, m_digest: str, exp_id: str,
                 out: Path, workspace: Workspace, torch_device: torch.device,
-                callbacks: Sequence[EpochCallback] | None, force: bool) -> ExperimentRecord:
+                callbacks: Sequence[EpochCallback] | None, on_fold: FoldHook | None, force: bool) -> ExperimentRecord:
     """Every fold of an experiment whose lock this process holds."""
     folds = make_folds(resolved.protocol, manifest, seed=config.seed, **config.protocol_options)
     if config.max_folds:
@@ -237,6 +255,10 @@ def _run_locked(config: ExperimentConfig, resolved: Resolved, manifest: pd.DataF
     for i, fold in enumerate(folds):
         fold = _without(fold, set(failed))
         train_ids, val_ids, val_source = fold_validation(usable, fold, config.seed, config.validation)
+        if on_fold is not None:
+            on_fold(FoldStarted(i, len(folds), fold.name, len(train_ids), len(val_ids), len(fold.test),
+                                tuple(_speakers(usable, val_ids)) if val_ids else (),
+                                tuple(_speakers(usable, fold.test))))
         run = FoldRun(fold.name, i, resolved.plan, usable, train_ids, val_ids, tuple(fold.test), classes, torch_device,
                       workdir / fold.name, list(callbacks or ()), features.feature_set if features else None,
                       features.store if features else None, resolved.feature_digest, tuple(variants))

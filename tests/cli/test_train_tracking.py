@@ -33,12 +33,19 @@ def test_train_writes_an_mlflow_run_and_talks(root: str, tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)  # stdout holds the JSON document only
     err = result.stderr.splitlines()
-    assert err[0].startswith("train cnn on demo (36 utterances): protocol loso, 2 fold(s), up to 2 epoch(s)")
-    assert err[1].startswith("loading features: 36 items")
-    starts = [line for line in err if line.startswith("fold ")]
-    assert [s.split(":")[0] for s in starts] == ["fold 1/2", "fold 2/2"]
-    first = starts[0].split(": ")[1]
+    assert err[0] == "train cnn on demo (36 utterances): resolving the recipe (loading torch and the model registry)"
+    assert err[1].startswith("train cnn on demo (36 utterances): protocol loso, 2 fold(s), up to 2 epoch(s)")
+    assert err[2].startswith("loading features: 36 items")
+    starts = [i for i, line in enumerate(err) if line.startswith("fold ")]
+    assert [err[i].split(":")[0] for i in starts] == ["fold 1/2", "fold 2/2"]
+    first = err[starts[0]].split(": ")[1].split(" (")[0]
+    # the fold line comes before any epoch of the fold, with its parts: 3 speakers = 1 train, 1 val, 1 test
+    assert err[starts[0]].endswith(f"(train 12 utterances, validation {err[starts[0]].split('validation ')[1]}")
+    assert "test demo/spk" in err[starts[0]] and err[starts[0] + 1].startswith(f"{first} epoch 1/2:")
     assert any(line.startswith(f"{first} epoch 2/2:") and "ETA" in line for line in err)
+    # the refit on train + validation speakers says so, with its own epoch lines
+    assert f"{first}: refit on train + validation speakers for the epochs chosen on validation" in err
+    assert any(line.startswith(f"{first}/refit epoch 1:") and "no validation" in line for line in err)
     run = MlflowClient(store).get_run(summary["tracking"]["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["ser.kind"] == "parent"
     assert run.info.run_name.startswith("cnn · ") and "epochs=2" in run.info.run_name
@@ -59,4 +66,7 @@ def test_progress_says_resumed_and_eta() -> None:
     p("a", 3, {"train_loss": 1.0, "val_loss": 1.0, "val_ua": 0.5, "seconds": 10.0})
     assert lines[:2] == ["fold 1/2: a", "resumed fold a from epoch 3"]
     assert "ETA 50s" in lines[2]  # 1 epoch left in fold a + 4 in fold b, 10 s each
+    refit = TrainProgress(["a", "b"], epochs=4, say=lines.append, refit=True)
+    refit("a", 1, {"train_loss": 1.0, "val_loss": 1.0, "val_ua": 0.5, "seconds": 10.0})
+    assert "ETA 2m30s" in lines[-1]  # 3 + a refit of at most 4 in fold a, then 4 + 4 in fold b: 15 x 10 s
     assert duration(125) == "2m05s" and duration(3720) == "1h02m"

@@ -97,6 +97,7 @@ class Trainer(Protocol):
     reads_features: bool  # reads its feature set (log-Mel, spectrogram, ssl, functionals) from the store
     uses_view: bool  # the model entry's view applies
     uses_device: bool  # runs on the requested device (else on CPU)
+    refits: bool  # with plan.refit, ends each fold with a refit on train + validation speakers
 
     def run(self, fold: FoldRun) -> FoldOutcome: ...
 

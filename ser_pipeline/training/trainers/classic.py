@@ -24,6 +24,7 @@ class ClassicTrainer:
 
     name: str = "classic"
     reads_features: bool = True
+    refits: bool = False
     uses_view: bool = False
     uses_device: bool = False
 

@@ -31,7 +31,7 @@ def _fit(run: FoldRun, model: nn.Module, train: FeatureTable, val: FeatureTable 
          stop_epoch: int | None = None) -> FitResult:
     return fit(model, train, val, view=view, config=config.replace(seed=run.seed), n_classes=len(run.classes),
                spec_augment=spec_aug, fold=run.name + tag, checkpoint_dir=run.workdir / (tag.strip("/") or "main"),
-               callbacks=run.callbacks if not tag else (), stop_epoch=stop_epoch)
+               callbacks=run.callbacks if tag in ("", "/refit") else (), stop_epoch=stop_epoch)
 
 
 def fold_view(view: ViewSpec, data: FoldData) -> ViewSpec:
@@ -93,6 +93,7 @@ class StandardTrainer:
 
     name: str = "standard"
     reads_features: bool = True
+    refits: bool = True
     uses_view: bool = True
     uses_device: bool = True
 
@@ -118,6 +119,7 @@ class SpeakerPretrainTrainer:
 
     name: str = "speaker_pretrain"
     reads_features: bool = True
+    refits: bool = False
     uses_view: bool = True
     uses_device: bool = True
 
@@ -140,6 +142,7 @@ class TwoStageTrainer:
 
     name: str = "two_stage"
     reads_features: bool = True
+    refits: bool = False
     uses_view: bool = True
     uses_device: bool = True
 
