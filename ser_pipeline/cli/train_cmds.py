@@ -81,6 +81,7 @@ def train_summary(result: ExperimentRecord, *, cached: bool) -> dict[str, Any]:
         "protocol": m["protocol"], "speaker_dependent": m["speaker_dependent"], "classes": m["classes"],
         "folds": [{"fold": f["fold"], **pick(f)} for f in m["folds"]],
         "pooled": pick(m["pooled"]), "mean": pick(m["mean"]), "std": pick(m["std"]),
+        "final_model": result.final_model, "dropped_classes": result.dropped_classes,
     }
 
 
@@ -91,7 +92,13 @@ def human_train(summary: dict[str, Any], metrics: dict[str, Any]) -> str:
     if r:
         head += (f"\nrecipe: preset {r.get('preset')}, normalise {r.get('normalise')}, validation {r.get('validation')}"
                  f", refit {r.get('refit')}, precise-BN {r.get('precise_bn')}")
-    lines = [head, table(fold_rows(metrics), ["fold", *METRICS]), f"written to {summary['directory']}"]
+    lines = [head, table(fold_rows(metrics), ["fold", *METRICS])]
+    if summary.get("dropped_classes"):
+        lines.append("classes left out (not shared by the corpora): "
+                     + "; ".join(f"{c}: {', '.join(v)}" for c, v in summary["dropped_classes"].items()))
+    if summary.get("final_model"):
+        lines.append(f"model served (model/, predict, registry): {summary['final_model'].get('selected_by')}")
+    lines.append(f"written to {summary['directory']}")
     if summary.get("tracking"):
         t = summary["tracking"]
         lines.append(f"MLflow: run {t['run_id'][:12]} {t['run_name']} in experiment {t['experiment']} ({t['status']})")

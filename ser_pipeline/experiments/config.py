@@ -37,6 +37,7 @@ from ser_pipeline.training.trainers import TRAINERS, Trainer, TrainingPlan
 
 PRESETS = ("default", "paper", "cpu")
 VALIDATIONS = ("rotate", "fixed")
+FINAL_MODELS = ("best_fold", "all_speakers")  # what the model folder (and the registry) serves
 DEFAULT_SPEC_AUGMENT: dict[str, Any] = {"random_cut": True, "freq_masks": 2, "freq_width": 8, "time_masks": 2,
                                         "time_width": 10}
 """Spectrogram augmentation of the default and cpu presets for neural models (issue 13): random
@@ -62,6 +63,10 @@ class ExperimentConfig(Spec):
     :func:`ser_pipeline.splits.rotated_validation`) or ``fixed`` (the seeded
     :func:`~ser_pipeline.splits.holdout_validation`). ``refit``: after the epoch count is chosen on
     validation, retrain on every non-test speaker for that many epochs (standard trainer).
+    ``final_model``: what the model folder holds, the model ``ser predict`` and the registry serve:
+    ``best_fold`` (the fold model with the best validation UA) or ``all_speakers`` (after the folds,
+    one more model trained on every speaker for the median of the folds' epochs chosen on
+    validation; nothing is scored on it, the fold metrics are the estimate of its quality).
     ``view``/``train``/``stage2`` are override mappings (ViewSpec fields; TrainConfig fields;
     ``{"hparams": {...}, "recipe": {...}}``). ``max_folds`` runs only the first N folds.
     ``features`` is a feature preset name ('' or 'auto': the model's); ``feature_overrides``
@@ -88,6 +93,7 @@ class ExperimentConfig(Spec):
     max_folds: int | None = None
     validation: str = "rotate"
     refit: bool = True
+    final_model: str = "best_fold"
 
     def validate(self) -> None:
         require(bool(self.model), "model", self.model, "name a registered model (see `ser models`)")
@@ -95,6 +101,7 @@ class ExperimentConfig(Spec):
         require(self.preset in PRESETS, "preset", self.preset, f"valid: {', '.join(PRESETS)}")
         require(self.validation in VALIDATIONS, "validation", self.validation, f"valid: {', '.join(VALIDATIONS)}")
         require(self.epochs is None or self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        require(self.final_model in FINAL_MODELS, "final_model", self.final_model, f"valid: {', '.join(FINAL_MODELS)}")
         require(self.max_folds is None or self.max_folds >= 1, "max_folds", self.max_folds, "must be >= 1")
         check_fields("stage2", self.stage2, ("hparams", "recipe"))
 
@@ -206,6 +213,8 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
     """
     entry = get_model(config.model)
     trainer = TRAINERS.get(entry.trainer)
+    require(config.final_model == "best_fold" or trainer.fits_final, f"{where}final_model", config.final_model,
+            f"trainer {trainer.name!r} of model {entry.name!r} cannot train a model on every speaker; use best_fold")
     paper = config.preset == "paper"
     notes: list[str] = []
     cpu = _cpu_overrides(entry, config.preset, where=where)
@@ -323,5 +332,7 @@ def experiment_digest(config: ExperimentConfig, resolved: Resolved) -> str:
     """The experiment's identity: the config with the feature preset name replaced by the feature
     spec digest (equal arrays, equal identity). No device, no paths."""
     data = {k: v for k, v in config.to_dict().items() if k not in ("features", "feature_overrides")}
+    if data.get("final_model") == "best_fold":  # the default: ids from before the field existed stay valid
+        data.pop("final_model")
     return stable_digest({"config": data, "features": resolved.feature_digest},
                          version=f"ExperimentConfig:{config.CODE_VERSION}")

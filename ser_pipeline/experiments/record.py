@@ -77,6 +77,10 @@ class ExperimentRecord:
     artifacts: dict[str, str] = field(default_factory=dict)
     model_folder: str = "model"
     device: str = "cpu"  # where it ran (a runtime fact, not part of the identity)
+    # what the model folder serves: {"kind": "best_fold"|"all_speakers", "fold", "selected_by", ...}
+    final_model: dict[str, Any] = field(default_factory=dict)
+    # cross_corpus: the classes not shared by the training and test corpora, {corpus: [classes dropped]}
+    dropped_classes: dict[str, list[str]] = field(default_factory=dict)
     version: int = RECORD_VERSION
 
     @property

@@ -104,6 +104,7 @@ class _Collected:
     info: list[dict[str, Any]] = field(default_factory=list)
     artifacts: dict[str, str] = field(default_factory=dict)
     best: tuple[float, FoldOutcome | None] = (-np.inf, None)
+    final: tuple[FoldOutcome, dict[str, Any]] | None = None  # final_model=all_speakers
     pooled: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
 
     def __post_init__(self) -> None:
@@ -152,6 +153,16 @@ class FoldStarted:
     n_test: int
     val_speakers: tuple[str, ...]
     test_speakers: tuple[str, ...]
+    final: bool = False  # the model on every speaker after the folds (final_model=all_speakers)
+
+
+FINAL_RUN = "all-speakers"  # the name of the final model's training run
+
+
+def final_epochs(rows: Sequence[dict[str, Any]]) -> int:
+    """The final model's epochs: the median of the folds' epochs chosen on validation (at least 1)."""
+    chosen = [int(r["best_epoch"]) for r in rows if int(r.get("best_epoch") or 0) > 0]
+    return max(1, int(round(float(np.median(chosen))))) if chosen else 1
 
 
 FoldHook = Callable[[FoldStarted], None]
@@ -274,13 +285,31 @@ def _run_locked(config: ExperimentConfig, resolved: Resolved, manifest: pd.DataF
                                "n_fit": outcome.extra.get("n_fit", len(train_ids)),
                                "speaker_dependent": fold.speaker_dependent,
                                "test_speakers": sorted(test_rows["speaker"].unique())})
+    if config.final_model == "all_speakers":
+        all_ids = tuple(usable["utterance_id"])
+        epochs = final_epochs(collected.rows)
+        if on_fold is not None:
+            on_fold(FoldStarted(len(folds), len(folds), FINAL_RUN, len(all_ids), 0, 0, (),
+                                tuple(sorted(usable["speaker"].unique())), final=True))
+        run = FoldRun(FINAL_RUN, len(folds), resolved.plan, usable, all_ids, (), (), classes, torch_device,
+                      workdir / FINAL_RUN, list(callbacks or ()), features.feature_set if features else None,
+                      features.store if features else None, resolved.feature_digest, tuple(variants))
+        outcome = resolved.trainer.fit_final(run, epochs)
+        n_speakers = usable["speaker"].nunique()
+        collected.final = (outcome, {
+            "kind": "all_speakers", "fold": FINAL_RUN, "epochs": epochs if resolved.trainer.uses_view else None,
+            "n_fit": int(outcome.extra.get("n_fit", len(all_ids))), "speakers": int(n_speakers),
+            "selected_by": f"trained on every speaker ({n_speakers} speakers, {len(all_ids)} utterances)"
+                           + (f" for {epochs} epochs, the median of the folds' epochs chosen on validation"
+                              if resolved.trainer.uses_view else "")})
     return _write(out, config, resolved, collected, exp_id, m_digest, failed, variants, str(torch_device),
-                  speaker_dependent=any(f.speaker_dependent for f in folds), seconds=time.perf_counter() - t_start)
+                  speaker_dependent=any(f.speaker_dependent for f in folds), seconds=time.perf_counter() - t_start,
+                  dropped_classes={k: list(v) for k, v in manifest.attrs.get("dropped_classes", {}).items()})
 
 
 def _write(out: Path, config: ExperimentConfig, resolved: Resolved, c: _Collected, exp_id: str, m_digest: str,
            failed: dict[str, str], variants: Sequence[str], device: str, *, speaker_dependent: bool,
-           seconds: float) -> ExperimentRecord:
+           seconds: float, dropped_classes: dict[str, list[str]]) -> ExperimentRecord:
     classes = c.classes
     agg = aggregate(c.rows, c.pooled, classes)
     metrics = {
@@ -291,6 +320,7 @@ def _write(out: Path, config: ExperimentConfig, resolved: Resolved, c: _Collecte
                         "mean": "unweighted mean of the per-fold metrics", "std": "sample std (ddof=1) of the per-fold metrics"},
         "seconds": round(seconds, 3),
         "recipe": recipe_summary(config, resolved),
+        "dropped_classes": dropped_classes,  # cross_corpus: {corpus: [its classes left out]}
     }
     write_confusion_csv(c.pooled, classes, out / "confusion_pooled.csv")
     write_confusion_png(c.pooled, classes, out / "confusion_pooled.png", title=f"{config.model} pooled ({resolved.protocol})")
@@ -309,13 +339,21 @@ def _write(out: Path, config: ExperimentConfig, resolved: Resolved, c: _Collecte
         artifacts["history_stage1"] = "history_stage1.json"
     digests = Digests(manifest=m_digest, features=resolved.feature_digest,
                       augment=parse_augment(resolved.augment).digest(), config=experiment_digest(config, resolved))
-    _save_model(out / "model", c.best[1], config, resolved, classes)
+    if c.final is not None:
+        served, final_info = c.final
+    else:
+        served = c.best[1]
+        final_info = {"kind": "best_fold", "fold": served.fold if served else None,
+                      "selected_by": "best validation UA over folds" if served and np.isfinite(served.val_ua)
+                      else "first fold (no validation score)"}
+    _save_model(out / "model", served, config, resolved, classes, selected_by=final_info["selected_by"])
     spec = resolved.features
     write_json(out / "config.json", {
         "experiment_id": exp_id, "config": config.to_dict(), "resolved": resolved.to_dict(),
         "digests": digests.__dict__, "folds": c.info, "speaker_dependent": speaker_dependent,
         "protocol": resolved.protocol, "classes": classes, "skipped": failed, "device": device,
-        "feature_spec": spec.to_dict() if spec else None, "variants": list(variants),
+        "feature_spec": spec.to_dict() if spec else None, "variants": list(variants), "final_model": final_info,
+        "dropped_classes": dropped_classes,
     })
     write_json(out / "metrics.json", metrics)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -323,7 +361,8 @@ def _write(out: Path, config: ExperimentConfig, resolved: Resolved, c: _Collecte
         experiment_id=exp_id, folder=out, model=config.model, corpus=config.corpus, seed=config.seed,
         protocol=resolved.protocol, speaker_dependent=speaker_dependent, classes=tuple(classes), digests=digests,
         config=config.to_dict(), feature_label=feature_label(spec) if spec else "", metrics=metrics,
-        artifacts=artifacts, model_folder="model", device=device)
+        artifacts=artifacts, model_folder="model", device=device, final_model=final_info,
+        dropped_classes=dropped_classes)
     record.write()  # last: its presence marks a finished experiment
     return record
 
@@ -337,7 +376,7 @@ def recipe_summary(config: ExperimentConfig, resolved: Resolved) -> dict[str, An
         "preset": config.preset,
         "normalise": p.view.normalise if neural else "speaker z-norm (classic)" if p.hparams.get("speaker_norm") else "none",
         "validation": config.validation if neural else "n/a (fits on every non-test speaker)",
-        "refit": bool(p.refit and resolved.trainer.name == "standard"),
+        "refit": bool(p.refit and resolved.trainer.refits), "final_model": config.final_model,
         "precise_bn": p.train.precise_bn if neural else False, "optimizer": p.train.optimizer if neural else "n/a",
         "schedule": p.train.schedule if neural else "n/a", "label_smoothing": p.train.label_smoothing if neural else 0.0,
         "spec_augment": p.spec_augment.to_dict() if p.spec_augment else None, "notes": list(p.notes),
@@ -345,8 +384,8 @@ def recipe_summary(config: ExperimentConfig, resolved: Resolved) -> dict[str, An
 
 
 def _save_model(model_dir: Path, outcome: FoldOutcome | None, config: ExperimentConfig, resolved: Resolved,
-                classes: list[str]) -> None:
-    """The model folder of the fold with the best validation UA."""
+                classes: list[str], *, selected_by: str) -> None:
+    """The model folder: the served model (the best fold's, or the final model on every speaker)."""
     model_dir.mkdir(parents=True, exist_ok=True)
     if outcome is None:
         return
@@ -355,7 +394,7 @@ def _save_model(model_dir: Path, outcome: FoldOutcome | None, config: Experiment
     meta: dict[str, Any] = {
         "model": config.model, "trainer": p.entry.trainer, "classes": classes, "n_classes": len(classes),
         "hparams": p.hparams, "view": _saved_view(p.view, outcome).to_dict(), "feature_spec": spec.to_dict() if spec else None,
-        "selected_by": "best validation UA over folds", "fold": outcome.fold, "stage2_hparams": p.stage2_hparams,
+        "selected_by": selected_by, "fold": outcome.fold, "stage2_hparams": p.stage2_hparams,
     }
     if isinstance(outcome.model, torch.nn.Module):
         meta["in_channels"] = p.view.channels or (spec.channels if spec is not None else 3)

@@ -39,7 +39,7 @@ STAGES = ("ingest", "featurize", "train")
 DEMO_ADAPTER = "demo"
 # ExperimentConfig fields a model's ``options`` may set (the others have their own YAML keys)
 OPTION_FIELDS = ("view", "train", "stage2", "spec_augment", "preset", "max_folds", "protocol", "protocol_options",
-                 "augment")
+                 "augment", "validation", "refit", "final_model")
 
 
 @dataclasses.dataclass(frozen=True)

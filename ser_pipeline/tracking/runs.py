@@ -238,6 +238,10 @@ def _tags(record: ExperimentRecord) -> dict[str, str]:
         f"{TAG}seed": str(record.seed),
         f"{TAG}features": record.feature_label,
     })
+    if record.final_model:  # what the logged model is: the best fold's or one trained on every speaker
+        tags[f"{TAG}final_model"] = str(record.final_model.get("selected_by", record.final_model.get("kind")))
+    if record.dropped_classes:  # cross_corpus
+        tags[f"{TAG}dropped_classes"] = "; ".join(f"{c}: {', '.join(v)}" for c, v in record.dropped_classes.items())
     return tags
 
 

@@ -12,6 +12,7 @@ from ser_pipeline.corpora.demo import generate_demo_corpus
 from ser_pipeline.errors import ProtocolError
 from ser_pipeline.experiments.config import ExperimentConfig
 from ser_pipeline.experiments.corpora import cross_corpus_manifest, experiment_manifest
+from ser_pipeline.experiments.record import ExperimentRecord
 from ser_pipeline.experiments.runner import run_experiment
 from ser_pipeline.workspace import Workspace
 
@@ -48,6 +49,10 @@ def test_cross_corpus_experiment_never_trains_on_the_test_corpus(ws: Workspace) 
     with pytest.warns(UserWarning, match="dropped"):
         record = run_experiment(config, ws, device="cpu")
     assert list(record.classes) == ["anger", "sadness"]
+    # the record says which classes were left out, and reading it back keeps them
+    assert record.dropped_classes == {"a": ["happiness"], "b": ["neutral"]}
+    assert ExperimentRecord.read(record.folder).dropped_classes == record.dropped_classes
+    assert record.metrics["dropped_classes"] == record.dropped_classes
     folds = json.loads((record.folder / "config.json").read_text())["folds"]
     assert len(folds) == 1 and folds[0]["n_test"] == 12
     assert folds[0]["n_train"] + folds[0]["n_val"] == 12  # validation comes from the training corpus

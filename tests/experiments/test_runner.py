@@ -225,3 +225,30 @@ def test_one_bad_recording_is_left_out_not_fatal(tmp_path: Path) -> None:
     assert list(config["skipped"]) == [bad["utterance_id"]]
     preds = pd.read_csv(result.folder / "predictions.csv")
     assert bad["utterance_id"] not in set(preds["utterance_id"]) and len(preds) == 8 - 1
+
+
+def test_final_model_on_every_speaker_is_the_one_served(ws: Workspace) -> None:
+    """final_model=all_speakers: after the folds, one more model on all 4 speakers for the median of
+    the folds' chosen epochs; the model folder (what predict and the registry serve) holds it and
+    the record says so. The default keeps serving the best fold and keeps its experiment id."""
+    base = ExperimentConfig.from_dict({**TINY, "epochs": 2, "max_folds": 2})
+    final_cfg = base.replace(final_model="all_speakers")
+    assert experiment_folder(final_cfg, ws) != experiment_folder(base, ws)
+    starts: list[object] = []
+    record = run_experiment(final_cfg, ws, device="cpu", on_fold=starts.append)
+    chosen = [f["best_epoch"] for f in record.folds]
+    info = record.final_model
+    assert info["kind"] == "all_speakers" and info["speakers"] == 4 and info["n_fit"] == 48
+    assert info["epochs"] == max(1, round(float(np.median(chosen))))
+    assert [s.name for s in starts][-1] == "all-speakers" and starts[-1].final and starts[-1].n_train == 48
+    meta = json.loads((record.folder / "model" / "model.json").read_text())
+    assert meta["fold"] == "all-speakers" and "every speaker" in meta["selected_by"]
+    model, _, _ = load_trained_model(record.folder / "model")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert ExperimentRecord.read(record.folder).final_model == info
+    served = run_experiment(base, ws, device="cpu").final_model
+    assert served["kind"] == "best_fold" and served["fold"] in {f["fold"] for f in record.folds}
+    with pytest.raises(ConfigError, match="final_model.*speaker_pretrain"):
+        resolve(ExperimentConfig(model="res_trans", final_model="all_speakers"))
+    with pytest.raises(ConfigError, match="final_model.*valid: best_fold, all_speakers"):
+        ExperimentConfig(final_model="everyone")

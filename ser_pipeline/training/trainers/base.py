@@ -13,7 +13,15 @@ import pandas as pd
 import torch
 
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
-from ser_pipeline.dataset.tables import FeatureSource, FoldData, build_fold_data
+from ser_pipeline.dataset.tables import (
+    FeatureSource,
+    FoldData,
+    build_fold_data,
+    floor_silence,
+    load_table,
+    normalise_tables,
+    training_stats,
+)
 from ser_pipeline.dataset.views import ViewSpec
 from ser_pipeline.models import ModelEntry
 from ser_pipeline.registry import Registry
@@ -62,6 +70,20 @@ class FoldRun:
     def seed(self) -> int:
         return self.plan.train.seed + 1000 * self.index
 
+    def final_data(self) -> FoldData:
+        """Every utterance of ``train_ids`` (all speakers) as one training table, normalised like a
+        fold's training table. Nothing is held out: ``val`` and ``test`` are that same table and must
+        never be scored (a final model's quality is the folds' estimate)."""
+        assert self.source is not None, "this trainer reads features; the runner passes the feature set"
+        speaker_names = sorted(self.manifest["speaker"].unique())
+        rows = self.manifest.set_index("utterance_id", drop=False).loc[list(self.train_ids)]
+        table = load_table(self.source, rows, self.classes, speaker_names, variants=self.train_variants,
+                           device=self.device)
+        table = floor_silence(table, self.plan.view.floor_db)
+        stats = training_stats(table) if self.plan.view.normalise == "global" else {}
+        table = normalise_tables({"train": table}, self.plan.view.normalise)["train"]
+        return FoldData(self.name, table, table, table, list(self.classes), speaker_names, stats)
+
     def fold_data(self, *, with_val: bool = False) -> FoldData:
         """The fold's preloaded tables; ``with_val``: the training table holds train + validation
         utterances (a refit on every non-test speaker; normalisation statistics follow)."""
@@ -98,8 +120,14 @@ class Trainer(Protocol):
     uses_view: bool  # the model entry's view applies
     uses_device: bool  # runs on the requested device (else on CPU)
     refits: bool  # with plan.refit, ends each fold with a refit on train + validation speakers
+    fits_final: bool  # can train one model on every speaker after the folds (final_model=all_speakers)
 
     def run(self, fold: FoldRun) -> FoldOutcome: ...
+
+    def fit_final(self, run: FoldRun, epochs: int) -> FoldOutcome:
+        """A model trained on every utterance of ``run.train_ids`` for ``epochs`` epochs, no
+        validation and nothing scored (``probs`` is empty); only kinds with ``fits_final``."""
+        ...
 
 
 TRAINERS: Registry[Trainer] = Registry("trainer")

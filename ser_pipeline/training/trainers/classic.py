@@ -25,6 +25,7 @@ class ClassicTrainer:
     name: str = "classic"
     reads_features: bool = True
     refits: bool = False
+    fits_final: bool = True
     uses_view: bool = False
     uses_device: bool = False
 
@@ -42,6 +43,20 @@ class ClassicTrainer:
         model.fit(X[:n_fit], y[:n_fit])
         return FoldOutcome(model.predict_proba(X[n_fit:]), [], 0, float("nan"), model=model,
                            extra={"n_fit": n_fit})
+
+    def fit_final(self, run: FoldRun, epochs: int) -> FoldOutcome:
+        """The estimator fitted on every utterance of ``run.train_ids`` (``epochs`` is unused)."""
+        p = run.plan
+        model = p.entry.build(n_classes=len(run.classes), in_channels=0, **{"seed": p.train.seed, **p.hparams})
+        ids = list(run.train_ids)
+        rows = run.manifest.set_index("utterance_id", drop=False).loc[ids]
+        X = functionals_matrix(run, ids)
+        if model.speaker_norm:
+            X = speaker_znorm(X, rows["speaker"].tolist())
+        lookup = {c: i for i, c in enumerate(run.classes)}
+        model.fit(X, np.array([lookup[e] for e in rows["emotion"]]))
+        return FoldOutcome(np.zeros((0, len(run.classes))), [], 0, float("nan"), model=model, fold=run.name,
+                           extra={"n_fit": len(ids)})
 
 
 TRAINERS.add("classic", ClassicTrainer())

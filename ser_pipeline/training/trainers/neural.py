@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
+from ser_pipeline.errors import TrainingError
 from ser_pipeline.dataset.tables import FeatureTable, FoldData, pool_table
 from ser_pipeline.dataset.views import ViewSpec, frames_for
 from ser_pipeline.inference.forward import STAGE2_VIEW, embed_table, predict_proba, sequence_table
@@ -31,7 +33,7 @@ def _fit(run: FoldRun, model: nn.Module, train: FeatureTable, val: FeatureTable 
          stop_epoch: int | None = None) -> FitResult:
     return fit(model, train, val, view=view, config=config.replace(seed=run.seed), n_classes=len(run.classes),
                spec_augment=spec_aug, fold=run.name + tag, checkpoint_dir=run.workdir / (tag.strip("/") or "main"),
-               callbacks=run.callbacks if tag in ("", "/refit") else (), stop_epoch=stop_epoch)
+               callbacks=run.callbacks if tag in ("", "/refit", "/final") else (), stop_epoch=stop_epoch)
 
 
 def fold_view(view: ViewSpec, data: FoldData) -> ViewSpec:
@@ -94,6 +96,7 @@ class StandardTrainer:
     name: str = "standard"
     reads_features: bool = True
     refits: bool = True
+    fits_final: bool = True
     uses_view: bool = True
     uses_device: bool = True
 
@@ -111,6 +114,21 @@ class StandardTrainer:
         out.timing = {**result.timing, "refit_epoch_seconds": refit.timing.get("epoch_seconds", 0.0)}
         return out
 
+    def fit_final(self, run: FoldRun, epochs: int) -> FoldOutcome:
+        """One network on every speaker for ``epochs`` epochs (the folds' choice), on the same
+        schedule and augmentation; corpus-length ``frames`` from all training lengths."""
+        p = run.plan
+        data = run.final_data()
+        view, data = pooled(fold_view(p.view, data), data)
+        model = _build(run, data)
+        result = _fit(run, model, data.train, None, view=view, config=p.train, spec_aug=p.spec_augment, tag="/final",
+                      stop_epoch=epochs)
+        if p.train.precise_bn:
+            precise_bn(model, data.train, view, batch_size=p.train.eval_batch_size, bf16=p.train.bf16)
+        return FoldOutcome(np.zeros((0, len(run.classes))), result.history, epochs, float("nan"), model=model,
+                           stats=data.stats, timing=result.timing, fold=run.name,
+                           extra={**_view_extra(view, p), "n_fit": len(data.train)})
+
 
 @dataclass(frozen=True)
 class SpeakerPretrainTrainer:
@@ -120,8 +138,12 @@ class SpeakerPretrainTrainer:
     name: str = "speaker_pretrain"
     reads_features: bool = True
     refits: bool = False
+    fits_final: bool = False
     uses_view: bool = True
     uses_device: bool = True
+
+    def fit_final(self, run: FoldRun, epochs: int) -> FoldOutcome:
+        raise TrainingError(f"trainer {self.name!r}: no final model on every speaker (final_model=best_fold)")
 
     def run(self, fold: FoldRun) -> FoldOutcome:
         p = fold.plan
@@ -143,8 +165,12 @@ class TwoStageTrainer:
     name: str = "two_stage"
     reads_features: bool = True
     refits: bool = False
+    fits_final: bool = False
     uses_view: bool = True
     uses_device: bool = True
+
+    def fit_final(self, run: FoldRun, epochs: int) -> FoldOutcome:
+        raise TrainingError(f"trainer {self.name!r}: no final model on every speaker (final_model=best_fold)")
 
     def run(self, fold: FoldRun) -> FoldOutcome:
         p = fold.plan
