@@ -75,10 +75,25 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
         "protocol": r.get("protocol") or "-",
         "speaker-dep.": "yes" if r.get("speaker_dependent") else "no",
         "status": r.get("status", "logged"),
-        "differs": r.get("differs") or "",
     } for r in rows]
     columns = ["run", "id", "UA", "WA", "F1", "pooled UA", "folds", "protocol", "speaker-dep.", "status"]
-    return table(out, columns + (["differs"] if any(r.get("differs") for r in rows) else []))
+    return "\n".join([table(out, columns), *differs_block(rows)])
+
+
+def differs_block(rows: list[dict[str, Any]], *, width: int = 100) -> list[str]:
+    """Below the table, the params that differ between the listed runs, one wrapped entry per run
+    (a column of them would make the table as wide as the longest list)."""
+    import textwrap
+
+    listed = [r for r in rows if r.get("differs")]
+    if not listed:
+        return []
+    lines = ["params that differ between these runs:"]
+    for r in listed:
+        head = f"  {(r.get('run_id') or '')[:12] or r.get('run_name') or r.get('label')}: "
+        lines += textwrap.wrap(str(r["differs"]), width=width, initial_indent=head,
+                               subsequent_indent=" " * len(head), break_on_hyphens=False)
+    return lines
 
 
 def with_previous_runs(summary: dict[str, Any], uri: str) -> None:

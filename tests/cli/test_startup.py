@@ -33,3 +33,18 @@ def test_the_cli_stage_names_are_the_pipelines() -> None:
     from ser_pipeline.pipeline.config import STAGES as PIPELINE_STAGES
 
     assert STAGES == PIPELINE_STAGES
+
+
+def test_compare_table_lists_differing_params_below_it_wrapped() -> None:
+    from ser_pipeline.cli.run_cmds import comparison_table
+
+    long = ", ".join(f"hparams.p{i}={i}" for i in range(40))
+    rows = [{"run_name": "cnn · a", "run_id": "a" * 32, "ua": 0.5, "ua_std": 0.1, "differs": long},
+            {"run_name": "cnn · b", "run_id": "b" * 32, "ua": 0.6, "ua_std": 0.1, "differs": "seed=1"}]
+    text = comparison_table(rows).splitlines()
+    header = text[0]
+    assert "differs" not in header and text.index("params that differ between these runs:") == 4
+    body = text[5:]
+    assert body[0].startswith("  aaaaaaaaaaaa: hparams.p0=0") and max(len(line) for line in body) <= 100
+    assert body[-1] == "  bbbbbbbbbbbb: seed=1" and "hparams.p39=39" in " ".join(body)
+    assert max(len(line) for line in text[:4]) < 150  # the table itself stays narrow
