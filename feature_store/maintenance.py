@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import zarr
 
 from feature_store.layout import (
     BATCHES,
@@ -55,6 +54,8 @@ def _derived_dirs(store: FeatureStore) -> list[Path]:
 def _array_problems(batch: Path, expected: tuple[int, ...], dtype: str | None) -> list[tuple[str, str]]:
     """Batch-level problems of the ``data`` array: shape (from the item list) and dtype."""
     try:
+        import zarr  # only when a batch's arrays are checked
+
         data = zarr.open_array(str(batch / "data"), mode="r")
     except Exception:  # noqa: BLE001 - reported per item by checked_parts, with the reason
         return []

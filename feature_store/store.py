@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
 
 from feature_store.layout import (
     BATCHES,
@@ -173,6 +172,8 @@ class _BatchedItems:
 
     def _array(self, batch: str) -> Any:
         if batch not in self._arrays:
+            import zarr  # only when arrays are read: planning (a no-op featurize) reads item lists
+
             try:
                 self._arrays[batch] = zarr.open_array(str(self.path / BATCHES / batch / "data"), mode="r")
             except Exception as exc:  # zarr raises several types for missing/garbled metadata
