@@ -55,6 +55,14 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*(CloudPickle|cloudpickle|dataset source).*")
     for name in ("mlflow", "alembic", "prefect", "httpx", "distributed", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.formatwarning = _one_line_warning
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    """A warning as one ``warning: ...`` line (no file, no source line; ``--verbose`` keeps
+    Python's own format)."""
+    return f"warning: {message}\n"
 
 
 def workspace(root: str | None) -> Workspace:
