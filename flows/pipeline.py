@@ -9,9 +9,7 @@ recompute only when the forced stage's output digest changes. A summary of every
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -20,21 +18,9 @@ from flows.featurize import manifests_on_disk, run_featurize
 from flows.ingest import run_ingest
 from flows.train import raise_failures, run_train
 from ser_pipeline.pipeline.config import STAGES, check_config
+from ser_pipeline.pipeline.summary import all_cached, finish_train, new_summary, write_last
 from ser_pipeline.tracking.uri import default_tracking_uri
 from ser_pipeline.workspace import Workspace
-
-COMPARE_KEYS = ("label", "run_name", "model", "corpus", "seed", "ua", "ua_std", "wa", "macro_f1", "pooled_ua", "folds",
-                "protocol", "speaker_dependent", "experiment_dir", "status")
-
-
-def comparison_rows(trained: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Side-by-side rows (best mean UA first) from the train stage results; failed models last."""
-    rows = [{k: r.get(k) for k in (*COMPARE_KEYS, "error")} for r in trained]
-    return sorted(rows, key=lambda r: (r["status"] == "failed", -(r["ua"] or 0.0)))
-
-
-def last_run_path(root: str) -> Path:
-    return Path(root) / "runs" / "last_run.json"
 
 
 @flow(name="pipeline", log_prints=True)
@@ -47,9 +33,7 @@ def pipeline_flow(config: str, root: str | None = None, stages: list[str] | None
     plan = list(stages or STAGES)
     forced = set(force or [])
     uri = tracking_uri or default_tracking_uri()
-    summary: dict[str, Any] = {"config": str(config), "name": cfg.name, "root": root_, "tracking_uri": uri,
-                               "stages": plan, "ingest": [], "featurize": [], "train": [], "track": [],
-                               "failed": [], "comparison": []}
+    summary = new_summary(config, cfg, root_, uri, plan)
     try:
         if "ingest" in plan:
             summary["ingest"] = run_ingest(cfg, root_, force="ingest" in forced)
@@ -62,20 +46,10 @@ def pipeline_flow(config: str, root: str | None = None, stages: list[str] | None
             result = run_train(cfg, root_, manifests, force="train" in forced, force_track="track" in forced, uri=uri,
                                planned=planned)
             summary.update(result)
-            summary["comparison"] = comparison_rows(result["train"])
-            summary["experiments"] = sorted({r["experiment"] for r in result["train"] if r.get("experiment")})
+            finish_train(summary)
     finally:
         summary["seconds"] = round(time.perf_counter() - start, 3)
-        summary["all_cached"] = all(r.get("status") == "cached" for key in ("ingest", "featurize", "train", "track")
-                                    for r in summary[key])
-        _write_last(root_, summary)
+        summary["all_cached"] = all_cached(summary)
+        write_last(root_, summary)
     raise_failures(summary)
     return summary
-
-
-def _write_last(root: str, summary: dict[str, Any]) -> None:
-    path = last_run_path(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)

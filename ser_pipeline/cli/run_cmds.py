@@ -128,9 +128,13 @@ def human_run(summary: dict[str, Any]) -> str:
     if summary.get("error"):  # never a success line for a failed run; the error line goes to stderr
         parts += ["", f"FAILED after {summary.get('seconds', 0):.1f} s"]
         return "\n".join(parts)
-    state = "every stage cached" if summary.get("all_cached") else "done"
-    parts += ["", f"{state} in {summary.get('seconds', 0):.1f} s (pipeline flow, after Prefect start-up)",
-              ui_hint(summary.get("tracking_uri", ""))]
+    if summary.get("orchestrator"):  # nothing to run: read from the stage records
+        parts += ["", f"every stage cached: read from the stage records in {summary.get('seconds', 0):.1f} s; "
+                  "no Prefect flow started (--flow runs it through Prefect anyway)"]
+    else:
+        state = "every stage cached" if summary.get("all_cached") else "done"
+        parts += ["", f"{state} in {summary.get('seconds', 0):.1f} s (pipeline flow, after Prefect start-up)"]
+    parts.append(ui_hint(summary.get("tracking_uri", "")))
     return "\n".join(parts)
 
 
@@ -147,7 +151,8 @@ def run_pipeline(config: str, root: str | None, *, stages: list[str], force: lis
     configure(ws.root)
     check_prefect_api()
     init_local_prefect_db()
-    from flows.pipeline import last_run_path, pipeline_flow
+    from flows.pipeline import pipeline_flow
+    from ser_pipeline.pipeline.summary import last_run_path
 
     state = pipeline_flow(config=str(Path(config).resolve()), root=str(ws.root), stages=stages, force=force,
                           tracking_uri=tracking_uri, return_state=True)
@@ -277,6 +282,9 @@ def register(app: typer.Typer) -> None:
         tracking_uri: TrackingOption = None,
         check: Annotated[bool, typer.Option("--check", help="Validate the config and print the plan (which "
                                             "stages would run, which are cached); start nothing.")] = False,
+        through_prefect: Annotated[bool, typer.Option("--flow", help="Run the Prefect flow even when every stage "
+                                                      "is cached (default: a fully cached run is read from the "
+                                                      "stage records without starting Prefect).")] = False,
         as_json: JsonOption = False,
     ) -> None:
         """Run the pipeline DAG through Prefect: ingest -> featurize -> train -> MLflow, with caching."""
@@ -295,7 +303,14 @@ def register(app: typer.Typer) -> None:
             uri = tracking_uri or default_tracking_uri()
             emit(pipeline_plan(cfg, planned, workspace(root).root, plan, forced, uri), as_json, human_plan)
             return
-        summary = run_pipeline(config, root, stages=plan, force=forced, tracking_uri=tracking_uri)
+        summary = None
+        if not forced and not through_prefect:
+            from ser_pipeline.pipeline.summary import cached_run_summary  # the stage records: nothing to run?
+
+            summary = cached_run_summary(str(Path(config).resolve()), cfg, planned, str(workspace(root).root),
+                                         plan=plan, uri=tracking_uri or default_tracking_uri())
+        if summary is None:
+            summary = run_pipeline(config, root, stages=plan, force=forced, tracking_uri=tracking_uri)
         try:
             with_previous_runs(summary, summary.get("tracking_uri") or tracking_uri or default_tracking_uri())
         except SerError as exc:

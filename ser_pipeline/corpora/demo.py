@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import lfilter
 
 from ser_pipeline.config import require
 from ser_pipeline.manifest import atomic_write_bytes
@@ -138,6 +137,8 @@ def synthesize(
     voice: Voice, prosody: Prosody, text: Sequence[int], *, sample_rate: int, rng: np.random.Generator
 ) -> np.ndarray:
     """One utterance, float32 ``(n,)`` in [-1, 1]."""
+    from scipy.signal import lfilter  # a slow import (~0.5 s): only when a recording is made, not to validate a config
+
     rate = prosody.rate * rng.uniform(0.93, 1.07)
     durations = BASE_SYLLABLE_S / rate * rng.uniform(0.8, 1.25, size=len(text))
     gaps = rng.uniform(0.02, 0.05, size=len(text)) / rate

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.pipeline import comparison_rows, last_run_path, pipeline_flow
+from flows.pipeline import pipeline_flow
+from ser_pipeline.pipeline.summary import comparison_rows, last_run_path
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +64,18 @@ def test_first_run_computes_and_second_run_is_cached(ws: dict) -> None:
     assert second["all_cached"] is True
     assert second["comparison"][0]["ua"] == row["ua"]
     assert json.loads(last_run_path(ws["root"]).read_text())["all_cached"] is True
+    # the same summary straight from the stage records, without Prefect (what a cached `ser run` prints)
+    from ser_pipeline.pipeline.config import check_config
+    from ser_pipeline.pipeline.summary import cached_run_summary
+
+    parsed, planned = check_config(cfg)
+    direct = cached_run_summary(cfg, parsed, planned, ws["root"], plan=["ingest", "featurize", "train"], uri=ws["uri"])
+    assert direct is not None and statuses(direct) == statuses(second) and direct["all_cached"] is True
+    assert direct["comparison"] == second["comparison"] and direct["experiments"] == second["experiments"]
+    assert [r["run_id"] for r in direct["track"]] == [r["run_id"] for r in second["track"]]
+    # another tracking store has no track record yet: there is work, so no summary (the flow runs)
+    assert cached_run_summary(cfg, parsed, planned, ws["root"], plan=["ingest", "featurize", "train"],
+                              uri=f"sqlite:///{ws['base']}/other.db") is None
 
 
 def test_killed_after_commit_resumes_from_what_was_committed(ws: dict) -> None:
