@@ -17,7 +17,13 @@ from prefect.tasks import exponential_backoff
 from flows.common import digest_cache_key, outcome, retry_on_tracking_error
 from ser_pipeline.errors import TrainingError
 from ser_pipeline.pipeline import stages
-from ser_pipeline.pipeline.config import PipelineConfig, PlannedExperiment, experiment_name, load_config, plan_experiments
+from ser_pipeline.pipeline.config import (
+    PipelineConfig,
+    PlannedExperiment,
+    experiment_name,
+    load_config,
+    plan_experiments,
+)
 from ser_pipeline.pipeline.records import is_done, read_record
 from ser_pipeline.tracking.uri import check_reachable, default_tracking_uri
 from ser_pipeline.workspace import Workspace

@@ -20,7 +20,6 @@ from ser_pipeline.features import (
 )
 from tests.conftest import make_tone
 
-
 # ssl: tests/test_ssl_features.py; functionals: tests/models/test_baselines.py
 SPECTRAL_PRESETS = [p for p in PRESETS.names() if PRESETS.get(p).get("kind") not in ("ssl", "functionals")]
 

@@ -8,7 +8,14 @@ import pandas as pd
 import pytest
 
 from ser_pipeline.errors import ProtocolError
-from ser_pipeline.splits import PROTOCOLS, Fold, holdout_validation, make_folds, rotated_validation, shared_classes
+from ser_pipeline.splits import (
+    PROTOCOLS,
+    Fold,
+    holdout_validation,
+    make_folds,
+    rotated_validation,
+    shared_classes,
+)
 
 EMOTIONS = ("anger", "happiness", "neutral", "sadness")
 

@@ -12,13 +12,19 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from feature_store.materialise import DEFAULT_BATCH_SIZE, MaterialiseReport, dask_client, materialise, plan, variant_list
+from feature_store.materialise import (
+    DEFAULT_BATCH_SIZE,
+    MaterialiseReport,
+    dask_client,
+    materialise,
+    plan,
+    variant_list,
+)
 from feature_store.store import FeatureSet, FeatureStore
 from ser_pipeline.augment import AugmentSpec, parse_augment
 from ser_pipeline.errors import StoreError
 from ser_pipeline.extractors import resolve_backend
 from ser_pipeline.features import FeatureSpec
-
 
 SMALL_JOB_ITEMS = 4000  # below this, threads in this process beat starting a process cluster (~1.7-5 s)
 

@@ -32,8 +32,8 @@ import torch
 from feature_store.store import FeatureStore
 from ser_pipeline.augment import parse_augment
 from ser_pipeline.config import stable_digest
-from ser_pipeline.experiments.corpora import experiment_manifest
 from ser_pipeline.experiments.config import ExperimentConfig, Resolved, experiment_digest, resolve
+from ser_pipeline.experiments.corpora import experiment_manifest
 from ser_pipeline.experiments.features import ExperimentFeatures, ensure_features
 from ser_pipeline.experiments.record import Digests, ExperimentRecord, json_default, write_json
 from ser_pipeline.experiments.reports import (

@@ -12,7 +12,13 @@ from torch import nn
 
 from ser_pipeline.config import require
 from ser_pipeline.dataset.tables import FeatureTable, _pack, index_batches
-from ser_pipeline.dataset.views import ViewBatch, ViewSpec, apply_view, flatten_segments, mean_segment_posteriors
+from ser_pipeline.dataset.views import (
+    ViewBatch,
+    ViewSpec,
+    apply_view,
+    flatten_segments,
+    mean_segment_posteriors,
+)
 
 STAGE2_VIEW = ViewSpec(kind="sequence", normalise="none", frames=0, channels=0)
 """The view stage 2 of a two-stage model reads: ``(B, S, D)`` sequences of stage-1 embeddings."""

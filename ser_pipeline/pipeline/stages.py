@@ -30,10 +30,10 @@ from ser_pipeline.experiments.features import featurize
 from ser_pipeline.experiments.record import ExperimentRecord
 from ser_pipeline.experiments.runner import run_experiment
 from ser_pipeline.features import FeatureSpec, feature_label
-from ser_pipeline.tracking.names import run_name
 from ser_pipeline.manifest import read_manifest, read_summary
 from ser_pipeline.pipeline.config import DEMO_ADAPTER, CorpusEntry, PlannedExperiment, plan_experiment
 from ser_pipeline.pipeline.records import cached, done_record, read_record, write_record
+from ser_pipeline.tracking.names import run_name
 from ser_pipeline.workspace import Workspace
 
 STAGE_CODE_VERSION = "2"  # 2: feature and experiment digests without preset name and device

@@ -6,11 +6,9 @@ import os
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
 from typing import Any  # noqa: E402
+
+from mlflow.tracking import MlflowClient  # noqa: E402
 
 from ser_pipeline.errors import TrackingError  # noqa: E402
 from ser_pipeline.metrics import compare_folds  # noqa: E402

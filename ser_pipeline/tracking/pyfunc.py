@@ -7,14 +7,13 @@ import os
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
 from mlflow.models import infer_signature  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
 from ser_pipeline.errors import TrackingError  # noqa: E402
 from ser_pipeline.inference.predictor import load_predictor, predict_paths, results_frame  # noqa: E402

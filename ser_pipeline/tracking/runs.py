@@ -6,10 +6,6 @@ import os
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -17,6 +13,10 @@ import subprocess  # noqa: E402
 from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
+
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
 from ser_pipeline.errors import ConfigError, TrackingError  # noqa: E402
 from ser_pipeline.experiments.record import ExperimentRecord  # noqa: E402

@@ -12,6 +12,7 @@ import pytest
 from feature_store.store import FeatureStore
 from ser_pipeline.corpora import ingest
 from ser_pipeline.corpora.demo import generate_demo_corpus
+from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
 from ser_pipeline.errors import ConfigError, ProtocolError
 from ser_pipeline.experiments.compare import compare_experiments
 from ser_pipeline.experiments.config import ExperimentConfig, resolve, spec_augment_from_config
@@ -20,7 +21,6 @@ from ser_pipeline.experiments.runner import experiment_folder, run_experiment
 from ser_pipeline.inference.model_folder import load_trained_model
 from ser_pipeline.manifest import read_manifest, write_manifest
 from ser_pipeline.models import MODELS, load_all
-from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
 from ser_pipeline.workspace import Workspace
 
 TINY = {"model": "cnn", "corpus": "demo", "epochs": 2, "train": {"batch_size": 8, "lr": 0.003},
@@ -75,9 +75,9 @@ def test_experiment_directory_follows_the_contract(ws: Workspace) -> None:
     assert stage2 is None and meta["classes"] == metrics["classes"] and meta["view"]["frames"] == 120
     from feature_store.store import FeatureStore
     from ser_pipeline.dataset.tables import floor_silence, load_table, normalise_with
+    from ser_pipeline.dataset.views import ViewSpec
     from ser_pipeline.features import FeatureSpec
     from ser_pipeline.inference.forward import predict_proba
-    from ser_pipeline.dataset.views import ViewSpec
 
     fold_name = meta["fold"]
     test_ids = preds.loc[preds.fold == fold_name, "utterance_id"].tolist()

@@ -8,10 +8,10 @@ import pytest
 from prefect import flow, task
 from prefect.states import Completed, Failed
 
-from ser_pipeline.pipeline import stages  # noqa: F401
-from ser_pipeline.pipeline.records import is_done, read_record, write_record  # noqa: F401
 from flows.common import digest_cache_key, outcome, retry_on_tracking_error
 from ser_pipeline.errors import TrackingError, TrainingError
+from ser_pipeline.pipeline import stages  # noqa: F401
+from ser_pipeline.pipeline.records import is_done, read_record, write_record  # noqa: F401
 
 
 def test_cache_key_only_when_the_outputs_exist(tmp_path: Path) -> None:

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
+from ser_pipeline.cli.run_cmds import predict_with_uri
 from ser_pipeline.corpora.demo import generate_demo_corpus
+from ser_pipeline.dataset.views import ViewSpec
 from ser_pipeline.errors import ConfigError
 from ser_pipeline.features import extract, feature_spec
-from ser_pipeline.models import build_model
 from ser_pipeline.inference.predictor import (
     file_features,
     frame_results,
@@ -22,8 +23,7 @@ from ser_pipeline.inference.predictor import (
     predict_paths,
     results_frame,
 )
-from ser_pipeline.cli.run_cmds import predict_with_uri
-from ser_pipeline.dataset.views import ViewSpec
+from ser_pipeline.models import build_model
 
 CLASSES = ["anger", "sadness"]
 

@@ -139,8 +139,8 @@ def test_sru_only_pools_segments_without_a_cnn() -> None:
 
 @pytest.mark.parametrize("name", ["alexnet_sru", "alexnet_sru_cnn_only", "alexnet_sru_sru_only"])
 def test_entries_are_valid_for_the_engine(name: str) -> None:
-    from ser_pipeline.features import PRESETS
     from ser_pipeline.dataset.views import ViewSpec
+    from ser_pipeline.features import PRESETS
 
     entry = get_model(name)
     view = ViewSpec.from_dict(entry.view)

@@ -104,8 +104,8 @@ def test_bad_hparams_name_the_field() -> None:
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_entries_are_valid_for_the_engine(name: str) -> None:
-    from ser_pipeline.features import PRESETS as FEATURE_PRESETS
     from ser_pipeline.dataset.views import ViewSpec
+    from ser_pipeline.features import PRESETS as FEATURE_PRESETS
 
     entry = get_model(name)
     assert ViewSpec.from_dict(entry.view).resize == (128, 128)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from ser_pipeline.dataset.views import ViewSpec, apply_view, flatten_segments
 from ser_pipeline.errors import ConfigError
 from ser_pipeline.models import MODELS, ModelEntry, build_model, load_all
 from ser_pipeline.models.alexnet import AlexNet, load_imagenet_weights
@@ -20,7 +21,6 @@ from ser_pipeline.models.baselines import CNNLSTM, PlainCNN
 from ser_pipeline.models.blocks import BasicBlock, SqueezeExcitation
 from ser_pipeline.models.resnet import ResNet18
 from ser_pipeline.training.speaker import SpeakerClassifier, freeze_backbone
-from ser_pipeline.dataset.views import ViewSpec, apply_view, flatten_segments
 
 load_all()
 NEURAL = [name for name, e in MODELS.items() if e.trainer != "classic"]

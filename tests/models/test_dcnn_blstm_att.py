@@ -112,8 +112,8 @@ def test_bad_options_raise_config_error() -> None:
 @pytest.mark.parametrize("name", ["dcnn_blstm_att", "dcnn_blstm_att_no_pretrain"])
 def test_entries_are_valid_for_the_engine(name: str) -> None:
     from ser_pipeline.augment import parse_augment
-    from ser_pipeline.features import PRESETS
     from ser_pipeline.dataset.views import ViewSpec, window_count
+    from ser_pipeline.features import PRESETS
 
     entry = get_model(name)
     view = ViewSpec.from_dict(entry.view)

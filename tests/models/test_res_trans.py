@@ -83,9 +83,9 @@ def test_bad_options() -> None:
 
 
 def test_entry_is_valid_for_the_engine() -> None:
-    from ser_pipeline.features import PRESETS
     from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
     from ser_pipeline.dataset.views import ViewSpec
+    from ser_pipeline.features import PRESETS
 
     entry = get_model("res_trans")
     assert ViewSpec.from_dict(entry.view).kind == "fixed"

@@ -60,8 +60,8 @@ def test_bad_options_raise_config_error() -> None:
 
 def test_entry_is_valid_for_the_engine() -> None:
     from ser_pipeline.augment import parse_augment
-    from ser_pipeline.features import PRESETS
     from ser_pipeline.dataset.views import ViewSpec
+    from ser_pipeline.features import PRESETS
 
     entry = get_model("rescnn")
     view = ViewSpec.from_dict(entry.view)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from flows import env
-from ser_pipeline.pipeline import stages
-from ser_pipeline.pipeline.records import is_done, read_record, record_path, write_record
 from ser_pipeline.errors import ConfigError, TrainingError
+from ser_pipeline.pipeline import stages
 from ser_pipeline.pipeline.config import PipelineConfig, experiment_dicts, plan_experiment, plan_experiments
+from ser_pipeline.pipeline.records import is_done, read_record, record_path, write_record
 
 
 def csv_corpus(folder: Path, write_wav: Callable[..., Path], *, n: int = 2) -> Path:

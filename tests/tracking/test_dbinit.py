@@ -49,7 +49,7 @@ def test_two_processes_initialise_fresh_databases_at_once(tmp_path: Path) -> Non
     procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path), str(start)], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     assert sorted(o.strip() for o, _ in outs) == ["prefect-created", "prefect-found"]
     with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as db:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import socket
+import types
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import mlflow
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-import types
-
+from ser_pipeline.errors import TrackingError
 from ser_pipeline.experiments.record import Digests, ExperimentRecord
 from ser_pipeline.tracking import compare as _compare
 from ser_pipeline.tracking import pyfunc as _pyfunc
@@ -22,7 +22,6 @@ from ser_pipeline.tracking import runs as _runs
 from ser_pipeline.tracking import uri as _uri
 
 tracking = types.SimpleNamespace(**{**vars(_uri), **vars(_pyfunc), **vars(_runs), **vars(_compare)})
-from ser_pipeline.errors import TrackingError
 
 CLASSES = ["anger", "sadness"]
 FOLD_UA = {"spk1": 0.50, "spk2": 0.75, "spk3": 0.60}
@@ -86,9 +85,9 @@ def make_model_dir(folder: Path) -> None:
     """A real (untrained, seeded) cnn model folder in the engine's format: model.json + weights.pt."""
     import torch
 
+    from ser_pipeline.dataset.views import ViewSpec
     from ser_pipeline.features import feature_spec
     from ser_pipeline.models import build_model
-    from ser_pipeline.dataset.views import ViewSpec
 
     torch.manual_seed(0)
     hparams = {"channels": [4, 4, 8, 8], "dropout": 0.0}
