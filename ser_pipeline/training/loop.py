@@ -226,7 +226,8 @@ def fit(
     """Train ``model`` on ``train``, select the epoch with the best validation UA on ``val``.
 
     ``train``/``val`` must already live on the model's device. Returns the history
-    (``epoch, train_loss, val_loss, val_ua, lr, seconds, utt_per_s, data_share``) and leaves the
+    (``epoch, train_loss, val_loss, val_ua, lr, seconds, utt_per_s, data_share``, and the raw timers
+    ``items, data_s, step_s``: utterances seen, batch-preparation and whole-step seconds) and leaves the
     best weights loaded in ``model``. ``val=None`` (a refit): no validation, run ``stop_epoch``
     epochs (default ``config.epochs``) of the schedule sized for ``config.epochs`` and keep the
     last weights (``best_epoch`` = the last epoch).
@@ -292,6 +293,7 @@ def fit(
             "seconds": seconds,
             "utt_per_s": stats["items"] / max(stats["step_s"], 1e-9),
             "data_share": stats["data_s"] / max(stats["step_s"], 1e-9),
+            "items": stats["items"], "data_s": stats["data_s"], "step_s": stats["step_s"],
         }
         history.append(row)
         if val_metrics["val_ua"] > best_ua:
