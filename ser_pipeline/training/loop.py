@@ -44,7 +44,7 @@ from torch import nn
 from ser_pipeline.config import require
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, augment_batch, soft_cross_entropy
 from ser_pipeline.dataset.tables import FeatureTable, class_weights, index_batches
-from ser_pipeline.dataset.views import ViewBatch, ViewSpec, apply_view
+from ser_pipeline.dataset.views import ViewBatch, ViewSpec
 from ser_pipeline.errors import TrainingError
 from ser_pipeline.inference.forward import _autocast, forward_batch, predict_proba
 from ser_pipeline.metrics import unweighted_average_recall
@@ -105,8 +105,7 @@ def precise_bn(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_s
     for idx in index_batches(len(table), batch_size, shuffle=False):
         for m in bns:  # weight each batch by its size: the running mean is the mean over every item
             m.momentum = len(idx) / (seen + len(idx))
-        x, lengths = table.batch(idx)
-        vb = apply_view(view, x.to(device), lengths.to(device), train=False)
+        vb = table.view(idx, view, device=device, train=False)
         with _autocast(device, bf16):
             forward_batch(model, vb, view)
         seen += len(idx)
@@ -173,8 +172,7 @@ def _train_epoch(model, opt, table, view, config, weights, spec_aug, gen, device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for b, idx in enumerate(index_batches(len(table), config.batch_size, shuffle=True, generator=gen)):
         t0 = time.perf_counter()
-        x, lengths = table.batch(idx)
-        vb = apply_view(view, x.to(device, non_blocking=True), lengths.to(device), train=True, generator=gen)
+        vb = table.view(idx, view, device=device, train=True, generator=gen)
         targets = F.one_hot(table.labels[idx.to(table.device)].to(device), n_classes).float()
         if spec_aug is not None:
             xs, targets, mask = augment_batch(vb.x, targets, spec_aug, mask=vb.mask, generator=gen)
