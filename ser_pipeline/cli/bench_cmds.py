@@ -129,6 +129,7 @@ def train(
                                          "reported.")] = 3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads (default: torch's).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Also write the JSON document to this file.")] = None,
     root: RootOption = None,
     as_json: JsonOption = False,
@@ -142,7 +143,7 @@ def train(
 
     check_device(device)
     setup = prepare_bench(model, corpus, workspace(root), preset=preset, seed=seed, device=device, steps=steps)
-    result = bench_train(setup, epochs=epochs, repeats=repeats)
+    result = bench_train(setup, epochs=epochs, repeats=repeats, threads=threads)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
