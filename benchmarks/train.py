@@ -45,7 +45,7 @@ from ser_pipeline.experiments.runner import fold_validation
 from ser_pipeline.features import feature_label
 from ser_pipeline.splits import make_folds
 from ser_pipeline.training.config import OPTIMIZERS, TrainConfig, resolve_device, seed_everything
-from ser_pipeline.training.loop import _eval_view, fit
+from ser_pipeline.training.loop import fit
 from ser_pipeline.training.trainers.base import FoldRun
 from ser_pipeline.training.trainers.neural import prepare
 from ser_pipeline.workspace import Workspace
@@ -167,7 +167,7 @@ class Preloaded:
 @torch.no_grad()
 def preload(setup: BenchSetup, chunk: int = 256) -> Preloaded:
     """The deterministic (evaluation) view of every training item, concatenated."""
-    view = _eval_view(setup.view)
+    view = setup.view.replace(crop="centre") if setup.view.crop == "random" else setup.view  # deterministic
     xs, masks = [], []
     for idx in index_batches(len(setup.train), chunk, shuffle=False):
         x, lengths = setup.train.batch(idx)
