@@ -106,6 +106,9 @@ def prepare_bench(model: str, corpus: str, workspace: Workspace, *, preset: str 
     if not resolved.trainer.uses_view:
         raise ConfigError(f"model {model!r}: trainer {resolved.trainer.name!r} has no training step to benchmark "
                           f"(bench train takes neural models)")
+    if resolved.plan.train.epochs < 1:
+        raise ConfigError(f"model {model!r}: its recipe never trains the network that reads the view (train.epochs 0); "
+                          f"nothing to benchmark")
     manifest = experiment_manifest(corpus, resolved.protocol, config.protocol_options, workspace)
     fset, usable = _features_present(resolved, manifest, workspace, corpus)
     fold = make_folds(resolved.protocol, usable, seed=seed, **config.protocol_options)[0]
@@ -147,7 +150,8 @@ def project_pass(setup: BenchSetup, epochs: int) -> Pass:
     start, cpu0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = fit(model, setup.train, None, view=setup.view, config=setup.config, n_classes=setup.n_classes,
+        config = setup.config if setup.config.epochs >= epochs else setup.config.replace(epochs=epochs)
+        result = fit(model, setup.train, None, view=setup.view, config=config, n_classes=setup.n_classes,
                      spec_augment=plan.spec_augment, fold=setup.run.name, checkpoint_dir=None, resume=False,
                      stop_epoch=epochs)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu0

@@ -72,6 +72,7 @@ def test_bench_train_figures_are_consistent(root: str, model: str, kind: str, tm
     (["svm", "demo"], "model 'svm'"),
     (["cnn", "elsewhere"], "no manifest named 'elsewhere'"),
     (["alexnet_sru", "demo"], "ser featurize demo --preset logmel60"),
+    (["alexnet_sru_sru_only", "demo"], "never trains"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(root: str, args: list[str], named: str, capsys) -> None:
     code, out, err = call(capsys, "bench", "train", *args, "--steps", "1", "--repeats", "1", "--root", root)
