@@ -1,4 +1,4 @@
-"""CLI commands: the ``ser bench`` group (``featurize`` now; ``train`` can be added beside it)."""
+"""CLI commands: the ``ser bench`` group (``featurize``, ``extract``, ``train``)."""
 
 from __future__ import annotations
 
@@ -116,3 +116,36 @@ def extract(
     if checkpoint:
         report["ssl"] = bench_ssl(waves, checkpoint, device=device)
     emit(report, as_json, _extract_text)
+
+
+@bench_app.command("train")
+def train(
+    model: Annotated[str, typer.Argument(help="Registered neural model (see `ser models`).")],
+    corpus: Annotated[str, typer.Argument(help="Ingested and featurized corpus (see `ser manifests`).")],
+    preset: Annotated[str, typer.Option("--preset", help="Recipe preset as in `ser train` (default, paper, cpu).")] = "cpu",
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs per timed pass.")] = 1,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="Steps per epoch: keep steps x batch size "
+                                              "training utterances (default: the whole fold).")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Alternating plain/project passes; medians are "
+                                         "reported.")] = 3,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads (default: torch's).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the JSON document to this file.")] = None,
+    root: RootOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The training step of `ser train` (loop, views, SpecAugment) vs a plain PyTorch loop over preloaded
+    tensors: same network, batch size and optimiser; utterances/s, data share of step time, ratio."""
+    import json
+
+    from benchmarks.train import bench_text, bench_train, prepare_bench  # outside the library's import graph
+    from ser_pipeline.training.config import check_device
+
+    check_device(device)
+    setup = prepare_bench(model, corpus, workspace(root), preset=preset, seed=seed, device=device, steps=steps)
+    result = bench_train(setup, epochs=epochs, repeats=repeats, threads=threads)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    emit(result, as_json, bench_text)

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ser_pipeline.config import require
+from ser_pipeline.dataset.views import ViewBatch, ViewSpec, apply_view, view_items
 from ser_pipeline.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,24 @@ class FeatureTable:
         pos = (self.offsets[index][:, None] + t[None, :]).clamp(max=max(self.frames.shape[0] - 1, 0))
         x = self.frames[pos] * valid[:, :, None, None].to(self.frames.dtype)  # (B, T_max, C, F)
         return x.permute(0, 2, 3, 1).contiguous(), lengths
+
+    def view(self, index: torch.Tensor, spec: ViewSpec, *, device: torch.device | str | None = None,
+             train: bool = False, generator: torch.Generator | None = None) -> ViewBatch:
+        """The view ``spec`` of items ``index (B,)`` on ``device`` (default: the table's).
+
+        Cropping views (``fixed``, ``segments``, ``windows``) are read straight from the preloaded
+        frames when the table lives on ``device``: only the frames and channels the view uses are
+        gathered, with no padded batch (:func:`~ser_pipeline.dataset.views.view_items`); otherwise
+        ``apply_view`` of :meth:`batch`. Both give the same tensors and the same draws from ``generator``.
+        """
+        device = torch.device(device) if device is not None else self.device
+        if device == self.device:
+            i = index.to(self.offsets.device)
+            built = view_items(spec, self.frames, self.offsets[i], self.lengths[i], train=train, generator=generator)
+            if built is not None:
+                return built
+        x, lengths = self.batch(index)
+        return apply_view(spec, x.to(device, non_blocking=True), lengths.to(device), train=train, generator=generator)
 
     def item(self, i: int) -> torch.Tensor:
         """Item ``i`` as ``(C, F, T_i)``."""

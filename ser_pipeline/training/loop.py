@@ -44,7 +44,7 @@ from torch import nn
 from ser_pipeline.config import require
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, augment_batch, soft_cross_entropy
 from ser_pipeline.dataset.tables import FeatureTable, class_weights, index_batches
-from ser_pipeline.dataset.views import ViewBatch, ViewSpec, apply_view
+from ser_pipeline.dataset.views import ViewBatch, ViewSpec
 from ser_pipeline.errors import TrainingError
 from ser_pipeline.inference.forward import _autocast, forward_batch, predict_proba
 from ser_pipeline.metrics import unweighted_average_recall
@@ -105,8 +105,7 @@ def precise_bn(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_s
     for idx in index_batches(len(table), batch_size, shuffle=False):
         for m in bns:  # weight each batch by its size: the running mean is the mean over every item
             m.momentum = len(idx) / (seen + len(idx))
-        x, lengths = table.batch(idx)
-        vb = apply_view(view, x.to(device), lengths.to(device), train=False)
+        vb = table.view(idx, view, device=device, train=False)
         with _autocast(device, bf16):
             forward_batch(model, vb, view)
         seen += len(idx)
@@ -173,8 +172,7 @@ def _train_epoch(model, opt, table, view, config, weights, spec_aug, gen, device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for b, idx in enumerate(index_batches(len(table), config.batch_size, shuffle=True, generator=gen)):
         t0 = time.perf_counter()
-        x, lengths = table.batch(idx)
-        vb = apply_view(view, x.to(device, non_blocking=True), lengths.to(device), train=True, generator=gen)
+        vb = table.view(idx, view, device=device, train=True, generator=gen)
         targets = F.one_hot(table.labels[idx.to(table.device)].to(device), n_classes).float()
         if spec_aug is not None:
             xs, targets, mask = augment_batch(vb.x, targets, spec_aug, mask=vb.mask, generator=gen)
@@ -226,7 +224,8 @@ def fit(
     """Train ``model`` on ``train``, select the epoch with the best validation UA on ``val``.
 
     ``train``/``val`` must already live on the model's device. Returns the history
-    (``epoch, train_loss, val_loss, val_ua, lr, seconds, utt_per_s, data_share``) and leaves the
+    (``epoch, train_loss, val_loss, val_ua, lr, seconds, utt_per_s, data_share``, and the raw timers
+    ``items, data_s, step_s``: utterances seen, batch-preparation and whole-step seconds) and leaves the
     best weights loaded in ``model``. ``val=None`` (a refit): no validation, run ``stop_epoch``
     epochs (default ``config.epochs``) of the schedule sized for ``config.epochs`` and keep the
     last weights (``best_epoch`` = the last epoch).
@@ -292,6 +291,7 @@ def fit(
             "seconds": seconds,
             "utt_per_s": stats["items"] / max(stats["step_s"], 1e-9),
             "data_share": stats["data_s"] / max(stats["step_s"], 1e-9),
+            "items": stats["items"], "data_s": stats["data_s"], "step_s": stats["step_s"],
         }
         history.append(row)
         if val_metrics["val_ua"] > best_ua:

@@ -113,3 +113,24 @@ def test_soft_cross_entropy_of_a_mixed_label_is_the_weighted_sum() -> None:
 def test_invalid_settings_name_the_field(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         SpecAugmentSpec(**{field: value})
+
+
+@pytest.mark.parametrize("shape, mask_shape", [((6, 3, 20, 50), (6, 50)), ((4, 5, 2, 16, 12), (4, 5))])
+def test_span_masks_equal_a_masked_fill_of_the_same_spans(shape, mask_shape) -> None:
+    """The product with the keep mask (issue 12) gives the tensor a masked_fill with 0 gave."""
+    from ser_pipeline.dataset.spec_augment import _spans, span_masks
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=g) * 2 - 0.5
+    valid = torch.arange(mask_shape[1])[None, :] < torch.randint(5, mask_shape[1] + 1, (mask_shape[0], 1), generator=g)
+    spec = SpecAugmentSpec(freq_masks=2, freq_width=5, time_masks=2, time_width=6)
+    out = span_masks(x, spec, mask=valid, generator=torch.Generator().manual_seed(9))
+    # the reference: the same draws, then masked_fill
+    g2 = torch.Generator().manual_seed(9)
+    N, H, W = x.shape[0], x.shape[-2], x.shape[-1]
+    lengths = valid.long().sum(dim=1) if x.ndim == 4 else torch.full((N,), W)
+    f_hit = _spans(N, H, 2, torch.full((N,), 5), torch.full((N,), H), g2)
+    t_hit = _spans(N, W, 2, torch.minimum(torch.full((N,), 6), lengths // 5), lengths, g2)
+    drop = (f_hit[:, :, None] | t_hit[:, None, :]).reshape((N,) + (1,) * (x.ndim - 3) + (H, W))
+    assert torch.equal(out, x.masked_fill(drop, 0.0))
+    assert drop.any() and (out == 0).sum() >= drop.expand_as(x).sum()

@@ -1,0 +1,150 @@
+"""The cropping views read straight from a preloaded table (issue 12) give the same tensors, masks
+and generator draws as the previous algorithm on the padded batch (kept below as the reference)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ser_pipeline.dataset.tables import _pack
+from ser_pipeline.dataset.views import ViewBatch, ViewSpec, apply_view, crop_starts, time_mask, view_items
+
+
+# ----------------------------------------------------------------------------------------------
+# The previous algorithm (views.py before issue 12), verbatim in substance: padded batch,
+# repeat_interleave per segment/window, gathers on every stored channel, channels chosen last.
+
+
+def _old_select(x: torch.Tensor, channels: int) -> torch.Tensor:
+    if channels == 0 or x.shape[1] == channels:
+        return x
+    if x.shape[1] >= channels:
+        return x[:, :channels]
+    return x.expand(-1, channels, -1, -1)
+
+
+def _old_finish(x: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    x = _old_select(x, spec.channels)
+    if spec.resize is None or tuple(x.shape[-2:]) == tuple(spec.resize):
+        return x
+    return F.interpolate(x, size=tuple(spec.resize), mode="bilinear", align_corners=False)
+
+
+def _old_gather(x, lengths, starts, frames):
+    B, C, Fb, T = x.shape
+    t = starts[:, None] + torch.arange(frames)[None, :]
+    valid = t < lengths[:, None]
+    idx = t.clamp(max=max(T - 1, 0))
+    out = torch.gather(x, 3, idx[:, None, None, :].expand(B, C, Fb, frames))
+    return out * valid[:, None, None, :].to(x.dtype)
+
+
+def _old_resample(x, begin, end, frames):
+    B, C, Fb, T = x.shape
+    span = (end - begin).clamp(min=1).to(x.dtype)
+    k = torch.arange(frames, dtype=x.dtype)
+    pos = begin[:, None].to(x.dtype) + (k[None, :] + 0.5) * span[:, None] / frames - 0.5
+    lo_bound = begin[:, None].to(x.dtype)
+    hi_bound = (begin + (end - begin).clamp(min=1) - 1)[:, None].to(x.dtype)
+    pos = torch.maximum(torch.minimum(pos, hi_bound), lo_bound)
+    lo = pos.floor().long().clamp(0, T - 1)
+    hi = torch.minimum((lo + 1).clamp(max=T - 1), hi_bound.long())
+    frac = (pos - lo.to(x.dtype))[:, None, None, :]
+    g = lambda i: torch.gather(x, 3, i[:, None, None, :].expand(B, C, Fb, frames))  # noqa: E731
+    return g(lo) * (1 - frac) + g(hi) * frac
+
+
+def _old_view(spec: ViewSpec, x, lengths, train, generator) -> ViewBatch:
+    mode = spec.crop if (spec.crop != "random" or train) else "centre"
+    if spec.kind == "fixed":
+        starts = crop_starts(lengths, spec.frames, mode=mode, generator=generator)
+        mask = time_mask((lengths - starts).clamp(max=spec.frames), spec.frames)
+        return ViewBatch(_old_finish(_old_gather(x, lengths, starts, spec.frames), spec), mask)
+    B = x.shape[0]
+    if spec.kind == "segments":
+        S = spec.n_segments
+        j = torch.arange(S)
+        begin, end = (lengths[:, None] * j[None, :]) // S, (lengths[:, None] * (j[None, :] + 1)) // S
+        seg = _old_finish(_old_resample(x.repeat_interleave(S, dim=0), begin.reshape(-1), end.reshape(-1), spec.frames),
+                          spec)
+        return ViewBatch(seg.reshape(B, S, *seg.shape[1:]), end > begin)
+    if spec.frames:
+        x = _old_gather(x, lengths, crop_starts(lengths, spec.frames, mode=mode, generator=generator), spec.frames)
+        lengths = torch.full_like(lengths, spec.frames)
+    counts = 1 + torch.div((lengths - spec.window).clamp(min=0) + spec.shift - 1, spec.shift, rounding_mode="floor")
+    S = int(counts.max())
+    starts = (torch.arange(S)[None, :] * spec.shift).expand(B, S)
+    win = _old_gather(x.repeat_interleave(S, dim=0), lengths.repeat_interleave(S), starts.reshape(-1), spec.window)
+    win = _old_finish(win, spec)
+    return ViewBatch(win.reshape(B, S, *win.shape[1:]), torch.arange(S)[None, :] < counts[:, None])
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def random_table(lengths: list[int], channels: int = 3, bands: int = 12, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    arrays = [torch.randn(channels, bands, n, generator=g) * 3 - 1 for n in lengths]  # negative values too
+    n = len(lengths)
+    return _pack(arrays, [i % 3 for i in range(n)], [i % 2 for i in range(n)], [f"u{i}" for i in range(n)],
+                 ["orig"] * n, ["a", "b"])
+
+
+LENGTHS = [1, 3, 7, 16, 40, 41, 90, 5, 64, 33]
+SPECS = [
+    *(ViewSpec(kind="fixed", frames=f, crop=c, channels=ch, resize=r)
+      for f, c, ch, r in itertools.product((6, 32, 100), ("centre", "start", "random"), (0, 1, 2, 3),
+                                           (None, (20, 9), (12, 64)))),
+    *(ViewSpec(kind="segments", n_segments=s, frames=f, channels=ch, resize=r)
+      for s, f, ch, r in itertools.product((1, 3, 5), (4, 17), (1, 3), (None, (16, 17), (7, 5)))),
+    *(ViewSpec(kind="windows", frames=f, window=w, shift=sh, channels=ch, resize=r, crop=c)
+      for f, (w, sh), ch, r, c in itertools.product((0, 30, 75), ((8, 4), (16, 16), (10, 3)), (1, 3),
+                                                    (None, (12, 16)), ("centre", "random"))),
+]
+
+
+def _same(a: ViewBatch, b: ViewBatch, where: str) -> None:
+    assert a.x.shape == b.x.shape and a.x.dtype == b.x.dtype, where
+    assert torch.equal(a.x, b.x), where  # exact, element for element (+0 and -0 compare equal)
+    assert torch.equal(a.mask, b.mask), where
+
+
+@pytest.mark.parametrize("kind", ["fixed", "segments", "windows"])
+@pytest.mark.parametrize("train", [True, False])
+def test_new_views_equal_the_previous_algorithm(kind: str, train: bool) -> None:
+    table = random_table(LENGTHS)
+    idx = torch.tensor([4, 0, 9, 2, 6, 1, 8])
+    x, lengths = table.batch(idx)
+    specs = [s for s in SPECS if s.kind == kind]
+    assert len(specs) >= 30
+    for spec in specs:
+        gens = [torch.Generator().manual_seed(7) for _ in range(3)]
+        old = _old_view(spec, x, lengths, train, gens[0])
+        padded = apply_view(spec, x, lengths, train=train, generator=gens[1])
+        direct = view_items(spec, table.frames, table.offsets[idx], table.lengths[idx], train=train, generator=gens[2])
+        _same(old, padded, f"apply_view {spec}")
+        _same(old, direct, f"view_items {spec}")
+        draws = [torch.rand(4, generator=g) for g in gens]  # the same number of draws from the generator
+        assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2]), spec
+
+
+@pytest.mark.parametrize("kind", ["fixed", "segments", "windows"])
+def test_a_single_stored_channel_is_repeated_as_before(kind: str) -> None:
+    table = random_table(LENGTHS, channels=1)
+    idx = torch.arange(len(LENGTHS))
+    spec = ViewSpec(kind=kind, frames=20, channels=3, resize=(10, 24), window=8, shift=4, n_segments=3)
+    x, lengths = table.batch(idx)
+    direct = view_items(spec, table.frames, table.offsets[idx], table.lengths[idx])
+    _same(_old_view(spec, x, lengths, False, None), direct, kind)
+    assert direct.x.shape[-3] == 3
+
+
+def test_views_that_need_the_padded_batch_are_not_built_from_items() -> None:
+    table = random_table(LENGTHS)
+    idx = torch.arange(3)
+    for spec in (ViewSpec(kind="full", frames=0), ViewSpec(kind="sequence", frames=0),
+                 ViewSpec(kind="fixed", frames=8, time_pool=2)):
+        assert view_items(spec, table.frames, table.offsets[idx], table.lengths[idx]) is None
