@@ -15,7 +15,6 @@ from ser_pipeline.dataset.tables import FeatureTable, _pack, index_batches
 from ser_pipeline.dataset.views import (
     ViewBatch,
     ViewSpec,
-    apply_view,
     flatten_segments,
     mean_segment_posteriors,
 )
@@ -54,8 +53,7 @@ def predict_proba(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batc
     device = next(model.parameters()).device
     out = []
     for idx in index_batches(len(table), batch_size, shuffle=False):
-        x, lengths = table.batch(idx)
-        vb = apply_view(view, x.to(device), lengths.to(device), train=False)
+        vb = table.view(idx, view, device=device)  # crops read straight from the table (same tensors)
         with _autocast(device, bf16):
             logits, mask = forward_batch(model, vb, view)
         probs = torch.softmax(logits.float(), dim=-1)
@@ -75,8 +73,7 @@ def embed_table(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_
     device = next(model.parameters()).device
     out: list[np.ndarray] = []
     for idx in index_batches(len(table), batch_size, shuffle=False):
-        x, lengths = table.batch(idx)
-        vb = apply_view(view, x.to(device), lengths.to(device), train=False)
+        vb = table.view(idx, view, device=device)  # crops read straight from the table (same tensors)
         if view.segmented:
             xs, mask = flatten_segments(vb)
             B, S = vb.x.shape[:2]
