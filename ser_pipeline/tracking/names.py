@@ -11,17 +11,21 @@ A run name is the model, then what the experiment changes from the model's regis
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
+
+from ser_pipeline.experiments.config import ExperimentConfig
 
 SEP = " · "
 DIGEST_CHARS = 6
 MAX_DIFFS = 6
 EQUIVALENT_DEFAULTS = {("protocol", "loso")}  # the protocol an empty value resolves to (preset default)
 IDENTITY = ("model", "corpus")  # named elsewhere (the name's head, the MLflow experiment)
-DEFAULTS: dict[str, Any] = {"features": "", "feature_overrides": {}, "augment": "", "protocol": "",
-                            "protocol_options": {}, "seed": 0, "epochs": None, "hparams": {}, "view": {},
-                            "train": {}, "stage2": {}, "spec_augment": None, "preset": "default", "max_folds": None}
+# Every ExperimentConfig field's default (a field added later never shows up in names as "changed").
+DEFAULTS: dict[str, Any] = {
+    f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    for f in dataclasses.fields(ExperimentConfig) if f.name not in IDENTITY}
 
 
 def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -310,6 +310,11 @@ def test_run_names_say_what_differs() -> None:
     assert a == "cnn · n_mels=48 · aaaaaa"
     assert b == "cnn · n_mels=48 · dropout=0.4 · bbbbbb" and a != b
     assert run_name({"model": "svm", "corpus": "demo", "seed": 2}, "c" * 8) == "svm · seed=2 · cccccc"
+    # every ExperimentConfig field at its default stays out of the name; a changed one is named
+    defaults = {"validation": "rotate", "refit": True, "final_model": "best_fold"}
+    assert run_name({**base, **defaults}, "aaaaaa11") == a
+    assert run_name({**base, **defaults, "final_model": "all_speakers"}, "dddddd44") == \
+        "cnn · n_mels=48 · final_model=all_speakers · dddddd"
 
 
 def test_params_are_resolved_values_only() -> None:
