@@ -160,8 +160,11 @@ FINAL_RUN = "all-speakers"  # the name of the final model's training run
 
 
 def final_epochs(rows: Sequence[dict[str, Any]]) -> int:
-    """The final model's epochs: the median of the folds' epochs chosen on validation (at least 1)."""
-    chosen = [int(r["best_epoch"]) for r in rows if int(r.get("best_epoch") or 0) > 0]
+    """The final model's epochs: the median over folds of the epochs each fold's refit trained
+    (``refit_epochs``; chosen on validation) or, without a refit, of the best validation epochs
+    (at least 1)."""
+    chosen = [int(r.get("refit_epochs") or r.get("best_epoch") or 0) for r in rows]
+    chosen = [c for c in chosen if c > 0]
     return max(1, int(round(float(np.median(chosen))))) if chosen else 1
 
 
