@@ -130,20 +130,27 @@ class StandardTrainer:
                            extra={**_view_extra(view, p), "n_fit": len(data.train)})
 
 
+class NoFinalModel:
+    """For trainer kinds that cannot train one model on every speaker (``final_model=best_fold``
+    only; :func:`ser_pipeline.experiments.config.resolve` refuses the other value up front)."""
+
+    name: str
+    fits_final = False
+
+    def fit_final(self, run: FoldRun, epochs: int) -> FoldOutcome:
+        raise TrainingError(f"trainer {self.name!r}: no final model on every speaker (final_model=best_fold)")
+
+
 @dataclass(frozen=True)
-class SpeakerPretrainTrainer:
+class SpeakerPretrainTrainer(NoFinalModel):
     """Stage 1: speaker identification on the training speakers; freeze the backbone; stage 2:
     the emotion layers on the same training data."""
 
     name: str = "speaker_pretrain"
     reads_features: bool = True
     refits: bool = False
-    fits_final: bool = False
     uses_view: bool = True
     uses_device: bool = True
-
-    def fit_final(self, run: FoldRun, epochs: int) -> FoldOutcome:
-        raise TrainingError(f"trainer {self.name!r}: no final model on every speaker (final_model=best_fold)")
 
     def run(self, fold: FoldRun) -> FoldOutcome:
         p = fold.plan
@@ -158,19 +165,15 @@ class SpeakerPretrainTrainer:
 
 
 @dataclass(frozen=True)
-class TwoStageTrainer:
+class TwoStageTrainer(NoFinalModel):
     """Stage 1 on segments; its embeddings for every utterance of the fold go to the store as
     derived items keyed by the stage-1 checkpoint digest; stage 2 trains on ``(B, S, D)``."""
 
     name: str = "two_stage"
     reads_features: bool = True
     refits: bool = False
-    fits_final: bool = False
     uses_view: bool = True
     uses_device: bool = True
-
-    def fit_final(self, run: FoldRun, epochs: int) -> FoldOutcome:
-        raise TrainingError(f"trainer {self.name!r}: no final model on every speaker (final_model=best_fold)")
 
     def run(self, fold: FoldRun) -> FoldOutcome:
         p = fold.plan
