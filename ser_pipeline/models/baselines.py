@@ -13,7 +13,9 @@ from torch import nn
 
 from ser_pipeline.config import require
 from ser_pipeline.models import register_model
-from ser_pipeline.models.blocks import ConvBlock, global_pool, masked_time_pool
+from ser_pipeline.models.blocks import ConvBlock, global_pool, masked_time_pool, masked_time_stats
+
+POOLS = ("masked", "stats", "avg")
 
 
 class PlainCNN(nn.Module):
@@ -29,19 +31,23 @@ class PlainCNN(nn.Module):
                  dropout: float = 0.3, pool: str = "masked") -> None:
         super().__init__()
         require(n_classes >= 2, "n_classes", n_classes, "need at least two classes")
-        require(pool in ("masked", "avg"), "pool", pool, "must be 'masked' (length-aware) or 'avg'")
+        require(pool in POOLS, "pool", pool, "must be 'masked' (length-aware mean), 'stats' (length-aware mean "
+                "and std over time) or 'avg'")
         self.pool = pool
         require(len(channels) >= 1 and all(c > 0 for c in channels), "channels", channels, "need positive widths")
         require(0.0 <= dropout < 1.0, "dropout", dropout, "must be in [0, 1)")
         widths = [in_channels, *channels]
         self.body = nn.Sequential(*(ConvBlock(a, b, kernel=3, pool=2) for a, b in zip(widths[:-1], widths[1:], strict=True)))
-        self.embed_dim = widths[-1]
+        self.embed_dim = widths[-1] * (2 if pool == "stats" else 1)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.embed_dim, n_classes)
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, C, F, T) -> (B, D)`` average-pooled conv features (over valid frames with ``mask (B, T)``)."""
+        """``(B, C, F, T) -> (B, D)`` pooled conv features (over valid frames with ``mask (B, T)``):
+        ``D = channels[-1]``, or twice that for ``stats`` (mean and std over time)."""
         h = self.body(x)
+        if self.pool == "stats":
+            return masked_time_stats(h, mask)
         return masked_time_pool(h, mask) if mask is not None and self.pool == "masked" else global_pool(h)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -104,7 +110,8 @@ class CNNLSTM(nn.Module):
     recipe={"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 30, "patience": 8},
     defaults={"channels": (32, 64, 128, 128), "dropout": 0.3, "pool": "masked"},
     ablations={"channels": "conv widths per block", "dropout": "dropout before the head",
-               "pool": "masked (length-aware) or avg (padding included) pooling over time"},
+               "pool": "masked (length-aware mean), stats (length-aware mean + std over time) or avg (padding "
+                       "included) pooling"},
     cpu={"hparams": {"channels": (8, 16, 32, 32)}, "view": {"time_pool": 2}, "train": {"epochs": 15}},
 )
 def build_cnn(n_classes: int, in_channels: int, **hparams: object) -> PlainCNN:

@@ -91,6 +91,30 @@ def global_pool(x: torch.Tensor, *, mode: str = "avg") -> torch.Tensor:
     return x.mean(dim=(2, 3)) if mode == "avg" else x.amax(dim=(2, 3))
 
 
+def valid_steps(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``(B, W)`` float 1/0: the time steps of ``x (B, C, H, W)`` that cover valid input frames of
+    ``mask (B, T)`` (a step covers ``T / W`` frames); all ones without a mask."""
+    B, W = x.shape[0], x.shape[3]
+    if mask is None:
+        return torch.ones(B, W, dtype=x.dtype, device=x.device)
+    T = mask.shape[1]
+    valid = mask.long().sum(dim=1)
+    steps = torch.div(valid * W + T - 1, T, rounding_mode="floor").clamp(min=1, max=W)  # ceil(valid * W / T)
+    return (torch.arange(W, device=x.device)[None, :] < steps[:, None]).to(x.dtype)
+
+
+def masked_time_stats(x: torch.Tensor, mask: torch.Tensor | None, *, eps: float = 1e-5) -> torch.Tensor:
+    """Statistics pooling: ``(B, C, H, W) -> (B, 2C)``, the mean and the standard deviation over the
+    valid time steps of the frequency-averaged maps (as x-vector statistics pooling). The spread
+    over time keeps variability cues that a mean alone averages away."""
+    z = x.mean(dim=2)  # (B, C, W)
+    m = valid_steps(x, mask)[:, None, :]
+    n = m.sum(dim=2).clamp(min=1.0)
+    mean = (z * m).sum(dim=2) / n
+    var = (((z - mean[:, :, None]) ** 2) * m).sum(dim=2) / n
+    return torch.cat([mean, torch.sqrt(var + eps)], dim=1)
+
+
 def masked_time_pool(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Length-aware mean pooling: ``(B, C, H, W) -> (B, C)``, the mean over H and over the time
     steps ``W`` that cover valid input frames; ``mask`` ``(B, T)`` marks the valid input frames
@@ -100,8 +124,5 @@ def masked_time_pool(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     (as long as it does not reach the valid steps through the receptive field)."""
     if mask is None:
         return x.mean(dim=(2, 3))
-    W, T = x.shape[3], mask.shape[1]
-    valid = mask.long().sum(dim=1)
-    steps = torch.div(valid * W + T - 1, T, rounding_mode="floor").clamp(min=1, max=W)  # ceil(valid * W / T)
-    m = (torch.arange(W, device=x.device)[None, :] < steps[:, None]).to(x.dtype)  # (B, W)
+    m = valid_steps(x, mask)  # (B, W)
     return (x.mean(dim=2) * m[:, None, :]).sum(dim=2) / m.sum(dim=1, keepdim=True)

@@ -247,3 +247,21 @@ def test_functionals_spec_refuses_float16_and_unknown_sets() -> None:
     with pytest.raises(ConfigError, match="functional_set.*eGeMAPSv02"):
         feature_spec("functionals", functional_set="MFCC")
     assert feature_spec("functionals").bands == 88 and feature_spec("functionals", functional_set="IS09").bands == 384
+
+
+def test_statistics_pooling_is_the_mean_and_std_over_valid_steps() -> None:
+    import torch
+
+    from ser_pipeline.models.baselines import PlainCNN
+    from ser_pipeline.models.blocks import masked_time_stats
+
+    x = torch.zeros(2, 1, 2, 4)
+    x[0, 0, :, :] = torch.tensor([1.0, 3.0, 100.0, 100.0])  # steps 3-4 are padding for item 0
+    x[1, 0, :, :] = torch.tensor([2.0, 2.0, 2.0, 2.0])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0], [1] * 8], dtype=torch.bool)  # input T = 8: 2 frames a step
+    out = masked_time_stats(x, mask, eps=0.0)
+    assert torch.allclose(out, torch.tensor([[2.0, 1.0], [2.0, 0.0]]))
+    model = PlainCNN(4, 3, channels=(4, 8), pool="stats")
+    assert model.embed_dim == 16 and model(torch.randn(3, 3, 16, 40)).shape == (3, 4)
+    with pytest.raises(ConfigError, match="stats"):
+        PlainCNN(4, 3, channels=(4, 8), pool="median")
