@@ -105,7 +105,7 @@ class CNNLSTM(nn.Module):
     defaults={"channels": (32, 64, 128, 128), "dropout": 0.3, "pool": "masked"},
     ablations={"channels": "conv widths per block", "dropout": "dropout before the head",
                "pool": "masked (length-aware) or avg (padding included) pooling over time"},
-    cpu={"hparams": {"channels": (8, 16, 32, 32)}, "view": {"time_pool": 2}, "train": {"epochs": 15}},
+    cpu={"hparams": {"channels": (16, 32, 64, 64)}, "view": {"time_pool": 2}, "train": {"epochs": 15}},
 )
 def build_cnn(n_classes: int, in_channels: int, **hparams: object) -> PlainCNN:
     """Registry builder: :class:`PlainCNN`."""
