@@ -76,6 +76,8 @@ def test_refit_trains_on_every_non_test_speaker_and_is_recorded(ws: Workspace) -
     recipe = record.metrics["recipe"]
     assert recipe["normalise"] == "speaker" and recipe["refit"] and recipe["precise_bn"] and recipe["validation"] == "rotate"
     assert all(f["refit"] and f["normalise"] == "speaker" for f in record.metrics["folds"])
+    # the default refit trains the whole 2-epoch budget, whatever epoch validation liked best
+    assert all(f["refit_epochs"] == 2 and f["refit_epoch_choice"] == "budget" for f in record.metrics["folds"])
     assert all(f["n_fit"] == i["n_fit"] for f, i in zip(record.metrics["folds"], config["folds"], strict=True))
 
     off = run_experiment(ExperimentConfig.from_dict({**TINY, "refit": False, "validation": "fixed"}), ws, device="cpu")

@@ -15,9 +15,9 @@ from torch import nn
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, span_masks
 from ser_pipeline.dataset.tables import _pack, floor_silence, normalise_tables
 from ser_pipeline.dataset.views import ViewSpec, apply_view, frames_for
-from ser_pipeline.errors import TrainingError
+from ser_pipeline.errors import ConfigError, TrainingError
 from ser_pipeline.models.baselines import PlainCNN
-from ser_pipeline.training.config import TrainConfig, seed_everything, warmup_cosine_factor
+from ser_pipeline.training.config import TrainConfig, refit_epoch_count, seed_everything, warmup_cosine_factor
 from ser_pipeline.training.loop import fit, precise_bn, smooth_targets
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -111,6 +111,15 @@ def test_warmup_cosine_factor_and_label_smoothing() -> None:
     assert all(a >= b for a, b in zip(f[2:], f[3:])) and f[-1] < 0.05
     y = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
     assert torch.allclose(smooth_targets(y, 0.2), torch.tensor([[0.85, 0.05, 0.05, 0.05]]))
+
+
+def test_refit_epoch_count_is_the_validation_choice_or_the_whole_budget() -> None:
+    best = TrainConfig(epochs=15, refit_epochs="best")
+    assert refit_epoch_count(best, 4, 15) == 4
+    assert refit_epoch_count(best.replace(refit_epochs="budget"), 4, 15) == 15
+    assert refit_epoch_count(best.replace(refit_epochs="budget"), 4, 9) == 9  # a fit that stopped early
+    with pytest.raises(ConfigError, match="refit_epochs"):
+        TrainConfig(refit_epochs="last")
 
 
 def test_refit_mode_runs_the_chosen_epochs_on_the_full_schedule() -> None:

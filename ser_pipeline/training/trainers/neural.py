@@ -14,7 +14,7 @@ from ser_pipeline.dataset.tables import FeatureTable, FoldData, pool_table
 from ser_pipeline.dataset.views import ViewSpec, frames_for
 from ser_pipeline.inference.forward import STAGE2_VIEW, embed_table, predict_proba, sequence_table
 from ser_pipeline.models import LayerWeighted
-from ser_pipeline.training.config import TrainConfig, seed_everything
+from ser_pipeline.training.config import TrainConfig, refit_epoch_count, seed_everything
 from ser_pipeline.training.loop import FitResult, fit, precise_bn, state_digest
 from ser_pipeline.training.speaker import pretrain_speakers
 from ser_pipeline.training.trainers.base import TRAINERS, FoldOutcome, FoldRun
@@ -79,8 +79,9 @@ def _outcome(model: nn.Module, data: FoldData, result: FitResult, plan: Any, *, 
 
 
 def refit_on_all(run: FoldRun, chosen_epoch: int, view: ViewSpec) -> tuple[nn.Module, FoldData, FitResult]:
-    """A fresh model (same seed) trained on every non-test utterance (train + validation) for the
-    ``chosen_epoch`` epochs picked on validation, on the same schedule; no validation is used."""
+    """A fresh model (same seed) trained on every non-test utterance (train + validation) for
+    ``chosen_epoch`` epochs (picked on validation, or the whole budget: :func:`refit_epoch_count`),
+    on the same schedule; no validation is used."""
     p = run.plan
     view, full = pooled(view.replace(time_pool=p.view.time_pool), run.fold_data(with_val=True))
     model = _build(run, full)
@@ -107,9 +108,11 @@ class StandardTrainer:
         result = _fit(fold, model, data.train, data.val, view=view, config=p.train, spec_aug=p.spec_augment)
         if not p.refit or result.best_epoch < 1:
             return _outcome(model, data, result, p, view=view, extra={"refit": False, "n_fit": len(data.train)})
-        model, full, refit = refit_on_all(fold, result.best_epoch, view)
+        epochs = refit_epoch_count(p.train, result.best_epoch, len(result.history))
+        model, full, refit = refit_on_all(fold, epochs, view)
         out = _outcome(model, full, result, p, view=view,
-                       extra={"refit": True, "refit_epochs": result.best_epoch, "n_fit": len(full.train),
+                       extra={"refit": True, "refit_epochs": epochs, "refit_epoch_choice": p.train.refit_epochs,
+                              "n_fit": len(full.train),
                               "refit_train_loss": refit.history[-1]["train_loss"] if refit.history else None})
         out.timing = {**result.timing, "refit_epoch_seconds": refit.timing.get("epoch_seconds", 0.0)}
         return out
