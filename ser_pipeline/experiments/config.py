@@ -330,9 +330,13 @@ def _base_recipe(entry: ModelEntry, paper: bool, hparams: dict[str, Any], neural
 
 def experiment_digest(config: ExperimentConfig, resolved: Resolved) -> str:
     """The experiment's identity: the config with the feature preset name replaced by the feature
-    spec digest (equal arrays, equal identity). No device, no paths."""
+    spec digest (equal arrays, equal identity), and the resolved recipe (hparams, view, train,
+    spec augment, stage 2, speaker pre-training, refit, trainer): a changed default is a new
+    experiment, never a stale cached one. No device, no paths, no descriptive text."""
     data = {k: v for k, v in config.to_dict().items() if k not in ("features", "feature_overrides")}
     if data.get("final_model") == "best_fold":  # the default: ids from before the field existed stay valid
         data.pop("final_model")
-    return stable_digest({"config": data, "features": resolved.feature_digest},
+    recipe = {k: v for k, v in resolved.to_dict().items() if k not in ("model", "feature_spec", "notes")}
+    recipe["trainer"] = resolved.trainer.name
+    return stable_digest({"config": data, "features": resolved.feature_digest, "recipe": recipe},
                          version=f"ExperimentConfig:{config.CODE_VERSION}")

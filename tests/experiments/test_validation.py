@@ -148,3 +148,18 @@ def test_top_level_epochs_and_train_lr_stay_in_stage1() -> None:
     plan = resolve(config).plan
     assert plan.train.epochs == 4 and plan.train.lr == 0.5
     assert plan.stage2_train.epochs == 8 and plan.stage2_train.lr == 0.01
+
+
+def test_a_changed_default_recipe_is_a_new_experiment(monkeypatch) -> None:
+    """The id covers the resolved recipe, not only the config as typed: changing a registered
+    default (here the cnn's cpu epochs) gives a new id, so a stale cached result is never reused."""
+    from ser_pipeline.models import MODELS, load_all
+
+    load_all()
+    config = ExperimentConfig(model="cnn", corpus="demo", preset="cpu")
+    before = experiment_digest(config, resolve(config))
+    assert experiment_digest(config, resolve(config)) == before  # stable
+    entry = MODELS.get("cnn")
+    monkeypatch.setitem(entry.cpu, "train", {**entry.cpu.get("train", {}), "epochs": 3})
+    assert resolve(config).plan.train.epochs == 3
+    assert experiment_digest(config, resolve(config)) != before
