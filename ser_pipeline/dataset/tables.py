@@ -366,10 +366,32 @@ def build_fold_data(
         "test": load_table(source, rows(test_ids), classes, speaker_names, device=device),
     }
     warn_missing_classes(tables["train"], classes, fold=name)
-    tables = {k: floor_silence(t, floor_db) for k, t in tables.items()}
-    stats = training_stats(tables["train"]) if normalise == "global" else {}
-    tables = normalise_tables(tables, normalise)
+    tables, stats = prepare_tables(tables, normalise=normalise, floor_db=floor_db)
     return FoldData(name, tables["train"], tables["val"], tables["test"], list(classes), speaker_names, stats)
+
+
+def prepare_tables(tables: Mapping[str, FeatureTable], *, normalise: str, floor_db: float
+                   ) -> tuple[dict[str, FeatureTable], dict[str, torch.Tensor]]:
+    """Silence floor then normalisation of loaded tables (statistics from ``tables["train"]``), and
+    the global training statistics (``normalise="global"``; else ``{}``)."""
+    floored = {k: floor_silence(t, floor_db) for k, t in tables.items()}
+    stats = training_stats(floored["train"]) if normalise == "global" else {}
+    return normalise_tables(floored, normalise), stats
+
+
+def build_final_data(source: FeatureSource, manifest: pd.DataFrame, *, name: str, train_ids: Sequence[str],
+                     classes: Sequence[str], train_variants: Sequence[str] = (ORIG,), normalise: str = "speaker",
+                     floor_db: float = 0.0, device: torch.device | str = "cpu") -> FoldData:
+    """Every utterance of ``train_ids`` (all speakers) as one training table, prepared like a fold's
+    training table. Nothing is held out: ``val`` and ``test`` are that same table and must never be
+    scored (a final model's quality is the folds' estimate)."""
+    require(len(train_ids) > 0, "final.train", name, "has no training utterances")
+    speaker_names = sorted(manifest["speaker"].unique())
+    rows = manifest.set_index("utterance_id", drop=False).loc[list(train_ids)]
+    table = load_table(source, rows, classes, speaker_names, variants=train_variants, device=device)
+    tables, stats = prepare_tables({"train": table}, normalise=normalise, floor_db=floor_db)
+    t = tables["train"]
+    return FoldData(name, t, t, t, list(classes), speaker_names, stats)
 
 
 def warn_missing_classes(table: FeatureTable, classes: Sequence[str], *, fold: str) -> list[str]:

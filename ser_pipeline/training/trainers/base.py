@@ -13,15 +13,7 @@ import pandas as pd
 import torch
 
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
-from ser_pipeline.dataset.tables import (
-    FeatureSource,
-    FoldData,
-    build_fold_data,
-    floor_silence,
-    load_table,
-    normalise_tables,
-    training_stats,
-)
+from ser_pipeline.dataset.tables import FeatureSource, FoldData, build_final_data, build_fold_data
 from ser_pipeline.dataset.views import ViewSpec
 from ser_pipeline.models import ModelEntry
 from ser_pipeline.registry import Registry
@@ -71,18 +63,12 @@ class FoldRun:
         return self.plan.train.seed + 1000 * self.index
 
     def final_data(self) -> FoldData:
-        """Every utterance of ``train_ids`` (all speakers) as one training table, normalised like a
-        fold's training table. Nothing is held out: ``val`` and ``test`` are that same table and must
-        never be scored (a final model's quality is the folds' estimate)."""
+        """Every utterance of ``train_ids`` as one training table (:func:`build_final_data`)."""
         assert self.source is not None, "this trainer reads features; the runner passes the feature set"
-        speaker_names = sorted(self.manifest["speaker"].unique())
-        rows = self.manifest.set_index("utterance_id", drop=False).loc[list(self.train_ids)]
-        table = load_table(self.source, rows, self.classes, speaker_names, variants=self.train_variants,
-                           device=self.device)
-        table = floor_silence(table, self.plan.view.floor_db)
-        stats = training_stats(table) if self.plan.view.normalise == "global" else {}
-        table = normalise_tables({"train": table}, self.plan.view.normalise)["train"]
-        return FoldData(self.name, table, table, table, list(self.classes), speaker_names, stats)
+        return build_final_data(self.source, self.manifest, name=self.name, train_ids=self.train_ids,
+                                classes=self.classes, train_variants=self.train_variants,
+                                normalise=self.plan.view.normalise, floor_db=self.plan.view.floor_db,
+                                device=self.device)
 
     def fold_data(self, *, with_val: bool = False) -> FoldData:
         """The fold's preloaded tables; ``with_val``: the training table holds train + validation
