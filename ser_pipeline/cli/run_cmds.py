@@ -17,7 +17,6 @@ import typer
 
 from ser_pipeline.cli.common import JsonOption, RootOption, emit, table, workspace
 from ser_pipeline.errors import ConfigError, SerError
-from ser_pipeline.pipeline.records import is_done
 from ser_pipeline.tracking.uri import default_tracking_uri
 
 if TYPE_CHECKING:
@@ -225,35 +224,11 @@ def pipeline_plan(cfg: PipelineConfig, planned: list[PlannedExperiment], root: P
                   forced: list[str], uri: str) -> dict[str, Any]:
     """What ``ser run`` would do: per stage and item, ``run`` or ``cached`` (from the stage records;
     stages after an uncached one are ``run`` when their inputs are not known yet)."""
-    from ser_pipeline.pipeline import stages  # heavy (torch, pandas)
+    from ser_pipeline.pipeline.summary import stage_items  # heavy (torch, pandas)
 
-    root_ = str(root)
-    rows: list[dict[str, Any]] = []
-    manifests: dict[str, str | None] = {}
-    for corpus in cfg.corpora:
-        key = stages.ingest_key(corpus.to_dict())
-        done = is_done(root_, "ingest", key) and "ingest" not in forced
-        try:
-            manifests[corpus.name] = stages.manifest_state(corpus.name, root_)["manifest_digest"] if done or \
-                "ingest" not in plan else None
-        except SerError:
-            manifests[corpus.name] = None
-        if "ingest" in plan:
-            rows.append({"stage": "ingest", "item": corpus.name, "status": "cached" if done else "run"})
-    for corpus, digest in manifests.items():
-        for setting in stages.feature_settings(planned, corpus):
-            done = digest is not None and "featurize" not in forced and is_done(
-                root_, "featurize", stages.featurize_key(digest, setting))
-            if "featurize" in plan:
-                rows.append({"stage": "featurize", "item": f"{corpus} {setting['label']}",
-                             "status": "cached" if done else "run"})
-    for p in planned:
-        digest = manifests.get(p.corpus)
-        done = digest is not None and "train" not in forced and is_done(root_, "train", stages.train_key(digest, p))
-        if "train" in plan:
-            rows.append({"stage": "train", "item": f"{p.label} ({p.corpus}, seed {p.config.seed})",
-                         "status": "cached" if done else "run"})
-    return {"config": cfg.name, "root": root_, "tracking_uri": uri, "stages": plan, "plan": rows,
+    rows = [{"stage": i.stage, "item": i.item, "status": "cached" if i.record is not None else "run"}
+            for i in stage_items(cfg, planned, str(root), plan=plan, uri=uri, forced=forced) if i.stage != "track"]
+    return {"config": cfg.name, "root": str(root), "tracking_uri": uri, "stages": plan, "plan": rows,
             "experiments": len(planned)}
 
 

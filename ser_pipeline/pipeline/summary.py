@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,43 +61,67 @@ def write_last(root: str, summary: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def cached_run_summary(config: str, cfg: PipelineConfig, planned: list[PlannedExperiment], root: str, *,
-                       plan: list[str], uri: str) -> dict[str, Any] | None:
-    """The summary of a run of ``plan`` when every one of its stages is done (records present, outputs
-    on disk, every trained model tracked under ``uri``), else None. Same keys and rows as the flow's."""
-    start = time.perf_counter()
-    summary = new_summary(config, cfg, root, uri, plan)
-    manifests: dict[str, str] = {}
+@dataclass(frozen=True)
+class StageItem:
+    """One item a run of the pipeline touches: its stage, a label, and its stage record when the
+    item is done (None when it has work left, cannot be known yet, or is forced)."""
+
+    stage: str
+    item: str
+    record: dict[str, Any] | None
+    extra: dict[str, Any] = field(default_factory=dict)  # train items: the MLflow experiment and the key
+
+
+def _manifest_digest(corpus: str, root: str) -> str | None:
+    try:
+        return str(stages.manifest_state(corpus, root)["manifest_digest"])
+    except SerError:
+        return None
+
+
+def stage_items(cfg: PipelineConfig, planned: list[PlannedExperiment], root: str, *, plan: list[str], uri: str,
+                forced: Sequence[str] = ()) -> Iterator[StageItem]:
+    """Every item of a run of ``plan``, in stage order, with its record from the stage records
+    (``ser run --check`` prints them; a fully cached run is summarised from them). An item whose
+    inputs are not known yet (its corpus not ingested) has no record; each trained model is
+    followed by its ``track`` item under ``uri``."""
+    manifests: dict[str, str | None] = {}
     for corpus in cfg.corpora:
-        done = done_record(root, "ingest", stages.ingest_key(corpus.to_dict()))
+        done = None if "ingest" in forced else done_record(root, "ingest", stages.ingest_key(corpus.to_dict()))
         if "ingest" in plan:
-            if done is None:
-                return None
-            summary["ingest"].append(cached(done))
-            manifests[corpus.name] = done["manifest_digest"]
-        else:
-            try:
-                manifests[corpus.name] = stages.manifest_state(corpus.name, root)["manifest_digest"]
-            except SerError:
-                return None
+            yield StageItem("ingest", corpus.name, done)
+        manifests[corpus.name] = _manifest_digest(corpus.name, root) if done or "ingest" not in plan else None
     if "featurize" in plan:
         for corpus, digest in manifests.items():
             for setting in stages.feature_settings(planned, corpus):
-                done = done_record(root, "featurize", stages.featurize_key(digest, setting))
-                if done is None:
-                    return None
-                summary["featurize"].append(cached(done))
+                record = None if digest is None or "featurize" in forced else done_record(
+                    root, "featurize", stages.featurize_key(digest, setting))
+                yield StageItem("featurize", f"{corpus} {setting['label']}", record)
+    if "train" not in plan:
+        return
+    for p in planned:
+        digest = manifests.get(p.corpus)
+        key = stages.train_key(digest, p) if digest is not None else None
+        record = None if key is None or "train" in forced else done_record(root, "train", key)
+        yield StageItem("train", f"{p.label} ({p.corpus}, seed {p.config.seed})", record,
+                        {"experiment": experiment_name(cfg, p.corpus), "key": key})
+        tracked = None if key is None or {"train", "track"} & set(forced) else read_record(
+            root, "track", stages.track_key(key, uri, cfg.register))
+        yield StageItem("track", p.label, tracked)
+
+
+def cached_run_summary(config: str, cfg: PipelineConfig, planned: list[PlannedExperiment], root: str, *,
+                       plan: list[str], uri: str) -> dict[str, Any] | None:
+    """The summary of a run of ``plan`` when every one of its items is done (records present, outputs
+    on disk, every trained model tracked under ``uri``), else None. Same keys and rows as the flow's."""
+    start = time.perf_counter()
+    items = list(stage_items(cfg, planned, root, plan=plan, uri=uri))
+    if any(item.record is None for item in items):
+        return None
+    summary = new_summary(config, cfg, root, uri, plan)
+    for item in items:
+        summary[item.stage].append({**cached(item.record or {}), **item.extra})
     if "train" in plan:
-        for p in planned:
-            if p.corpus not in manifests:
-                continue
-            key = stages.train_key(manifests[p.corpus], p)
-            done = done_record(root, "train", key)
-            tracked = read_record(root, "track", stages.track_key(key, uri, cfg.register))
-            if done is None or tracked is None:
-                return None
-            summary["train"].append({**cached(done), "experiment": experiment_name(cfg, p.corpus), "key": key})
-            summary["track"].append(cached(tracked))
         finish_train(summary)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     summary["all_cached"] = True
