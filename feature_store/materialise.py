@@ -37,7 +37,7 @@ from ser_pipeline import audio
 from ser_pipeline.augment import AugmentSpec, apply_variant, variant_seed
 from ser_pipeline.errors import AudioError, ConfigError, SerError, StoreError
 from ser_pipeline.extractors import extract_many, resolve_backend
-from ser_pipeline.features import FeatureSpec
+from ser_pipeline.features import FeatureSpec, load_compute_modules
 
 if TYPE_CHECKING:  # pandas stays out of Dask workers' imports (cluster start-up)
     import pandas as pd
@@ -131,6 +131,7 @@ def run_task(set_path: str, spec_dict: dict[str, Any], work: Sequence[WorkItem],
     """
     from threadpoolctl import threadpool_limits
 
+    load_compute_modules()
     if in_dask_worker():
         limit_threads()
     spec = FeatureSpec.from_dict(spec_dict)
@@ -428,6 +429,7 @@ def _run_threads(
 
     from threadpoolctl import threadpool_limits
 
+    load_compute_modules()
     with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="featurize") as pool:
         futures = {pool.submit(run_task, set_path, spec_dict, task, fault, backend, limit_blas=False): size
                    for task, size in zip(tasks, sizes, strict=True)}

@@ -36,6 +36,7 @@ from feature_store.layout import (
     group_meta,
     read_json,
 )
+from feature_store.stamps import batch_stamp, is_settled, read_stamps, write_stamps
 from feature_store.writer import FaultHook, checksum, write_derived_batch, write_feature_batch
 from ser_pipeline.errors import StoreError
 from ser_pipeline.features import FeatureSpec
@@ -241,18 +242,32 @@ class _BatchedItems:
     def check(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """``{key: reason}`` for each of ``keys`` (all committed) whose stored item fails its checks.
 
-        Reads and checksums every item (one span per batch); used before reusing stored items.
+        Used before reusing stored items. A batch holding any of ``keys`` is read and checksummed in
+        full (one span over every item of its list, superseded ones too), unless its files carry the
+        stamps recorded when it was last found wholly clean (:mod:`feature_store.stamps`).
         """
-        items = [self._item(*key) for key in keys]
-        by_batch: dict[str, list[int]] = defaultdict(list)
-        for pos, item in enumerate(items):
-            by_batch[item["batch"]].append(pos)
+        index = self._items()
+        wanted = {tuple(key): self._item(*key)["batch"] for key in keys}
+        stamps = read_stamps(self.path)
+        kept = {b: s for b, s in stamps.items() if (self.path / BATCHES / b).is_dir()}
         bad: dict[tuple[str, str], str] = {}
-        for batch, positions in by_batch.items():
-            for local, part in self.checked_parts(batch, [items[p] for p in positions]):
-                if isinstance(part, StoreError):
-                    bad[tuple(keys[positions[local]])] = str(part)  # type: ignore[index]
+        for batch in sorted(set(wanted.values())):
+            stamp = batch_stamp(self.path / BATCHES / batch)
+            if stamp is not None and kept.get(batch) == stamp:
+                continue
+            kept.pop(batch, None)
+            items = valid_items(self.path / BATCHES / batch, self.item_fields)
+            found = {self._key(items[pos]): str(part) for pos, part in self.checked_parts(batch, items)
+                     if isinstance(part, StoreError)}
+            bad.update({key: why for key, why in found.items() if wanted.get(key) == batch and key in index})
+            if not found and stamp is not None and is_settled(stamp):
+                kept[batch] = stamp
+        if kept != stamps:
+            write_stamps(self.path, kept)
         return bad
+
+    def _key(self, item: dict[str, Any]) -> tuple[str, str]:
+        return item[self.key_fields[0]], item[self.key_fields[1]]
 
 
 def _extent(part: np.ndarray) -> int:

@@ -197,3 +197,43 @@ def test_cli_featurize_says_repaired_and_verify_repair_fixes(workspace, make_cor
     doc = json.loads(fixed.stdout)
     assert doc["ok"] and doc["before"]["corrupt"] and doc["repair"]["sets"][0]["repaired"] >= 1
     assert runner.invoke(app, ["store", "verify", "--root", root]).exit_code == 0
+
+
+def test_a_batch_checked_clean_is_stamped_then_skipped_until_a_file_changes(store, make_corpus, monkeypatch):
+    from feature_store import stamps
+
+    frame = make_corpus(4)
+    fset, before = stored(store, frame)
+    keys = [(sha, "orig") for sha in frame.sha256]
+    assert fset.check(keys) == {}
+    assert stamps.read_stamps(fset.path) == {}  # files written a moment ago are "racy": never stamped
+    monkeypatch.setattr(stamps, "SETTLE_NS", 0)
+    assert fset.check(keys) == {}
+    batches = sorted({item_row(fset, sha).batch for sha in frame.sha256})
+    assert sorted(stamps.read_stamps(fset.path)) == batches
+    stamped = FeatureStore(store.path).open_set(SPEC)
+    assert stamped.check(keys) == {} and not stamped._arrays  # every batch skipped: no array opened
+    victim = frame.sha256[2]
+    damaged_batch = rewrite_values(fset, victim)  # the chunk file's mtime/ctime change: its stamp no longer matches
+    report = materialise(frame, SPEC, None, store)
+    assert (report.computed, report.reused, report.repaired) == (1, 3, 1)
+    fresh = FeatureStore(store.path).open_set(SPEC)
+    assert fresh.check(keys) == {}
+    # never stamped while its list holds the damaged (superseded) item: it could become live again
+    assert damaged_batch not in stamps.read_stamps(fset.path) and len(stamps.read_stamps(fset.path)) == len(batches)
+    assert all(np.array_equal(fresh.read(sha), before[(sha, "orig")]) for sha in frame.sha256)
+
+
+def test_unreadable_stamps_file_means_a_full_check(store, make_corpus, monkeypatch):
+    from feature_store import stamps
+
+    monkeypatch.setattr(stamps, "SETTLE_NS", 0)
+    frame = make_corpus(2)
+    fset, _ = stored(store, frame)
+    keys = [(sha, "orig") for sha in frame.sha256]
+    fset.check(keys)
+    (fset.path / stamps.CHECKED).write_text("{not json")
+    batch = item_row(fset, frame.sha256[0]).batch
+    flip_chunk_bytes(fset, batch)
+    fresh = FeatureStore(store.path).open_set(SPEC)
+    assert (frame.sha256[0], "orig") in fresh.check(keys)
