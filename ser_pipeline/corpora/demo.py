@@ -137,7 +137,9 @@ def synthesize(
     voice: Voice, prosody: Prosody, text: Sequence[int], *, sample_rate: int, rng: np.random.Generator
 ) -> np.ndarray:
     """One utterance, float32 ``(n,)`` in [-1, 1]."""
-    from scipy.signal import lfilter  # a slow import (~0.5 s): only when a recording is made, not to validate a config
+    from scipy.signal import (
+        lfilter,  # a slow import (~0.5 s): only when a recording is made, not to validate a config
+    )
 
     rate = prosody.rate * rng.uniform(0.93, 1.07)
     durations = BASE_SYLLABLE_S / rate * rng.uniform(0.8, 1.25, size=len(text))

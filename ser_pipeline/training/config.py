@@ -14,6 +14,7 @@ from ser_pipeline.config import Spec, require
 from ser_pipeline.errors import ConfigError, TrainingError
 from ser_pipeline.registry import Registry
 
+
 @dataclass(frozen=True)
 class TrainConfig(Spec):
     """Optimisation settings for one network (a model recipe overrides the defaults).

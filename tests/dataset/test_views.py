@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ser_pipeline.errors import ConfigError
 from ser_pipeline.dataset.views import (
     ViewSpec,
     apply_view,
@@ -14,6 +13,7 @@ from ser_pipeline.dataset.views import (
     mean_segment_posteriors,
     window_count,
 )
+from ser_pipeline.errors import ConfigError
 
 
 def ramp_batch(lengths: list[int], channels: int = 3, bands: int = 4) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from ser_pipeline.dataset.tables import FeatureTable, _pack
-from ser_pipeline.errors import ConfigError, TrainingError
-from ser_pipeline.models.baselines import PlainCNN
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
+from ser_pipeline.dataset.tables import FeatureTable, _pack
+from ser_pipeline.dataset.views import ViewSpec
+from ser_pipeline.errors import ConfigError, TrainingError
 from ser_pipeline.inference.forward import embed_table, predict_proba, sequence_table
+from ser_pipeline.models.baselines import PlainCNN
 from ser_pipeline.training.config import OPTIMIZERS, TrainConfig, resolve_device, seed_everything
 from ser_pipeline.training.loop import fit, state_digest
 from ser_pipeline.training.speaker import pretrain_speakers
-from ser_pipeline.dataset.views import ViewSpec
 
 VIEW = ViewSpec(kind="fixed", frames=24, channels=0, normalise="none")
 K = 3

@@ -108,7 +108,7 @@ def test_precise_bn_runs_before_validation_in_fit() -> None:
 def test_warmup_cosine_factor_and_label_smoothing() -> None:
     f = [warmup_cosine_factor(s, total=10, warmup=2) for s in range(10)]
     assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(1.0) and f[2] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(f[2:], f[3:])) and f[-1] < 0.05
+    assert all(a >= b for a, b in zip(f[2:], f[3:], strict=False)) and f[-1] < 0.05
     y = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
     assert torch.allclose(smooth_targets(y, 0.2), torch.tensor([[0.85, 0.05, 0.05, 0.05]]))
 

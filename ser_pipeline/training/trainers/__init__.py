@@ -7,7 +7,7 @@ run on the requested device) is declared on the trainer.
 
 from __future__ import annotations
 
-from ser_pipeline.training.trainers.base import TRAINERS, FoldOutcome, FoldRun, Trainer, TrainingPlan
 from ser_pipeline.training.trainers import classic, neural  # noqa: F401  (register the kinds)
+from ser_pipeline.training.trainers.base import TRAINERS, FoldOutcome, FoldRun, Trainer, TrainingPlan
 
 __all__ = ["TRAINERS", "FoldOutcome", "FoldRun", "Trainer", "TrainingPlan"]

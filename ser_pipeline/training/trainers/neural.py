@@ -9,9 +9,9 @@ import numpy as np
 from torch import nn
 
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
-from ser_pipeline.errors import TrainingError
 from ser_pipeline.dataset.tables import FeatureTable, FoldData, pool_table
 from ser_pipeline.dataset.views import ViewSpec, frames_for
+from ser_pipeline.errors import TrainingError
 from ser_pipeline.inference.forward import STAGE2_VIEW, embed_table, predict_proba, sequence_table
 from ser_pipeline.models import LayerWeighted
 from ser_pipeline.training.config import TrainConfig, refit_epoch_count, seed_everything
