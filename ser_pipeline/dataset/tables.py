@@ -21,12 +21,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ser_pipeline.config import require
-from ser_pipeline.dataset.views import ViewBatch, ViewSpec, apply_view, view_items
+from ser_pipeline.dataset.views import (
+    ViewBatch,
+    ViewSpec,
+    apply_view,
+    resize_bands,
+    used_channels,
+    view_items,
+)
 from ser_pipeline.errors import StoreError
 
 log = logging.getLogger(__name__)
 
 ORIG = "orig"
+BAND_CACHE_BYTES = 2 << 30
+"""Largest frequency-resized copy of a table's frames that :meth:`FeatureTable.view_frames` keeps (2 GiB)."""
 FeatureKey = tuple[str, str]  # (audio sha256, variant)
 
 
@@ -56,6 +65,9 @@ class FeatureTable:
     - ``frames``: ``(sum_T, C, F)`` float32 (time-major); ``offsets``, ``lengths``: ``(N,)`` long.
     - ``labels``: ``(N,)`` long class index; ``speakers``: ``(N,)`` long index into ``speaker_names``.
     - ``utterance_ids``/``variants``: per item (an utterance appears once per variant).
+
+    The table keeps the frequency-resized frames of the views read from it (:meth:`view_frames`);
+    a new table (``select``, ``to``, ``dataclasses.replace``) starts without them.
     """
 
     frames: torch.Tensor
@@ -66,6 +78,7 @@ class FeatureTable:
     utterance_ids: list[str]
     variants: list[str]
     speaker_names: list[str] = field(default_factory=list)
+    _bands: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -107,11 +120,29 @@ class FeatureTable:
         device = torch.device(device) if device is not None else self.device
         if device == self.device:
             i = index.to(self.offsets.device)
-            built = view_items(spec, self.frames, self.offsets[i], self.lengths[i], train=train, generator=generator)
+            built = view_items(spec, self.view_frames(spec), self.offsets[i], self.lengths[i], train=train,
+                               generator=generator)
             if built is not None:
                 return built
         x, lengths = self.batch(index)
         return apply_view(spec, x.to(device, non_blocking=True), lengths.to(device), train=train, generator=generator)
+
+    def view_frames(self, spec: ViewSpec) -> torch.Tensor:
+        """The time-major frames a cropping view ``spec`` reads, ``(sum_T, C', H)``: the channels it
+        uses (:func:`~ser_pipeline.dataset.views.used_channels`) and, when it resizes frequency to
+        ``H`` bands, those bands resized once for this table and kept
+        (:func:`~ser_pipeline.dataset.views.resize_bands`): the frequency resize depends on no crop,
+        so every batch then resizes only time. The stored frames themselves when the view keeps
+        the band count or the resized copy would pass :data:`BAND_CACHE_BYTES`."""
+        frames = used_channels(self.frames, spec.channels)
+        if spec.resize is None or int(spec.resize[0]) == frames.shape[2]:
+            return frames
+        key = (int(spec.resize[0]), int(frames.shape[1]))
+        if key not in self._bands:
+            if frames.shape[0] * key[1] * key[0] * frames.element_size() > BAND_CACHE_BYTES:
+                return frames
+            self._bands[key] = resize_bands(frames, key[0])
+        return self._bands[key]
 
     def item(self, i: int) -> torch.Tensor:
         """Item ``i`` as ``(C, F, T_i)``."""

@@ -177,17 +177,86 @@ def _time_last(shape: torch.Size, like: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def gather_crops(frames: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor,
-                 n: int) -> torch.Tensor:
+                 n: int, width: int | None = None) -> torch.Tensor:
     """Frames ``[start, start + n)`` of every item, read from time-major ``frames (sum_T, C, F)``:
-    items at ``offsets (B,)`` with ``lengths (B,)``; ``starts (B,)`` -> ``(B, C, F, n)``, zero past
-    each item's end (one gather of ``n`` rows per item, never the item's whole length)."""
-    t = starts[:, None] + torch.arange(n, device=frames.device)[None, :]  # (B, n)
-    return _masked_rows(frames, offsets[:, None] + t, t < lengths[:, None])
+    items at ``offsets (B,)`` with ``lengths (B,)``; ``starts (B,)`` -> ``(B, C, F, width)``, zero
+    past each item's end, linearly resized in time from ``n`` to ``width`` frames (default ``n``:
+    the frames themselves; see :func:`span_rows`). Never reads an item's whole length."""
+    return span_rows(frames, offsets + starts, offsets + lengths, n, n if width is None else width)
+
+
+def linear_taps(n_in: int, n_out: int, device: torch.device | str = "cpu"
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The taps of a linear resize of ``n_in`` samples to ``n_out`` (``align_corners=False``) as
+    ``F.interpolate`` computes them: ``(lo, hi, w)``, each ``(n_out,)``; output ``j`` is
+    ``(1 - w) * x[lo] + w * x[hi]``. Source position ``(j + 0.5) * scale - 0.5`` with the float32
+    ``scale = n_in / n_out``, rounded once to float32 and clamped at 0 (the same weights, bit for bit)."""
+    scale = torch.tensor(n_in / n_out, dtype=torch.float32).double()
+    src = (scale * (torch.arange(n_out, dtype=torch.float64) + 0.5) - 0.5).float().clamp(min=0)
+    lo = src.floor().long().clamp(max=n_in - 1)
+    w = (src - lo.float()).clamp(0, 1)
+    hi = torch.where(lo < n_in - 1, lo + 1, lo)
+    return lo.to(device), hi.to(device), w.to(device)
+
+
+def linear_matrix(n_in: int, n_out: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The linear resize of :func:`linear_taps` as a matrix ``(n_in, n_out)``: ``x @ M`` resizes the
+    last axis of ``x (..., n_in)``; column ``j`` holds ``1 - w`` at ``lo`` and ``w`` at ``hi``."""
+    lo, hi, w = linear_taps(n_in, n_out)
+    m = torch.zeros(n_in, n_out)
+    j = torch.arange(n_out)
+    m.index_put_((lo, j), 1 - w, accumulate=True)
+    m.index_put_((hi, j), w, accumulate=True)
+    return m.to(device)
+
+
+def span_rows(frames: torch.Tensor, begin: torch.Tensor, end: torch.Tensor, n: int, width: int) -> torch.Tensor:
+    """Rows ``[begin, begin + n)`` of time-major ``frames (sum_T, C, F)`` per image (``begin (N,)``),
+    zero at rows ``>= end (N,)`` (past the item's valid frames), as ``(N, C, F, width)``: linearly
+    resized in time from ``n`` to ``width`` frames, the time half of a bilinear resize of the
+    zero-padded span (``width == n``: the rows themselves, one copy each).
+
+    Downsizing gathers the two rows each output frame reads; upsizing gathers the ``n`` rows once
+    and resizes them with one matrix product that also writes the time-last layout (fewer bytes
+    moved either way). Equal to ``F.interpolate`` of the span up to float rounding (the products
+    are summed in another order)."""
+    if width == n:
+        pos = begin[:, None] + torch.arange(n, device=frames.device)[None, :]
+        return _masked_rows(frames, pos, pos < end[:, None])
+    if width < n:
+        return _two_tap_rows(frames, begin, end, n, width)
+    return _matrix_rows(frames, begin, end, n, width)
+
+
+def _clamped_rows(frames: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    return _rows(frames, pos.clamp(0, max(frames.shape[0] - 1, 0)))
+
+
+def _two_tap_rows(frames: torch.Tensor, begin: torch.Tensor, end: torch.Tensor, n: int, width: int) -> torch.Tensor:
+    """:func:`span_rows` by gathering the two source rows of each output frame: ``(N, C, F, width)``."""
+    lo, hi, w = linear_taps(n, width, frames.device)
+    pos_lo, pos_hi = begin[:, None] + lo[None, :], begin[:, None] + hi[None, :]  # (N, width)
+    w_lo = ((1 - w)[None, :] * (pos_lo < end[:, None]).to(frames.dtype))[:, :, None, None]  # zero past the end
+    w_hi = (w[None, :] * (pos_hi < end[:, None]).to(frames.dtype))[:, :, None, None]
+    a, b = _clamped_rows(frames, pos_lo), _clamped_rows(frames, pos_hi)  # (N, width, C, F)
+    out, view = _time_last(a.shape, a)
+    torch.add(a.mul_(w_lo), b.mul_(w_hi), out=view)
+    return out
+
+
+def _matrix_rows(frames: torch.Tensor, begin: torch.Tensor, end: torch.Tensor, n: int, width: int) -> torch.Tensor:
+    """:func:`span_rows` as one gather of the ``n`` rows and a product with the resize matrix
+    (rows past the end zeroed in each image's matrix): ``(N, C, F, width)``."""
+    pos = begin[:, None] + torch.arange(n, device=frames.device)[None, :]  # (N, n)
+    rows = _clamped_rows(frames, pos)  # (N, n, C, F)
+    N, _, C, Fb = rows.shape
+    m = linear_matrix(n, width, frames.device).to(frames.dtype)[None] * (pos < end[:, None]).to(frames.dtype)[:, :, None]
+    return torch.matmul(rows.view(N, n, C * Fb).transpose(1, 2), m).view(N, C, Fb, width)
 
 
 def _masked_rows(frames: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``frames`` rows at ``pos (N, n)``, zero where not ``valid (N, n)``, as ``(N, C, F, n)``."""
-    rows = _rows(frames, pos.clamp(0, max(frames.shape[0] - 1, 0)))  # (N, n, C, F)
+    rows = _clamped_rows(frames, pos)  # (N, n, C, F)
     out, view = _time_last(rows.shape, rows)
     torch.mul(rows, valid[:, :, None, None].to(frames.dtype), out=view)
     return out
@@ -257,6 +326,15 @@ def used_channels(frames: torch.Tensor, channels: int) -> torch.Tensor:
     return frames[:, :channels] if 0 < channels < frames.shape[1] else frames
 
 
+def resize_bands(frames: torch.Tensor, height: int) -> torch.Tensor:
+    """The frequency half of a bilinear resize, on time-major frames: ``(sum_T, C, F) -> (sum_T, C,
+    height)``, the linear resize of every frame's ``F`` bands (``align_corners=False``: the same taps
+    as :func:`_resize`). It depends on no crop, segment or window, so a table can do it once."""
+    if frames.shape[2] == height:
+        return frames
+    return F.interpolate(frames, size=int(height), mode="linear", align_corners=False)
+
+
 def _full(spec: ViewSpec, x, lengths, train, generator) -> ViewBatch:
     frames = max(spec.frames, x.shape[3]) if spec.frames else x.shape[3]
     if frames > x.shape[3]:
@@ -274,10 +352,20 @@ def _crop_mode(spec: ViewSpec, train: bool) -> str:
     return spec.crop if (spec.crop != "random" or train) else "centre"
 
 
+def gather_width(spec: ViewSpec, frames: torch.Tensor, n: int) -> int:
+    """How many frames the gather of an ``n``-frame span writes: the view's resize width when the
+    frames ``(sum_T, C, F)`` already have its height (the bands need no resize, so time is resized
+    in the gather: :func:`span_rows`), else ``n`` (the image is resized after, by :func:`_resize`)."""
+    if spec.resize is not None and int(spec.resize[0]) == frames.shape[2]:
+        return int(spec.resize[1])
+    return n
+
+
 def _fixed_items(spec: ViewSpec, frames, offsets, lengths, train, generator) -> ViewBatch:
     starts = crop_starts(lengths, spec.frames, mode=_crop_mode(spec, train), generator=generator)
     mask = time_mask((lengths - starts).clamp(max=spec.frames), spec.frames)
-    return ViewBatch(_finish(gather_crops(frames, offsets, lengths, starts, spec.frames), spec), mask)
+    crops = gather_crops(frames, offsets, lengths, starts, spec.frames, gather_width(spec, frames, spec.frames))
+    return ViewBatch(_finish(crops, spec), mask)
 
 
 def _segments_items(spec: ViewSpec, frames, offsets, lengths, train, generator) -> ViewBatch:
@@ -306,9 +394,9 @@ def _windows_items(spec: ViewSpec, frames, offsets, lengths, train, generator) -
         starts, limit = torch.zeros_like(lengths), lengths
         counts = window_count(lengths, spec.window, spec.shift)
     S = int(counts.max().item())
-    t = (torch.arange(S, device=lengths.device) * spec.shift)[:, None] + torch.arange(spec.window, device=lengths.device)
-    pos = (offsets + starts)[:, None, None] + t[None]  # (B, S, window); the last window is zero-padded
-    win = _masked_rows(frames, pos.reshape(B * S, spec.window), (t[None] < limit[:, None, None]).reshape(B * S, -1))
+    begin = (offsets + starts)[:, None] + torch.arange(S, device=lengths.device)[None, :] * spec.shift  # (B, S)
+    end = (offsets + starts + limit)[:, None].expand(B, S)  # the last window is zero-padded past it
+    win = span_rows(frames, begin.reshape(-1), end.reshape(-1), spec.window, gather_width(spec, frames, spec.window))
     win = _finish(win, spec)
     mask = torch.arange(S, device=lengths.device)[None, :] < counts[:, None]
     return ViewBatch(win.reshape(B, S, *win.shape[1:]), mask)
