@@ -49,6 +49,7 @@ from ser_pipeline.errors import TrainingError
 from ser_pipeline.inference.forward import _autocast, forward_batch, predict_proba
 from ser_pipeline.metrics import unweighted_average_recall
 from ser_pipeline.training.config import OPTIMIZERS, PER_STEP_SCHEDULES, SCHEDULES, TrainConfig
+from ser_pipeline.training.heap import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +229,10 @@ def fit(
     ``items, data_s, step_s``: utterances seen, batch-preparation and whole-step seconds) and leaves the
     best weights loaded in ``model``. ``val=None`` (a refit): no validation, run ``stop_epoch``
     epochs (default ``config.epochs``) of the schedule sized for ``config.epochs`` and keep the
-    last weights (``best_epoch`` = the last epoch).
+    last weights (``best_epoch`` = the last epoch). The process keeps freed heap memory from step
+    to step (:func:`~ser_pipeline.training.heap.keep_freed_memory`).
     """
+    keep_freed_memory()
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(config.seed)
     weights = (class_weights(train.labels, n_classes) if config.class_weighted else torch.ones(n_classes)).to(device)
