@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -58,6 +59,20 @@ class DictSource:
         return [self.items[k] for k in keys]
 
 
+_RESIZED_BANDS: dict[int, dict[tuple[int, int], torch.Tensor]] = {}
+"""``id`` of a table's ``frames`` tensor -> its frequency-resized copies by ``(height, channels)``
+(:meth:`FeatureTable.view_frames`); an entry is dropped when its tensor is freed."""
+
+
+def _kept_bands(frames: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
+    """The resized copies kept for ``frames`` (a new, empty entry the first time)."""
+    key = id(frames)
+    if key not in _RESIZED_BANDS:
+        _RESIZED_BANDS[key] = {}
+        weakref.finalize(frames, _RESIZED_BANDS.pop, key, None)
+    return _RESIZED_BANDS[key]
+
+
 @dataclass
 class FeatureTable:
     """One split's features, labels and speakers, concatenated along time.
@@ -66,8 +81,8 @@ class FeatureTable:
     - ``labels``: ``(N,)`` long class index; ``speakers``: ``(N,)`` long index into ``speaker_names``.
     - ``utterance_ids``/``variants``: per item (an utterance appears once per variant).
 
-    The table keeps the frequency-resized frames of the views read from it (:meth:`view_frames`);
-    a new table (``select``, ``to``, ``dataclasses.replace``) starts without them.
+    The frequency-resized frames of the views read from a table are kept beside its ``frames``
+    tensor (:meth:`view_frames`) as long as that tensor lives; ``frames`` is never written in place.
     """
 
     frames: torch.Tensor
@@ -78,7 +93,6 @@ class FeatureTable:
     utterance_ids: list[str]
     variants: list[str]
     speaker_names: list[str] = field(default_factory=list)
-    _bands: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -138,11 +152,12 @@ class FeatureTable:
         if spec.resize is None or int(spec.resize[0]) == frames.shape[2]:
             return frames
         key = (int(spec.resize[0]), int(frames.shape[1]))
-        if key not in self._bands:
+        kept = _kept_bands(self.frames)
+        if key not in kept:
             if frames.shape[0] * key[1] * key[0] * frames.element_size() > BAND_CACHE_BYTES:
                 return frames
-            self._bands[key] = resize_bands(frames, key[0])
-        return self._bands[key]
+            kept[key] = resize_bands(frames, key[0])
+        return kept[key]
 
     def item(self, i: int) -> torch.Tensor:
         """Item ``i`` as ``(C, F, T_i)``."""

@@ -3,6 +3,7 @@ and generator draws as the previous algorithm on the padded batch (kept below as
 
 from __future__ import annotations
 
+import gc
 import itertools
 
 import pytest
@@ -231,8 +232,13 @@ def test_a_table_resizes_its_bands_once_per_height_and_channels() -> None:
     assert table.view_frames(spec.replace(channels=3)).shape[1:] == (3, 30)
     same_height = table.view_frames(spec.replace(resize=(12, 40)))  # the stored 12 bands: no copy, nothing kept
     assert same_height.shape[1:] == (2, 12) and same_height.data_ptr() == table.frames.data_ptr()
-    assert sorted(table._bands) == [(30, 2), (30, 3)]
-    assert table.select(torch.ones(len(table), dtype=torch.bool)).view_frames(spec) is not first  # a new table
+    assert sorted(tables_module._RESIZED_BANDS[id(table.frames)]) == [(30, 2), (30, 3)]
+    assert table.with_labels(table.labels).view_frames(spec) is first  # the same frames: the same bands
+    assert table.select(torch.ones(len(table), dtype=torch.bool)).view_frames(spec) is not first  # new frames
+    key = id(table.frames)
+    del table, first, same_height
+    gc.collect()
+    assert key not in tables_module._RESIZED_BANDS  # freed with the frames
 
 
 def test_a_table_too_large_for_the_band_cache_resizes_each_batch(monkeypatch: pytest.MonkeyPatch) -> None:
