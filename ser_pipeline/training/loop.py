@@ -176,7 +176,8 @@ def _train_epoch(model, opt, table, view, config, weights, spec_aug, gen, device
         vb = table.view(idx, view, device=device, train=True, generator=gen)
         targets = F.one_hot(table.labels[idx.to(table.device)].to(device), n_classes).float()
         if spec_aug is not None:
-            xs, targets, mask = augment_batch(vb.x, targets, spec_aug, mask=vb.mask, generator=gen)
+            # the view is built for this step alone (views gather into new tensors): masked in place
+            xs, targets, mask = augment_batch(vb.x, targets, spec_aug, mask=vb.mask, generator=gen, owned=True)
             vb = ViewBatch(xs, mask)
         targets = smooth_targets(targets, config.label_smoothing)
         sync()
