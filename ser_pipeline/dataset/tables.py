@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ser_pipeline.config import require
+from ser_pipeline.dataset.spec_augment import SpanDraw
 from ser_pipeline.dataset.views import (
     ViewBatch,
     ViewSpec,
@@ -123,19 +124,22 @@ class FeatureTable:
         return x.permute(0, 2, 3, 1).contiguous(), lengths
 
     def view(self, index: torch.Tensor, spec: ViewSpec, *, device: torch.device | str | None = None,
-             train: bool = False, generator: torch.Generator | None = None) -> ViewBatch:
+             train: bool = False, generator: torch.Generator | None = None,
+             span_draw: SpanDraw | None = None) -> ViewBatch:
         """The view ``spec`` of items ``index (B,)`` on ``device`` (default: the table's).
 
         Cropping views (``fixed``, ``segments``, ``windows``) are read straight from the preloaded
         frames when the table lives on ``device``: only the frames and channels the view uses are
         gathered, with no padded batch (:func:`~ser_pipeline.dataset.views.view_items`); otherwise
         ``apply_view`` of :meth:`batch`. Both give the same tensors and the same draws from ``generator``.
+        ``span_draw``: span masks applied while the view is built (read straight from the frames
+        only; the result says ``masked``, else the caller applies them).
         """
         device = torch.device(device) if device is not None else self.device
         if device == self.device:
             i = index.to(self.offsets.device)
             built = view_items(spec, self.view_frames(spec), self.offsets[i], self.lengths[i], train=train,
-                               generator=generator)
+                               generator=generator, span_draw=span_draw)
             if built is not None:
                 return built
         x, lengths = self.batch(index)

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ser_pipeline.config import require
-from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, augment_batch, soft_cross_entropy
+from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, augment_batch, soft_cross_entropy, span_draw
 from ser_pipeline.dataset.tables import FeatureTable, class_weights, index_batches
 from ser_pipeline.dataset.views import ViewBatch, ViewSpec
 from ser_pipeline.errors import TrainingError
@@ -173,11 +173,12 @@ def _train_epoch(model, opt, table, view, config, weights, spec_aug, gen, device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for b, idx in enumerate(index_batches(len(table), config.batch_size, shuffle=True, generator=gen)):
         t0 = time.perf_counter()
-        vb = table.view(idx, view, device=device, train=True, generator=gen)
+        vb = table.view(idx, view, device=device, train=True, generator=gen, span_draw=span_draw(spec_aug, gen))
         targets = F.one_hot(table.labels[idx.to(table.device)].to(device), n_classes).float()
         if spec_aug is not None:
             # the view is built for this step alone (views gather into new tensors): masked in place
-            xs, targets, mask = augment_batch(vb.x, targets, spec_aug, mask=vb.mask, generator=gen, owned=True)
+            xs, targets, mask = augment_batch(vb.x, targets, spec_aug, mask=vb.mask, generator=gen, owned=True,
+                                              masked=vb.masked)
             vb = ViewBatch(xs, mask)
         targets = smooth_targets(targets, config.label_smoothing)
         sync()

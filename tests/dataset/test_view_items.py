@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ser_pipeline.dataset import tables as tables_module
+from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, augment_batch, span_draw, span_masks
 from ser_pipeline.dataset.tables import _pack
 from ser_pipeline.dataset.views import (
     ViewBatch,
@@ -249,3 +250,38 @@ def test_a_table_too_large_for_the_band_cache_resizes_each_batch(monkeypatch: py
     assert table.view_frames(spec) is table.frames
     x, lengths = table.batch(idx)
     _same(_old_view(spec, x, lengths, False, None), table.view(idx, spec), "uncached: the previous algorithm")
+
+
+# ----------------------------------------------------------------------------------------------
+# SpecAugment's span masks applied while the view is built
+
+
+SPANS = SpecAugmentSpec(freq_masks=2, freq_width=5, time_masks=2, time_width=6)
+
+
+@pytest.mark.parametrize("kind", ["fixed", "segments", "windows"])
+def test_span_masks_in_the_view_equal_masking_the_view_after(kind: str) -> None:
+    table = random_table(LENGTHS)
+    idx = torch.tensor([4, 0, 9, 2, 6, 1, 8])
+    specs = [s for s in SPECS + BAND_SPECS if s.kind == kind]
+    masked_any = 0
+    for spec in specs:
+        gens = [torch.Generator().manual_seed(11) for _ in range(2)]
+        plain = table.view(idx, spec, train=True, generator=gens[0])
+        after = span_masks(plain.x.clone(), SPANS, mask=plain.mask, generator=gens[0])
+        fused = table.view(idx, spec, train=True, generator=gens[1], span_draw=span_draw(SPANS, gens[1]))
+        assert fused.masked and not plain.masked, spec
+        _same(ViewBatch(after, plain.mask), fused, f"span masks in the view {spec}")
+        assert torch.equal(torch.rand(4, generator=gens[0]), torch.rand(4, generator=gens[1])), spec
+        masked_any += int(not torch.equal(after, plain.x))
+    assert masked_any == len(specs)  # the masks zero something in every view
+
+
+def test_the_loop_does_not_mask_a_masked_view_again() -> None:
+    x = torch.ones(3, 1, 8, 10)
+    y = torch.eye(3)
+    out, _, _ = augment_batch(x, y, SPANS, generator=torch.Generator().manual_seed(0), masked=True)
+    assert torch.equal(out, x)
+    out, _, _ = augment_batch(x, y, SPANS, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(out, x)
+    assert span_draw(SpecAugmentSpec(), None) is None  # nothing to draw: the view masks nothing
