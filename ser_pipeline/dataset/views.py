@@ -27,6 +27,7 @@ statistics from the training split only; views never see unnormalised padding.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -226,7 +227,13 @@ def linear_taps(n_in: int, n_out: int, device: torch.device | str = "cpu"
     """The taps of a linear resize of ``n_in`` samples to ``n_out`` (``align_corners=False``) as
     ``F.interpolate`` computes them: ``(lo, hi, w)``, each ``(n_out,)``; output ``j`` is
     ``(1 - w) * x[lo] + w * x[hi]``. Source position ``(j + 0.5) * scale - 0.5`` with the float32
-    ``scale = n_in / n_out``, rounded once to float32 and clamped at 0 (the same weights, bit for bit)."""
+    ``scale = n_in / n_out``, rounded once to float32 and clamped at 0 (the same weights, bit for bit).
+    Computed once per sizes and device (the tensors are shared: never write them)."""
+    return _linear_taps(n_in, n_out, torch.device(device))
+
+
+@functools.lru_cache(maxsize=256)
+def _linear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     scale = torch.tensor(n_in / n_out, dtype=torch.float32).double()
     src = (scale * (torch.arange(n_out, dtype=torch.float64) + 0.5) - 0.5).float().clamp(min=0)
     lo = src.floor().long().clamp(max=n_in - 1)
@@ -237,7 +244,13 @@ def linear_taps(n_in: int, n_out: int, device: torch.device | str = "cpu"
 
 def linear_matrix(n_in: int, n_out: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The linear resize of :func:`linear_taps` as a matrix ``(n_in, n_out)``: ``x @ M`` resizes the
-    last axis of ``x (..., n_in)``; column ``j`` holds ``1 - w`` at ``lo`` and ``w`` at ``hi``."""
+    last axis of ``x (..., n_in)``; column ``j`` holds ``1 - w`` at ``lo`` and ``w`` at ``hi``.
+    Computed once per sizes and device (shared: never write it)."""
+    return _linear_matrix(n_in, n_out, torch.device(device))
+
+
+@functools.lru_cache(maxsize=256)
+def _linear_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
     lo, hi, w = linear_taps(n_in, n_out)
     m = torch.zeros(n_in, n_out)
     j = torch.arange(n_out)
