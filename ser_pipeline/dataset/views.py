@@ -23,6 +23,13 @@ averaged first (a 10 ms hop becomes ``k * 10`` ms; lengths ``ceil(T / k)``), and
 pooled frames. Normalisation (``normalise``) is applied to the
 stored tables when they are preloaded (see :func:`ser_pipeline.dataset.tables.normalise_tables`), with
 statistics from the training split only; views never see unnormalised padding.
+
+Read from a preloaded table (:meth:`~ser_pipeline.dataset.tables.FeatureTable.view`), a bilinear
+``resize`` is done in its two halves: frequency once per table (the same for every crop:
+:func:`resize_bands`, kept by ``FeatureTable.view_frames``), time while each crop, segment or
+window is gathered (:func:`span_rows`). That equals one ``F.interpolate`` of each image up to
+float32 rounding (the same taps, summed in another order). SpecAugment's span masks can be applied
+in the same pass (``span_draw``), with the tensors and draws of masking the view after.
 """
 
 from __future__ import annotations
@@ -441,6 +448,7 @@ def _gathered(spec: ViewSpec, frames: torch.Tensor, n: int, keep: Keep | None) -
 
 
 def _after(x: torch.Tensor, keep: Keep | None, in_gather: Keep | None) -> torch.Tensor:
+    """``x`` with the masks ``keep`` applied, unless the gather already applied them (``in_gather``)."""
     return x if in_gather is not None else apply_keep(x, keep)
 
 
