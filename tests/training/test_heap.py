@@ -21,14 +21,25 @@ def _step(n_tensors: int, nbytes: int) -> None:
     del held
 
 
+def _faults_of_steps(steps: int, n_tensors: int, nbytes: int) -> int:
+    """Minor page faults of this thread over ``steps`` steps, written by this thread alone (one torch
+    thread; threads left by other tests in the process touch memory of their own)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _step(n_tensors, nbytes)  # the heap grows once to the step's peak
+        before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        for _ in range(steps):
+            _step(n_tensors, nbytes)
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_freed_step_memory_is_reused_without_page_faults() -> None:
     assert keep_freed_memory() is True
     assert keep_freed_memory() is True  # once per process; a second call changes nothing
     size = MMAP_THRESHOLD // 2  # 16 MiB: under the mmap threshold, from the heap
-    _step(8, size)  # the heap grows once to the step's peak (128 MiB)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
-        _step(8, size)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    faults = _faults_of_steps(3, 8, size)  # 128 MiB per step
     pages = 3 * 8 * size // resource.getpagesize()  # what the steps touch: ~98k pages when handed back
     assert faults < pages // 20, (faults, pages)
