@@ -132,8 +132,9 @@ ROUNDING = 1e-5
 gather (two taps or a matrix product) and frequency once per table, instead of one bilinear
 interpolate of the image. The same linear maps with the same weights (:func:`test_linear_taps_are_interpolates_weights`),
 so only float32 rounding of the sums of products differs: a few ulps of values up to 15 here
-(an ulp is 1e-6 at 8-16; the largest difference seen is 1.4e-6), against 1e-2 or more for any wrong
-tap, weight or padding."""
+(an ulp is 1e-6 at 8-16; the largest difference seen is 1.4e-6). A source position rounded twice
+instead of once (weights off by one float32 step) already differs by 4e-5; a wrong tap or padding
+by about 1 or more."""
 
 
 def resizes_time_in_gather(spec: ViewSpec, bands: int) -> bool:
