@@ -19,6 +19,7 @@ their weights; :func:`soft_cross_entropy` is the matching (class-weighted) loss.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -110,22 +111,51 @@ def _spans(n: int, size: int, count: int, max_width: torch.Tensor, limit: torch.
     return hit
 
 
+def span_keep(n: int, height: int, width: int, spec: SpecAugmentSpec, lengths: torch.Tensor | None,
+              generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SpecAugment masks of ``n`` images of ``height x width`` as what they keep: ``bands (n,
+    height)`` and ``frames (n, width)`` bool (CPU), an image keeping ``bands[:, :, None] & frames[:,
+    None, :]``. Time masks fall inside ``lengths (n,)`` valid frames (None: the whole width). The
+    draws of :func:`span_masks`, in its order (frequency, then time)."""
+    lengths = lengths.long().cpu() if lengths is not None else torch.full((n,), width)
+    f_hit = _spans(n, height, spec.freq_masks, torch.full((n,), spec.freq_width), torch.full((n,), height), generator)
+    t_hit = _spans(n, width, spec.time_masks, torch.minimum(torch.full((n,), spec.time_width), lengths // 5),
+                   lengths, generator)
+    return ~f_hit, ~t_hit
+
+
+SpanDraw = Callable[[int, int, int, "torch.Tensor | None"], tuple[torch.Tensor, torch.Tensor]]
+"""``(n, height, width, lengths) -> (bands, frames)``: :func:`span_keep` with a recipe and a generator
+bound (:func:`span_draw`), for a view that applies the masks while it builds its images."""
+
+
+def span_draw(spec: SpecAugmentSpec | None, generator: torch.Generator | None) -> SpanDraw | None:
+    """The span masks of ``spec`` drawn from ``generator`` (None when ``spec`` masks no span)."""
+    if spec is None or not (spec.freq_masks or spec.time_masks):
+        return None
+
+    def draw(n: int, height: int, width: int, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return span_keep(n, height, width, spec, lengths, generator)
+
+    return draw
+
+
 def span_masks(x: torch.Tensor, spec: SpecAugmentSpec, *, mask: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, inplace: bool = False) -> torch.Tensor:
     """SpecAugment frequency and time masks on ``x (N, ..., H, W)`` (all channels of an item share
     them); ``mask (N, W)`` marks valid frames so time masks fall inside the utterance (segment
-    batches ``(B, S, ...)`` with a ``(B, S)`` mask use the whole width). Returns a copy."""
+    batches ``(B, S, ...)`` with a ``(B, S)`` mask use the whole width). Returns a copy, or ``x``
+    itself masked in place with ``inplace`` when ``x`` is contiguous (no element aliases another;
+    the same values: one pass over the batch instead of a read and a write to new memory)."""
     N, H, W = x.shape[0], x.shape[-2], x.shape[-1]
-    lengths = (mask.long().sum(dim=1).cpu() if mask is not None and mask.shape[-1] == W and x.ndim == 4
-               else torch.full((N,), W))
-    f_hit = _spans(N, H, spec.freq_masks, torch.full((N,), spec.freq_width), torch.full((N,), H), generator)
-    t_hit = _spans(N, W, spec.time_masks, torch.minimum(torch.full((N,), spec.time_width), lengths // 5),
-                   lengths, generator)
-    keep = ~(f_hit[:, :, None] | t_hit[:, None, :])
+    lengths = mask.long().sum(dim=1) if mask is not None and mask.shape[-1] == W and x.ndim == 4 else None
+    bands, frames = span_keep(N, H, W, spec, lengths, generator)
+    keep = bands[:, :, None] & frames[:, None, :]
     shape = (N,) + (1,) * (x.ndim - 3) + (H, W)
     # A product with the 0/1 mask: the values of a masked_fill with 0 (masked negatives become -0.0,
     # equal to 0.0) for finite features, in one vectorised pass (masked_fill broadcasts slowly on CPU).
-    return x * keep.reshape(shape).to(device=x.device, dtype=x.dtype)
+    keep = keep.reshape(shape).to(device=x.device, dtype=x.dtype)
+    return x.mul_(keep) if inplace and x.is_contiguous() else x * keep
 
 
 def salt_and_pepper(x: torch.Tensor, *, amount: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -178,15 +208,19 @@ def augment_batch(
     *,
     mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    owned: bool = False,
+    masked: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Apply ``spec`` to a training batch.
 
     ``x``: ``(B, ...)``; ``targets``: soft labels ``(B, K)``; ``mask``: ``(B, S)`` or ``(B, T)`` or
     None. Returns ``(x', targets', mask')`` where, when mixing is on, ``round(ratio * B)`` mixed
-    samples (random pairs) are appended with soft labels ``w1 y_i + w2 y_j``.
+    samples (random pairs) are appended with soft labels ``w1 y_i + w2 y_j``. ``owned``: the caller
+    hands ``x`` over (nothing else reads it), so the span masks may be applied to it in place.
+    ``masked``: the view already applied the span masks (:func:`span_draw`); they are not drawn again.
     """
-    if spec.freq_masks or spec.time_masks:
-        x = span_masks(x, spec, mask=mask, generator=generator)
+    if (spec.freq_masks or spec.time_masks) and not masked:
+        x = span_masks(x, spec, mask=mask, generator=generator, inplace=owned)
     if spec.cutout:
         x = cutout(x, holes=spec.cutout, max_frac=spec.cutout_frac, generator=generator)
     if spec.salt_pepper:

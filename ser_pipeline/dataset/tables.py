@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -21,12 +22,22 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ser_pipeline.config import require
-from ser_pipeline.dataset.views import ViewBatch, ViewSpec, apply_view, view_items
+from ser_pipeline.dataset.spec_augment import SpanDraw
+from ser_pipeline.dataset.views import (
+    ViewBatch,
+    ViewSpec,
+    apply_view,
+    resize_bands,
+    used_channels,
+    view_items,
+)
 from ser_pipeline.errors import StoreError
 
 log = logging.getLogger(__name__)
 
 ORIG = "orig"
+BAND_CACHE_BYTES = 2 << 30
+"""Largest frequency-resized copy of a table's frames that :meth:`FeatureTable.view_frames` keeps (2 GiB)."""
 FeatureKey = tuple[str, str]  # (audio sha256, variant)
 
 
@@ -49,6 +60,20 @@ class DictSource:
         return [self.items[k] for k in keys]
 
 
+_RESIZED_BANDS: dict[int, dict[tuple[int, int], torch.Tensor]] = {}
+"""``id`` of a table's ``frames`` tensor -> its frequency-resized copies by ``(height, channels)``
+(:meth:`FeatureTable.view_frames`); an entry is dropped when its tensor is freed."""
+
+
+def _kept_bands(frames: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
+    """The resized copies kept for ``frames`` (a new, empty entry the first time)."""
+    key = id(frames)
+    if key not in _RESIZED_BANDS:
+        _RESIZED_BANDS[key] = {}
+        weakref.finalize(frames, _RESIZED_BANDS.pop, key, None)
+    return _RESIZED_BANDS[key]
+
+
 @dataclass
 class FeatureTable:
     """One split's features, labels and speakers, concatenated along time.
@@ -56,6 +81,9 @@ class FeatureTable:
     - ``frames``: ``(sum_T, C, F)`` float32 (time-major); ``offsets``, ``lengths``: ``(N,)`` long.
     - ``labels``: ``(N,)`` long class index; ``speakers``: ``(N,)`` long index into ``speaker_names``.
     - ``utterance_ids``/``variants``: per item (an utterance appears once per variant).
+
+    The frequency-resized frames of the views read from a table are kept beside its ``frames``
+    tensor (:meth:`view_frames`) as long as that tensor lives; ``frames`` is never written in place.
     """
 
     frames: torch.Tensor
@@ -96,22 +124,44 @@ class FeatureTable:
         return x.permute(0, 2, 3, 1).contiguous(), lengths
 
     def view(self, index: torch.Tensor, spec: ViewSpec, *, device: torch.device | str | None = None,
-             train: bool = False, generator: torch.Generator | None = None) -> ViewBatch:
+             train: bool = False, generator: torch.Generator | None = None,
+             span_draw: SpanDraw | None = None) -> ViewBatch:
         """The view ``spec`` of items ``index (B,)`` on ``device`` (default: the table's).
 
         Cropping views (``fixed``, ``segments``, ``windows``) are read straight from the preloaded
         frames when the table lives on ``device``: only the frames and channels the view uses are
         gathered, with no padded batch (:func:`~ser_pipeline.dataset.views.view_items`); otherwise
         ``apply_view`` of :meth:`batch`. Both give the same tensors and the same draws from ``generator``.
+        ``span_draw``: span masks applied while the view is built (read straight from the frames
+        only; the result says ``masked``, else the caller applies them).
         """
         device = torch.device(device) if device is not None else self.device
         if device == self.device:
             i = index.to(self.offsets.device)
-            built = view_items(spec, self.frames, self.offsets[i], self.lengths[i], train=train, generator=generator)
+            built = view_items(spec, self.view_frames(spec), self.offsets[i], self.lengths[i], train=train,
+                               generator=generator, span_draw=span_draw)
             if built is not None:
                 return built
         x, lengths = self.batch(index)
         return apply_view(spec, x.to(device, non_blocking=True), lengths.to(device), train=train, generator=generator)
+
+    def view_frames(self, spec: ViewSpec) -> torch.Tensor:
+        """The time-major frames a cropping view ``spec`` reads, ``(sum_T, C', H)``: the channels it
+        uses (:func:`~ser_pipeline.dataset.views.used_channels`) and, when it resizes frequency to
+        ``H`` bands, those bands resized once for this table and kept
+        (:func:`~ser_pipeline.dataset.views.resize_bands`): the frequency resize depends on no crop,
+        so every batch then resizes only time. The stored frames themselves when the view keeps
+        the band count or the resized copy would pass :data:`BAND_CACHE_BYTES`."""
+        frames = used_channels(self.frames, spec.channels)
+        if spec.resize is None or int(spec.resize[0]) == frames.shape[2]:
+            return frames
+        key = (int(spec.resize[0]), int(frames.shape[1]))
+        kept = _kept_bands(self.frames)
+        if key not in kept:
+            if frames.shape[0] * key[1] * key[0] * frames.element_size() > BAND_CACHE_BYTES:
+                return frames
+            kept[key] = resize_bands(frames, key[0])
+        return kept[key]
 
     def item(self, i: int) -> torch.Tensor:
         """Item ``i`` as ``(C, F, T_i)``."""

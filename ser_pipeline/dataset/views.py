@@ -23,10 +23,18 @@ averaged first (a 10 ms hop becomes ``k * 10`` ms; lengths ``ceil(T / k)``), and
 pooled frames. Normalisation (``normalise``) is applied to the
 stored tables when they are preloaded (see :func:`ser_pipeline.dataset.tables.normalise_tables`), with
 statistics from the training split only; views never see unnormalised padding.
+
+Read from a preloaded table (:meth:`~ser_pipeline.dataset.tables.FeatureTable.view`), a bilinear
+``resize`` is done in its two halves: frequency once per table (the same for every crop:
+:func:`resize_bands`, kept by ``FeatureTable.view_frames``), time while each crop, segment or
+window is gathered (:func:`span_rows`). That equals one ``F.interpolate`` of each image up to
+float32 rounding (the same taps, summed in another order). SpecAugment's span masks can be applied
+in the same pass (``span_draw``), with the tensors and draws of masking the view after.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ser_pipeline.config import Spec, require
+from ser_pipeline.dataset.spec_augment import SpanDraw
 
 VIEW_KINDS = ("full", "fixed", "segments", "windows", "sequence")
 NORMALISATIONS = ("none", "utterance", "speaker", "global")
@@ -108,10 +117,45 @@ class ViewSpec(Spec):
 
 @dataclass
 class ViewBatch:
-    """A view's output: ``x`` (see the module table) and ``mask`` (bool) or None."""
+    """A view's output: ``x`` (see the module table) and ``mask`` (bool) or None; ``masked``: the
+    SpecAugment span masks are already applied to ``x`` (see :func:`view_items`)."""
 
     x: torch.Tensor
     mask: torch.Tensor | None
+    masked: bool = False
+
+
+Keep = tuple[torch.Tensor, torch.Tensor]
+"""What span masks keep of ``N`` images of ``H x W``: ``bands (N, H)`` and ``frames (N, W)``, 0/1 in
+the images' dtype; image ``i`` keeps ``bands[i, :, None] * frames[i, None, :]``."""
+
+
+def draw_keep(draw: SpanDraw | None, n: int, size: tuple[int, int], lengths: torch.Tensor | None,
+              like: torch.Tensor) -> Keep | None:
+    """Span masks for ``n`` items of ``size (H, W)`` drawn by ``draw`` (time masks inside ``lengths
+    (n,)`` valid frames, or the whole width when None), as a :data:`Keep` on ``like``'s device and
+    dtype; None without ``draw``."""
+    if draw is None:
+        return None
+    bands, frames = draw(n, int(size[0]), int(size[1]), lengths)
+    return bands.to(like.device, like.dtype), frames.to(like.device, like.dtype)
+
+
+def apply_keep(x: torch.Tensor, keep: Keep | None) -> torch.Tensor:
+    """``x (N, ..., H, W)`` times the masks ``keep`` of its ``N`` items (every leading-axis item's
+    channels and segments share them): in place when ``x`` is contiguous, else a copy."""
+    if keep is None:
+        return x
+    bands, frames = keep
+    k = (bands[:, :, None] * frames[:, None, :]).reshape(x.shape[0], *(1,) * (x.ndim - 3), *x.shape[-2:])
+    return x.mul_(k) if x.is_contiguous() else x * k
+
+
+def repeat_keep(keep: Keep | None, times: int) -> Keep | None:
+    """Each item's masks for its ``times`` images in a row (segments, windows)."""
+    if keep is None:
+        return None
+    return keep[0].repeat_interleave(times, 0), keep[1].repeat_interleave(times, 0)
 
 
 def select_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -177,19 +221,118 @@ def _time_last(shape: torch.Size, like: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def gather_crops(frames: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor,
-                 n: int) -> torch.Tensor:
+                 n: int, width: int | None = None, keep: Keep | None = None) -> torch.Tensor:
     """Frames ``[start, start + n)`` of every item, read from time-major ``frames (sum_T, C, F)``:
-    items at ``offsets (B,)`` with ``lengths (B,)``; ``starts (B,)`` -> ``(B, C, F, n)``, zero past
-    each item's end (one gather of ``n`` rows per item, never the item's whole length)."""
-    t = starts[:, None] + torch.arange(n, device=frames.device)[None, :]  # (B, n)
-    return _masked_rows(frames, offsets[:, None] + t, t < lengths[:, None])
+    items at ``offsets (B,)`` with ``lengths (B,)``; ``starts (B,)`` -> ``(B, C, F, width)``, zero
+    past each item's end, linearly resized in time from ``n`` to ``width`` frames (default ``n``:
+    the frames themselves; see :func:`span_rows`, also for ``keep``). Never reads an item's whole length."""
+    return span_rows(frames, offsets + starts, offsets + lengths, n, n if width is None else width, keep)
 
 
-def _masked_rows(frames: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """``frames`` rows at ``pos (N, n)``, zero where not ``valid (N, n)``, as ``(N, C, F, n)``."""
-    rows = _rows(frames, pos.clamp(0, max(frames.shape[0] - 1, 0)))  # (N, n, C, F)
+def linear_taps(n_in: int, n_out: int, device: torch.device | str = "cpu"
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The taps of a linear resize of ``n_in`` samples to ``n_out`` (``align_corners=False``) as
+    ``F.interpolate`` computes them: ``(lo, hi, w)``, each ``(n_out,)``; output ``j`` is
+    ``(1 - w) * x[lo] + w * x[hi]``. Source position ``(j + 0.5) * scale - 0.5`` with the float32
+    ``scale = n_in / n_out``, rounded once to float32 and clamped at 0 (the same weights, bit for bit).
+    Computed once per sizes and device (the tensors are shared: never write them)."""
+    return _linear_taps(n_in, n_out, torch.device(device))
+
+
+@functools.lru_cache(maxsize=256)
+def _linear_taps(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    scale = torch.tensor(n_in / n_out, dtype=torch.float32).double()
+    src = (scale * (torch.arange(n_out, dtype=torch.float64) + 0.5) - 0.5).float().clamp(min=0)
+    lo = src.floor().long().clamp(max=n_in - 1)
+    w = (src - lo.float()).clamp(0, 1)
+    hi = torch.where(lo < n_in - 1, lo + 1, lo)
+    return lo.to(device), hi.to(device), w.to(device)
+
+
+def linear_matrix(n_in: int, n_out: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The linear resize of :func:`linear_taps` as a matrix ``(n_in, n_out)``: ``x @ M`` resizes the
+    last axis of ``x (..., n_in)``; column ``j`` holds ``1 - w`` at ``lo`` and ``w`` at ``hi``.
+    Computed once per sizes and device (shared: never write it)."""
+    return _linear_matrix(n_in, n_out, torch.device(device))
+
+
+@functools.lru_cache(maxsize=256)
+def _linear_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    lo, hi, w = linear_taps(n_in, n_out)
+    m = torch.zeros(n_in, n_out)
+    j = torch.arange(n_out)
+    m.index_put_((lo, j), 1 - w, accumulate=True)
+    m.index_put_((hi, j), w, accumulate=True)
+    return m.to(device)
+
+
+def span_rows(frames: torch.Tensor, begin: torch.Tensor, end: torch.Tensor, n: int, width: int,
+              keep: Keep | None = None) -> torch.Tensor:
+    """Rows ``[begin, begin + n)`` of time-major ``frames (sum_T, C, F)`` per image (``begin (N,)``),
+    zero at rows ``>= end (N,)`` (past the item's valid frames), as ``(N, C, F, width)``: linearly
+    resized in time from ``n`` to ``width`` frames, the time half of a bilinear resize of the
+    zero-padded span (``width == n``: the rows themselves, one copy each).
+
+    Downsizing gathers the two rows each output frame reads; upsizing gathers the ``n`` rows once
+    and resizes them with one matrix product that also writes the time-last layout (fewer bytes
+    moved either way). Equal to ``F.interpolate`` of the span up to float rounding (the products
+    are summed in another order). ``keep``: span masks of the ``N`` images (bands ``(N, F)``, frames
+    ``(N, width)``), applied in the same pass, exactly as :func:`apply_keep` after it would."""
+    if width == n:
+        pos = begin[:, None] + torch.arange(n, device=frames.device)[None, :]
+        return _masked_rows(frames, pos, pos < end[:, None], keep)
+    if width < n:
+        return _two_tap_rows(frames, begin, end, n, width, keep)
+    return _matrix_rows(frames, begin, end, n, width, keep)
+
+
+def _row_weights(w: torch.Tensor, keep: Keep | None) -> torch.Tensor:
+    """Weights ``w (N, n)`` of gathered rows ``(N, n, C, F)`` as ``(N, n, 1, 1)``, or ``(N, n, 1, F)``
+    with the masks ``keep`` folded in (frames into ``w``, bands along ``F``)."""
+    if keep is None:
+        return w[:, :, None, None]
+    return (w * keep[1])[:, :, None, None] * keep[0][:, None, None, :]
+
+
+def _clamped_rows(frames: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    return _rows(frames, pos.clamp(0, max(frames.shape[0] - 1, 0)))
+
+
+def _two_tap_rows(frames: torch.Tensor, begin: torch.Tensor, end: torch.Tensor, n: int, width: int,
+                  keep: Keep | None = None) -> torch.Tensor:
+    """:func:`span_rows` by gathering the two source rows of each output frame: ``(N, C, F, width)``."""
+    lo, hi, w = linear_taps(n, width, frames.device)
+    pos_lo, pos_hi = begin[:, None] + lo[None, :], begin[:, None] + hi[None, :]  # (N, width)
+    w_lo = _row_weights((1 - w)[None, :] * (pos_lo < end[:, None]).to(frames.dtype), keep)  # zero past the end
+    w_hi = _row_weights(w[None, :] * (pos_hi < end[:, None]).to(frames.dtype), keep)
+    a, b = _clamped_rows(frames, pos_lo), _clamped_rows(frames, pos_hi)  # (N, width, C, F)
+    out, view = _time_last(a.shape, a)
+    torch.add(a.mul_(w_lo), b.mul_(w_hi), out=view)
+    return out
+
+
+def _matrix_rows(frames: torch.Tensor, begin: torch.Tensor, end: torch.Tensor, n: int, width: int,
+                 keep: Keep | None = None) -> torch.Tensor:
+    """:func:`span_rows` as one gather of the ``n`` rows and a product with the resize matrix
+    (rows past the end zeroed in each image's matrix, time masks as zero columns, band masks as
+    zero rows of the gathered frames): ``(N, C, F, width)``."""
+    pos = begin[:, None] + torch.arange(n, device=frames.device)[None, :]  # (N, n)
+    rows = _clamped_rows(frames, pos)  # (N, n, C, F)
+    N, _, C, Fb = rows.shape
+    m = linear_matrix(n, width, frames.device).to(frames.dtype)[None] * (pos < end[:, None]).to(frames.dtype)[:, :, None]
+    if keep is not None:
+        m = m * keep[1][:, None, :]
+        rows.mul_(keep[0][:, None, None, :])
+    return torch.matmul(rows.view(N, n, C * Fb).transpose(1, 2), m).view(N, C, Fb, width)
+
+
+def _masked_rows(frames: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, keep: Keep | None = None
+                 ) -> torch.Tensor:
+    """``frames`` rows at ``pos (N, n)``, zero where not ``valid (N, n)`` (and where ``keep`` masks),
+    as ``(N, C, F, n)``."""
+    rows = _clamped_rows(frames, pos)  # (N, n, C, F)
     out, view = _time_last(rows.shape, rows)
-    torch.mul(rows, valid[:, :, None, None].to(frames.dtype), out=view)
+    torch.mul(rows, _row_weights(valid.to(frames.dtype), keep), out=view)
     return out
 
 
@@ -257,6 +400,15 @@ def used_channels(frames: torch.Tensor, channels: int) -> torch.Tensor:
     return frames[:, :channels] if 0 < channels < frames.shape[1] else frames
 
 
+def resize_bands(frames: torch.Tensor, height: int) -> torch.Tensor:
+    """The frequency half of a bilinear resize, on time-major frames: ``(sum_T, C, F) -> (sum_T, C,
+    height)``, the linear resize of every frame's ``F`` bands (``align_corners=False``: the same taps
+    as :func:`_resize`). It depends on no crop, segment or window, so a table can do it once."""
+    if frames.shape[2] == height:
+        return frames
+    return F.interpolate(frames, size=int(height), mode="linear", align_corners=False)
+
+
 def _full(spec: ViewSpec, x, lengths, train, generator) -> ViewBatch:
     frames = max(spec.frames, x.shape[3]) if spec.frames else x.shape[3]
     if frames > x.shape[3]:
@@ -274,20 +426,60 @@ def _crop_mode(spec: ViewSpec, train: bool) -> str:
     return spec.crop if (spec.crop != "random" or train) else "centre"
 
 
-def _fixed_items(spec: ViewSpec, frames, offsets, lengths, train, generator) -> ViewBatch:
+def gather_width(spec: ViewSpec, frames: torch.Tensor, n: int) -> int:
+    """How many frames the gather of an ``n``-frame span writes: the view's resize width when the
+    frames ``(sum_T, C, F)`` already have its height (the bands need no resize, so time is resized
+    in the gather: :func:`span_rows`), else ``n`` (the image is resized after, by :func:`_resize`)."""
+    if spec.resize is not None and int(spec.resize[0]) == frames.shape[2]:
+        return int(spec.resize[1])
+    return n
+
+
+def image_size(spec: ViewSpec, bands: int, n: int) -> tuple[int, int]:
+    """``(H, W)`` of the view's images cut from ``n``-frame spans of ``bands``-band frames."""
+    return (int(spec.resize[0]), int(spec.resize[1])) if spec.resize is not None else (bands, n)
+
+
+def _gathered(spec: ViewSpec, frames: torch.Tensor, n: int, keep: Keep | None) -> Keep | None:
+    """``keep`` when the gather of ``n``-frame spans already writes the view's final image size (the
+    masks then go into the gather), else None (they are applied after the resize)."""
+    final = image_size(spec, frames.shape[2], n) == (frames.shape[2], gather_width(spec, frames, n))
+    return keep if final else None
+
+
+def _after(x: torch.Tensor, keep: Keep | None, in_gather: Keep | None) -> torch.Tensor:
+    """``x`` with the masks ``keep`` applied, unless the gather already applied them (``in_gather``)."""
+    return x if in_gather is not None else apply_keep(x, keep)
+
+
+# ``draw``: span masks drawn after the builder's own draws (crop starts), as augment_batch would
+# draw them after the view (the same generator stream), and applied while the images are built.
+
+
+def _fixed_items(spec: ViewSpec, frames, offsets, lengths, train, generator, draw: SpanDraw | None = None
+                 ) -> ViewBatch:
     starts = crop_starts(lengths, spec.frames, mode=_crop_mode(spec, train), generator=generator)
-    mask = time_mask((lengths - starts).clamp(max=spec.frames), spec.frames)
-    return ViewBatch(_finish(gather_crops(frames, offsets, lengths, starts, spec.frames), spec), mask)
+    valid = (lengths - starts).clamp(max=spec.frames)
+    mask = time_mask(valid, spec.frames)
+    size = image_size(spec, frames.shape[2], spec.frames)
+    keep = draw_keep(draw, len(lengths), size, valid if size[1] == spec.frames else None, frames)
+    in_gather = _gathered(spec, frames, spec.frames, keep)
+    crops = gather_crops(frames, offsets, lengths, starts, spec.frames, gather_width(spec, frames, spec.frames),
+                         in_gather)
+    return ViewBatch(_after(_finish(crops, spec), keep, in_gather), mask, masked=keep is not None)
 
 
-def _segments_items(spec: ViewSpec, frames, offsets, lengths, train, generator) -> ViewBatch:
+def _segments_items(spec: ViewSpec, frames, offsets, lengths, train, generator, draw: SpanDraw | None = None
+                    ) -> ViewBatch:
     B, S = lengths.shape[0], spec.n_segments
     j = torch.arange(S, device=lengths.device)
     begin = (lengths[:, None] * j[None, :]) // S  # (B, S)
     end = (lengths[:, None] * (j[None, :] + 1)) // S
+    keep = draw_keep(draw, B, image_size(spec, frames.shape[2], spec.frames), None, frames)
     seg = resample_spans(frames, offsets.repeat_interleave(S), begin.reshape(-1), end.reshape(-1), spec.frames)
     seg = _finish(seg, spec)
-    return ViewBatch(seg.reshape(B, S, *seg.shape[1:]), end > begin)
+    seg = apply_keep(seg.reshape(B, S, *seg.shape[1:]), keep)
+    return ViewBatch(seg, end > begin, masked=keep is not None)
 
 
 def window_count(lengths: torch.Tensor, window: int, shift: int) -> torch.Tensor:
@@ -296,7 +488,8 @@ def window_count(lengths: torch.Tensor, window: int, shift: int) -> torch.Tensor
     return 1 + torch.div((lengths - window).clamp(min=0) + shift - 1, shift, rounding_mode="floor")
 
 
-def _windows_items(spec: ViewSpec, frames, offsets, lengths, train, generator) -> ViewBatch:
+def _windows_items(spec: ViewSpec, frames, offsets, lengths, train, generator, draw: SpanDraw | None = None
+                   ) -> ViewBatch:
     B = lengths.shape[0]
     if spec.frames:  # pad/crop to ``frames`` first: every item then has the same windows
         starts = crop_starts(lengths, spec.frames, mode=_crop_mode(spec, train), generator=generator)
@@ -306,12 +499,16 @@ def _windows_items(spec: ViewSpec, frames, offsets, lengths, train, generator) -
         starts, limit = torch.zeros_like(lengths), lengths
         counts = window_count(lengths, spec.window, spec.shift)
     S = int(counts.max().item())
-    t = (torch.arange(S, device=lengths.device) * spec.shift)[:, None] + torch.arange(spec.window, device=lengths.device)
-    pos = (offsets + starts)[:, None, None] + t[None]  # (B, S, window); the last window is zero-padded
-    win = _masked_rows(frames, pos.reshape(B * S, spec.window), (t[None] < limit[:, None, None]).reshape(B * S, -1))
+    begin = (offsets + starts)[:, None] + torch.arange(S, device=lengths.device)[None, :] * spec.shift  # (B, S)
+    end = (offsets + starts + limit)[:, None].expand(B, S)  # the last window is zero-padded past it
+    keep = draw_keep(draw, B, image_size(spec, frames.shape[2], spec.window), None, frames)
+    in_gather = repeat_keep(_gathered(spec, frames, spec.window, keep), S)
+    win = span_rows(frames, begin.reshape(-1), end.reshape(-1), spec.window, gather_width(spec, frames, spec.window),
+                    in_gather)
     win = _finish(win, spec)
+    win = win.reshape(B, S, *win.shape[1:])
     mask = torch.arange(S, device=lengths.device)[None, :] < counts[:, None]
-    return ViewBatch(win.reshape(B, S, *win.shape[1:]), mask)
+    return ViewBatch(_after(win, keep, in_gather), mask, masked=keep is not None)
 
 
 def _sequence(spec: ViewSpec, x, lengths, train, generator) -> ViewBatch:
@@ -365,16 +562,23 @@ def apply_view(
 
 
 def view_items(spec: ViewSpec, frames: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, *,
-               train: bool = False, generator: torch.Generator | None = None) -> ViewBatch | None:
+               train: bool = False, generator: torch.Generator | None = None,
+               span_draw: SpanDraw | None = None) -> ViewBatch | None:
     """The view of items read straight from preloaded time-major ``frames (sum_T, C, F)`` at
     ``offsets``/``lengths (B,)``: the same tensors as :func:`apply_view` of their padded batch, and
     the same draws from ``generator``, without building that batch (only the frames each crop,
     segment or window reads are gathered, and only the channels the view uses). None for the kinds
-    and time pooling that need the padded batch (``full``, ``sequence``, ``time_pool > 1``)."""
+    and time pooling that need the padded batch (``full``, ``sequence``, ``time_pool > 1``).
+
+    ``span_draw`` (:func:`~ser_pipeline.dataset.spec_augment.span_draw`): SpecAugment's span masks
+    are drawn after the view's own draws and applied while the images are built (into the gather's
+    weights or resize matrix where the gather writes the final image size, else by one product
+    after it): the tensors and draws of ``span_masks`` on the view, without another pass over the
+    batch; the result says ``masked``."""
     builder = ITEM_BUILDERS.get(spec.kind)
     if builder is None or spec.time_pool > 1:
         return None
-    return builder(spec, used_channels(frames, spec.channels), offsets, lengths.long(), train, generator)
+    return builder(spec, used_channels(frames, spec.channels), offsets, lengths.long(), train, generator, span_draw)
 
 
 def pool_time(x: torch.Tensor, lengths: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

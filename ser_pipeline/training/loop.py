@@ -42,13 +42,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ser_pipeline.config import require
-from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, augment_batch, soft_cross_entropy
+from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, augment_batch, soft_cross_entropy, span_draw
 from ser_pipeline.dataset.tables import FeatureTable, class_weights, index_batches
 from ser_pipeline.dataset.views import ViewBatch, ViewSpec
 from ser_pipeline.errors import TrainingError
 from ser_pipeline.inference.forward import _autocast, forward_batch, predict_proba
 from ser_pipeline.metrics import unweighted_average_recall
 from ser_pipeline.training.config import OPTIMIZERS, PER_STEP_SCHEDULES, SCHEDULES, TrainConfig
+from ser_pipeline.training.heap import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +173,12 @@ def _train_epoch(model, opt, table, view, config, weights, spec_aug, gen, device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for b, idx in enumerate(index_batches(len(table), config.batch_size, shuffle=True, generator=gen)):
         t0 = time.perf_counter()
-        vb = table.view(idx, view, device=device, train=True, generator=gen)
+        vb = table.view(idx, view, device=device, train=True, generator=gen, span_draw=span_draw(spec_aug, gen))
         targets = F.one_hot(table.labels[idx.to(table.device)].to(device), n_classes).float()
         if spec_aug is not None:
-            xs, targets, mask = augment_batch(vb.x, targets, spec_aug, mask=vb.mask, generator=gen)
+            # the view is built for this step alone (views gather into new tensors): masked in place
+            xs, targets, mask = augment_batch(vb.x, targets, spec_aug, mask=vb.mask, generator=gen, owned=True,
+                                              masked=vb.masked)
             vb = ViewBatch(xs, mask)
         targets = smooth_targets(targets, config.label_smoothing)
         sync()
@@ -228,8 +231,10 @@ def fit(
     ``items, data_s, step_s``: utterances seen, batch-preparation and whole-step seconds) and leaves the
     best weights loaded in ``model``. ``val=None`` (a refit): no validation, run ``stop_epoch``
     epochs (default ``config.epochs``) of the schedule sized for ``config.epochs`` and keep the
-    last weights (``best_epoch`` = the last epoch).
+    last weights (``best_epoch`` = the last epoch). The process keeps freed heap memory from step
+    to step (:func:`~ser_pipeline.training.heap.keep_freed_memory`).
     """
+    keep_freed_memory()
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(config.seed)
     weights = (class_weights(train.labels, n_classes) if config.class_weighted else torch.ones(n_classes)).to(device)
