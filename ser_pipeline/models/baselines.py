@@ -112,7 +112,7 @@ class CNNLSTM(nn.Module):
     ablations={"channels": "conv widths per block", "dropout": "dropout before the head",
                "pool": "masked (length-aware mean), stats (length-aware mean + std over time) or avg (padding "
                        "included) pooling"},
-    cpu={"hparams": {"channels": (16, 32, 64, 64)}, "view": {"time_pool": 2}, "train": {"epochs": 15}},
+    cpu={"hparams": {"channels": (16, 32, 64, 64)}, "view": {"time_pool": 2}, "train": {"epochs": 30}},
 )
 def build_cnn(n_classes: int, in_channels: int, **hparams: object) -> PlainCNN:
     """Registry builder: :class:`PlainCNN`."""
