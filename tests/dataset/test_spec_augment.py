@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ser_pipeline.errors import ConfigError
 from ser_pipeline.dataset.spec_augment import (
     SpecAugmentSpec,
     augment_batch,
@@ -18,6 +17,7 @@ from ser_pipeline.dataset.spec_augment import (
     salt_and_pepper,
     soft_cross_entropy,
 )
+from ser_pipeline.errors import ConfigError
 
 
 def images(n: int = 4, seed: int = 0) -> torch.Tensor:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from ser_pipeline.training.heap import MMAP_THRESHOLD, keep_freed_memory
 
