@@ -22,12 +22,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ser_pipeline.config import require
+from ser_pipeline.dataset.resample import resize_bands
 from ser_pipeline.dataset.spec_augment import SpanDraw
 from ser_pipeline.dataset.views import (
     ViewBatch,
     ViewSpec,
     apply_view,
-    resize_bands,
     used_channels,
     view_items,
 )
@@ -149,7 +149,7 @@ class FeatureTable:
         """The time-major frames a cropping view ``spec`` reads, ``(sum_T, C', H)``: the channels it
         uses (:func:`~ser_pipeline.dataset.views.used_channels`) and, when it resizes frequency to
         ``H`` bands, those bands resized once for this table and kept
-        (:func:`~ser_pipeline.dataset.views.resize_bands`): the frequency resize depends on no crop,
+        (:func:`~ser_pipeline.dataset.resample.resize_bands`): the frequency resize depends on no crop,
         so every batch then resizes only time. The stored frames themselves when the view keeps
         the band count or the resized copy would pass :data:`BAND_CACHE_BYTES`."""
         frames = used_channels(self.frames, spec.channels)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ser_pipeline.dataset import tables as tables_module
+from ser_pipeline.dataset.resample import linear_matrix
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, augment_batch, span_draw, span_masks
 from ser_pipeline.dataset.tables import _pack
 from ser_pipeline.dataset.views import (
@@ -18,7 +19,6 @@ from ser_pipeline.dataset.views import (
     ViewSpec,
     apply_view,
     crop_starts,
-    linear_matrix,
     time_mask,
     view_items,
 )
