@@ -21,7 +21,7 @@ sequence    ``(B, T_max, C*F)`` (stage-2 inputs)    ``(B, T_max)``
 ``H, W`` are ``F, T`` or ``resize`` (bilinear). With ``time_pool = k > 1`` every ``k`` frames are
 averaged first (a 10 ms hop becomes ``k * 10`` ms; lengths ``ceil(T / k)``), and ``frames`` counts
 pooled frames. Normalisation (``normalise``) is applied to the
-stored tables when they are preloaded (see :func:`ser_pipeline.dataset.tables.normalise_tables`), with
+stored tables when they are preloaded (see :func:`ser_pipeline.dataset.normalise.normalise_tables`), with
 statistics from the training split only; views never see unnormalised padding.
 
 Read from a preloaded table (:meth:`~ser_pipeline.dataset.tables.FeatureTable.view`), a bilinear
@@ -82,7 +82,7 @@ class ViewSpec(Spec):
       duration instead of a fixed 300 frames (:func:`frames_for`).
     - ``floor_db``: when > 0, the static log-Mel channel of each utterance is floored at its
       maximum minus ``floor_db`` dB, so digital silence (the 1e-10 log floor) does not dominate
-      the statistics (:func:`ser_pipeline.dataset.tables.floor_silence`).
+      the statistics (:func:`ser_pipeline.dataset.normalise.floor_silence`).
     """
 
     CODE_VERSION = "1"

@@ -55,7 +55,7 @@ def load_trained_model(model_dir: str | Path, *, device: str = "cpu") -> tuple[n
 
     ``meta`` holds ``model.json`` and, for ``normalise="global"``, ``meta["normalisation"] =
     {"mean", "std"}`` ``(C, F)`` training statistics (apply with
-    :func:`ser_pipeline.dataset.tables.normalise_with`).
+    :func:`ser_pipeline.dataset.normalise.normalise_with`).
     """
     model_dir = Path(model_dir)
     meta_path = model_dir / META

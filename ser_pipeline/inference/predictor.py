@@ -25,13 +25,8 @@ import pandas as pd
 import torch
 
 from ser_pipeline.audio import MIN_DURATION_S, check_recording, resample, signal_problem, to_mono
-from ser_pipeline.dataset.tables import (
-    DictSource,
-    floor_silence,
-    load_table,
-    normalise_tables,
-    normalise_with,
-)
+from ser_pipeline.dataset.normalise import floor_silence, normalise_tables, normalise_with
+from ser_pipeline.dataset.tables import DictSource, load_table
 from ser_pipeline.dataset.views import ViewSpec
 from ser_pipeline.errors import AudioError, ConfigError, SerError
 from ser_pipeline.features import FeatureSpec, extract

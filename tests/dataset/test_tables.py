@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ser_pipeline.dataset.normalise import normalise_tables
 from ser_pipeline.dataset.tables import (
     DictSource,
     SourceDataset,
@@ -17,7 +18,6 @@ from ser_pipeline.dataset.tables import (
     index_batches,
     load_table,
     make_loader,
-    normalise_tables,
 )
 from ser_pipeline.errors import ConfigError, StoreError
 

@@ -74,7 +74,8 @@ def test_experiment_directory_follows_the_contract(ws: Workspace) -> None:
     model, stage2, meta = load_trained_model(out / "model")
     assert stage2 is None and meta["classes"] == metrics["classes"] and meta["view"]["frames"] == 120
     from feature_store.store import FeatureStore
-    from ser_pipeline.dataset.tables import floor_silence, load_table, normalise_with
+    from ser_pipeline.dataset.normalise import floor_silence, normalise_with
+    from ser_pipeline.dataset.tables import load_table
     from ser_pipeline.dataset.views import ViewSpec
     from ser_pipeline.features import FeatureSpec
     from ser_pipeline.inference.forward import predict_proba

@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
+from ser_pipeline.dataset.normalise import floor_silence, normalise_tables
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, span_masks
-from ser_pipeline.dataset.tables import _pack, floor_silence, normalise_tables
+from ser_pipeline.dataset.tables import _pack
 from ser_pipeline.dataset.views import ViewSpec, apply_view, frames_for
 from ser_pipeline.errors import ConfigError, TrainingError
 from ser_pipeline.models.baselines import PlainCNN
@@ -253,7 +254,7 @@ def test_a_checkpoint_holding_an_arbitrary_object_is_refused(tmp_path: Path) -> 
 
 
 def test_pooling_the_table_once_equals_pooling_every_batch() -> None:
-    from ser_pipeline.dataset.tables import pool_table
+    from ser_pipeline.dataset.normalise import pool_table
     from ser_pipeline.dataset.views import pool_time
 
     t = table(10, 3)

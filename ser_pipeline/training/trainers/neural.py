@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ser_pipeline.dataset.normalise import pool_table
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
-from ser_pipeline.dataset.tables import FeatureTable, FoldData, pool_table
+from ser_pipeline.dataset.tables import FeatureTable, FoldData
 from ser_pipeline.dataset.views import ViewSpec, frames_for
 from ser_pipeline.errors import TrainingError
 from ser_pipeline.inference.forward import STAGE2_VIEW, embed_table, predict_proba, sequence_table
