@@ -45,6 +45,7 @@ class TrainProgress:
     epochs: int
     say: Callable[[str], None] = field(default=lambda line: typer.echo(line, err=True))
     refit: bool = False  # each fold ends with a refit of at most ``epochs`` epochs
+    stages: dict[str, int] = field(default_factory=dict)  # phases run before the main one: {"stage1": epochs}
     seen: dict[str, int] = field(default_factory=dict)
     announced: set[str] = field(default_factory=set)
     epoch_seconds: list[float] = field(default_factory=list)
@@ -75,16 +76,25 @@ class TrainProgress:
         self.last = now
         self.epoch_seconds.append(seconds)
         per_epoch = sum(self.epoch_seconds[-10:]) / len(self.epoch_seconds[-10:])
-        per_fold = self.epochs * (2 if self.refit else 1)
         index = self.folds.index(base) if base in self.folds else len(self.announced) - 1
-        here = (self.epochs - epoch) + (self.epochs if self.refit and phase != "refit" else 0)
-        left = here + (len(self.folds) - index - 1) * per_fold
+        left = self._left_in_fold(phase, epoch) + (len(self.folds) - index - 1) * sum(self._budgets().values())
         scores = (f"val_loss {metrics.get('val_loss', float('nan')):.4f} val_ua {metrics.get('val_ua', float('nan')):.3f}"
                   if phase != "refit" else "(no validation in a refit)")
-        of = f"/{self.epochs}" if phase != "refit" else ""
+        of = f"/{self.stages.get(phase, self.epochs)}" if phase != "refit" else ""
         self.say(f"{fold} epoch {epoch}{of}: train_loss {metrics.get('train_loss', float('nan')):.4f} {scores}"
                  f"  ({seconds:.1f} s/epoch, ETA {duration(left * per_epoch)} at most; early stopping can end sooner)")
 
+
+    def _budgets(self) -> dict[str, int]:
+        """Epochs of each phase of a fold, in order: earlier stages, the main fit, the refit."""
+        return {**self.stages, "": self.epochs, **({"refit": self.epochs} if self.refit else {})}
+
+    def _left_in_fold(self, phase: str, epoch: int) -> int:
+        """Epochs at most left in this fold after ``epoch`` of ``phase`` (an unknown phase counts as the main fit)."""
+        budgets = self._budgets()
+        order = list(budgets)
+        key = phase if phase in budgets else ""
+        return budgets[key] - epoch + sum(budgets[p] for p in order[order.index(key) + 1:])
 
 def announce(config: ExperimentConfig, ws: Workspace, device: str,
              say: Callable[[str], None] | None = None) -> TrainProgress:
@@ -96,6 +106,8 @@ def announce(config: ExperimentConfig, ws: Workspace, device: str,
     folds = folds[: config.max_folds] if config.max_folds else folds
     epochs = resolved.plan.train.epochs
     per_fold = f"up to {epochs} epoch(s) each" if resolved.trainer.uses_view else "one fit each"
+    if resolved.plan.stage2_train is not None:
+        per_fold = f"up to {epochs} stage-1 and {resolved.plan.stage2_train.epochs} stage-2 epoch(s) each"
     say(f"train {config.model} on {config.corpus} ({len(manifest)} utterances): protocol {resolved.protocol}, "
         f"{len(folds)} fold(s), {per_fold}, device {device if resolved.trainer.uses_device else 'cpu'}")
     if resolved.features is not None:
@@ -106,7 +118,10 @@ def announce(config: ExperimentConfig, ws: Workspace, device: str,
         say(f"loading features: {len(manifest)} items ({feature_label(resolved.features)}"
             + (f"; augmented variants {', '.join(v for v in variants if v != 'orig')} for training utterances"
                if len(variants) > 1 else "") + "), computing any that are missing")
-    return TrainProgress(folds, epochs, say, refit=bool(resolved.plan.refit and resolved.trainer.refits))
+    two_stage = resolved.plan.stage2_train is not None  # stage 1 prints as ".../stage1", stage 2 as the main fit
+    main_epochs = resolved.plan.stage2_train.epochs if two_stage else epochs
+    return TrainProgress(folds, main_epochs, say, refit=bool(resolved.plan.refit and resolved.trainer.refits),
+                         stages={"stage1": epochs} if two_stage else {})
 
 
 def track_record(record: Any, ws: Workspace, uri: str | None) -> dict[str, Any]:

@@ -70,3 +70,14 @@ def test_progress_says_resumed_and_eta() -> None:
     refit("a", 1, {"train_loss": 1.0, "val_loss": 1.0, "val_ua": 0.5, "seconds": 10.0})
     assert "ETA 2m30s" in lines[-1]  # 3 + a refit of at most 4 in fold a, then 4 + 4 in fold b: 15 x 10 s
     assert duration(125) == "2m05s" and duration(3720) == "1h02m"
+
+
+def test_progress_of_a_two_stage_model_counts_both_stages() -> None:
+    lines: list[str] = []
+    p = TrainProgress(["a", "b"], epochs=3, say=lines.append, stages={"stage1": 2})  # stage 2 is the main fit
+    p("a/stage1", 1, {"train_loss": 1.0, "val_loss": 1.0, "val_ua": 0.5, "seconds": 10.0})
+    assert lines[0] == "fold 1/2: a" and lines[1].startswith("a/stage1 epoch 1/2: ")
+    assert "ETA 1m30s" in lines[1]  # 1 stage-1 + 3 stage-2 epochs left in fold a, then 2 + 3 in fold b: 9 x 10 s
+    p("a", 1, {"train_loss": 1.0, "val_loss": 1.0, "val_ua": 0.5, "seconds": 10.0})
+    assert lines[-1].startswith("a epoch 1/3: ") and "ETA 1m10s" in lines[-1]  # 2 + 5 epochs left
+    assert not any(line.startswith("resumed") for line in lines)

@@ -34,7 +34,7 @@ def _fit(run: FoldRun, model: nn.Module, train: FeatureTable, val: FeatureTable 
          stop_epoch: int | None = None) -> FitResult:
     return fit(model, train, val, view=view, config=config.replace(seed=run.seed), n_classes=len(run.classes),
                spec_augment=spec_aug, fold=run.name + tag, checkpoint_dir=run.workdir / (tag.strip("/") or "main"),
-               callbacks=run.callbacks if tag in ("", "/refit", "/final") else (), stop_epoch=stop_epoch)
+               callbacks=run.callbacks if tag in ("", "/stage1", "/refit", "/final") else (), stop_epoch=stop_epoch)
 
 
 def fold_view(view: ViewSpec, data: FoldData) -> ViewSpec:
