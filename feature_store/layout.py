@@ -133,15 +133,10 @@ def fsync_tree(path: Path) -> None:
     for dirpath, _dirs, files in os.walk(path):
         targets += [os.path.join(dirpath, name) for name in files]
         targets.append(dirpath)
-    if len(targets) <= 2:
-        for target in targets:
-            _fsync(target)
-        return
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(FSYNC_THREADS, len(targets)), thread_name_prefix="fsync") as pool:
-        for _ in pool.map(_fsync, targets):
-            pass
+    with ThreadPoolExecutor(max_workers=max(1, min(FSYNC_THREADS, len(targets))), thread_name_prefix="fsync") as pool:
+        list(pool.map(_fsync, targets))
 
 
 def _fsync(target: str) -> None:

@@ -84,7 +84,6 @@ class TrainProgress:
         self.say(f"{fold} epoch {epoch}{of}: train_loss {metrics.get('train_loss', float('nan')):.4f} {scores}"
                  f"  ({seconds:.1f} s/epoch, ETA {duration(left * per_epoch)} at most; early stopping can end sooner)")
 
-
     def _budgets(self) -> dict[str, int]:
         """Epochs of each phase of a fold, in order: earlier stages, the main fit, the refit."""
         return {**self.stages, "": self.epochs, **({"refit": self.epochs} if self.refit else {})}
@@ -96,6 +95,7 @@ class TrainProgress:
         key = phase if phase in budgets else ""
         return budgets[key] - epoch + sum(budgets[p] for p in order[order.index(key) + 1:])
 
+
 def announce(config: ExperimentConfig, ws: Workspace, device: str,
              say: Callable[[str], None] | None = None) -> TrainProgress:
     """Print what ``ser train`` will do (before any feature is loaded) and return the epoch printer."""
@@ -105,9 +105,10 @@ def announce(config: ExperimentConfig, ws: Workspace, device: str,
     folds = [f.name for f in make_folds(resolved.protocol, manifest, seed=config.seed, **config.protocol_options)]
     folds = folds[: config.max_folds] if config.max_folds else folds
     epochs = resolved.plan.train.epochs
+    stage2 = resolved.plan.stage2_train  # two-stage: stage 1 prints as ".../stage1", stage 2 as the main fit
     per_fold = f"up to {epochs} epoch(s) each" if resolved.trainer.uses_view else "one fit each"
-    if resolved.plan.stage2_train is not None:
-        per_fold = f"up to {epochs} stage-1 and {resolved.plan.stage2_train.epochs} stage-2 epoch(s) each"
+    if stage2 is not None:
+        per_fold = f"up to {epochs} stage-1 and {stage2.epochs} stage-2 epoch(s) each"
     say(f"train {config.model} on {config.corpus} ({len(manifest)} utterances): protocol {resolved.protocol}, "
         f"{len(folds)} fold(s), {per_fold}, device {device if resolved.trainer.uses_device else 'cpu'}")
     if resolved.features is not None:
@@ -118,10 +119,9 @@ def announce(config: ExperimentConfig, ws: Workspace, device: str,
         say(f"loading features: {len(manifest)} items ({feature_label(resolved.features)}"
             + (f"; augmented variants {', '.join(v for v in variants if v != 'orig')} for training utterances"
                if len(variants) > 1 else "") + "), computing any that are missing")
-    two_stage = resolved.plan.stage2_train is not None  # stage 1 prints as ".../stage1", stage 2 as the main fit
-    main_epochs = resolved.plan.stage2_train.epochs if two_stage else epochs
-    return TrainProgress(folds, main_epochs, say, refit=bool(resolved.plan.refit and resolved.trainer.refits),
-                         stages={"stage1": epochs} if two_stage else {})
+    return TrainProgress(folds, stage2.epochs if stage2 is not None else epochs, say,
+                         refit=bool(resolved.plan.refit and resolved.trainer.refits),
+                         stages={"stage1": epochs} if stage2 is not None else {})
 
 
 def track_record(record: Any, ws: Workspace, uri: str | None) -> dict[str, Any]:
