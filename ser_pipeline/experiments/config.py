@@ -45,7 +45,7 @@ time crops in training (centre at evaluation) and SpecAugment time/frequency mas
 DEFAULT_VIEW: dict[str, Any] = {"normalise": "speaker", "floor_db": 80.0}
 """View settings of the default and cpu presets: per-speaker normalisation, silence floored 80 dB
 below each utterance's peak; fixed views take their length from the corpus (90th percentile)."""
-SPEAKER_KEYS = ("speaker_epochs", "speaker_lr")  # speaker pre-training settings under ``train``
+SPEAKER_KEYS = ("speaker_epochs", "speaker_lr", "speaker_freeze")  # speaker pre-training settings under ``train``
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,8 @@ class Resolved:
             "speaker_train": p.speaker_train.to_dict() if p.speaker_train else None,
             "refit": p.refit,
             "notes": list(p.notes),
+            # only where there is speaker pre-training: other experiments keep their ids
+            **({"speaker_freeze": p.speaker_freeze} if p.speaker_train else {}),
         }))
 
 
@@ -273,8 +275,10 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
         epochs = int(speaker.get("speaker_epochs", train.epochs))
         speaker_train = train.replace(epochs=epochs, lr=float(speaker.get("speaker_lr", train.lr)),
                                       class_weighted=False, label_smoothing=0.0)
+    freeze = speaker.get("speaker_freeze", True)
+    require(isinstance(freeze, bool), f"{where}train.speaker_freeze", freeze, "must be true or false")
     plan = TrainingPlan(entry, hparams, view, train, spec_aug, stage2_hparams, stage2_train, speaker_train,
-                        refit=config.refit, notes=tuple(notes))
+                        speaker_freeze=freeze, refit=config.refit, notes=tuple(notes))
     return Resolved(entry, trainer, protocol, features, augment, plan)
 
 
@@ -324,7 +328,7 @@ def _base_recipe(entry: ModelEntry, paper: bool, hparams: dict[str, Any], neural
     note = ("no pretrained weights given: from-scratch variant of the paper's fine-tuning recipe "
             f"({entry.recipe.get('optimizer')} lr={entry.recipe.get('lr')} -> adamw, warm-up + cosine)" if fine_tunes else "")
     keep = {k: v for k, v in entry.recipe.items() if k in ("batch_size", "epochs", "class_weighted", "eval_batch_size",
-                                                          "speaker_epochs", "speaker_lr", "grad_clip")}
+                                                          *SPEAKER_KEYS, "grad_clip")}
     return {**keep, **MODERN_RECIPE}, note
 
 

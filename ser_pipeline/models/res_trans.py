@@ -150,7 +150,7 @@ def build_res_trans(n_classes: int, in_channels: int = 1, **hparams: Any) -> Res
 
 VIEW = {"kind": "fixed", "frames": 300, "channels": 1, "normalise": "utterance"}
 RECIPE = {"optimizer": "adam", "lr": 1e-4, "batch_size": 32, "epochs": 50, "patience": 10,
-          "speaker_epochs": 20, "speaker_lr": 1e-3}
+          "speaker_epochs": 20, "speaker_lr": 1e-3, "speaker_freeze": True}
 DEFAULTS = {"width": 64, "se_reduction": 16, "stem": "imagenet", "layers": 2, "heads": 8, "ff_dim": 1024,
             "dropout": 0.1, "positional": True}
 # SpecAugmentSpec fields (ser_pipeline.dataset.spec_augment): Horizontal Mixup (a, b, c), adding 30 %

@@ -102,7 +102,7 @@ def run_params(config: dict[str, Any], resolved: dict[str, Any] | None, *, proto
             "view": resolved.get("view"), "train": resolved.get("train"),
             "spec_augment": resolved.get("spec_augment"),
             "stage2": {"hparams": resolved.get("stage2_hparams"), "train": resolved.get("stage2_train")},
-            "speaker_train": resolved.get("speaker_train"),
+            "speaker_train": resolved.get("speaker_train"), "speaker_freeze": resolved.get("speaker_freeze"),
         }
     else:
         data = {**{k: v for k, v in config.items() if v not in (None, "", {})}, "protocol": protocol,

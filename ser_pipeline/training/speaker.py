@@ -1,4 +1,5 @@
-"""Speaker pre-training: stage 1 on the training speakers, freeze the backbone, train the rest."""
+"""Speaker pre-training: stage 1 on the training speakers, then freeze the backbone (the paper) or
+fine-tune it (``freeze=False``) while the emotion layers train."""
 
 from __future__ import annotations
 
@@ -85,10 +86,12 @@ def pretrain_speakers(
     fold: str,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     callbacks: Sequence[EpochCallback] = (),
+    freeze: bool = True,
 ) -> FitResult:
     """Stage 1 of ``speaker_pretrain``: speaker identification on the training speakers only
     (a per-speaker hold-out of training utterances selects the checkpoint), then the backbone is
-    frozen. The emotion validation and test speakers are never seen."""
+    frozen (``freeze``; otherwise stage 2 fine-tunes it from the speaker weights). The emotion
+    validation and test speakers are never seen."""
     labels, speakers = speaker_labels(train)
     require(len(speakers) >= 2, "speakers", len(speakers), "speaker pre-training needs >= 2 training speakers")
     table = train.with_labels(labels)
@@ -97,5 +100,6 @@ def pretrain_speakers(
     result = fit(wrapper, table.select(tr_mask), table.select(va_mask), view=view, config=config,
                  n_classes=len(speakers), fold=f"{fold}/speaker", checkpoint_dir=checkpoint_dir,
                  callbacks=callbacks)
-    freeze_backbone(model)
+    if freeze:
+        freeze_backbone(model)
     return result

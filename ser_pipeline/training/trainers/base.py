@@ -34,6 +34,7 @@ class TrainingPlan:
     stage2_hparams: dict[str, Any] = field(default_factory=dict)
     stage2_train: TrainConfig | None = None
     speaker_train: TrainConfig | None = None
+    speaker_freeze: bool = True  # speaker_pretrain: freeze the backbone after stage 1 (False: fine-tune it)
     refit: bool = True  # after choosing the epoch on validation, retrain on train + val (standard trainer)
     notes: tuple[str, ...] = ()  # recipe decisions to record (e.g. a from-scratch variant)
 

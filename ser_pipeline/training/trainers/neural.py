@@ -147,8 +147,8 @@ class NoFinalModel:
 
 @dataclass(frozen=True)
 class SpeakerPretrainTrainer(NoFinalModel):
-    """Stage 1: speaker identification on the training speakers; freeze the backbone; stage 2:
-    the emotion layers on the same training data."""
+    """Stage 1: speaker identification on the training speakers; freeze the backbone (or keep it
+    trainable, ``plan.speaker_freeze=False``); stage 2: the emotion layers on the same training data."""
 
     name: str = "speaker_pretrain"
     reads_features: bool = True
@@ -162,10 +162,11 @@ class SpeakerPretrainTrainer(NoFinalModel):
         view, data = prepare(fold)
         model = _build(fold, data)
         stage1 = pretrain_speakers(model, data.train, view=view, config=p.speaker_train.replace(seed=fold.seed),
-                                   fold=fold.name, checkpoint_dir=fold.workdir / "speaker")
+                                   fold=fold.name, checkpoint_dir=fold.workdir / "speaker", freeze=p.speaker_freeze)
         result = _fit(fold, model, data.train, data.val, view=view, config=p.train, spec_aug=p.spec_augment)
         return _outcome(model, data, result, p, view=view, stage1_history=stage1.history,
-                        extra={"speaker_val_acc": stage1.best_val_ua, "refit": False})
+                        extra={"speaker_val_acc": stage1.best_val_ua, "speaker_freeze": p.speaker_freeze,
+                               "refit": False})
 
 
 @dataclass(frozen=True)
