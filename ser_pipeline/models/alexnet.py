@@ -42,6 +42,10 @@ class AlexNet(nn.Module):
     ``forward(x)``: ``(B, C, 227, 227) -> (B, n_classes)`` logits (any H, W >= 63 works).
     ``embed(x)``: ``(B, C, H, W) -> (B, fc_dim)`` the FC7 output (after ReLU), ``fc_dim = 4096``
     at ``width_mult=1``.
+
+    ``batch_norm=True`` puts a BatchNorm after every conv (before its ReLU): the from-scratch
+    variant of the CPU recipes, which trains from random initialisation where the plain network
+    often stays at ln K loss. It has no ImageNet weights (torchvision's AlexNet has no BatchNorm).
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class AlexNet(nn.Module):
         dropout: float = 0.5,
         width_mult: float = 1.0,
         variant: str = "torchvision",
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         require(n_classes >= 2, "n_classes", n_classes, "need at least two classes")
@@ -62,20 +67,19 @@ class AlexNet(nn.Module):
         c1, c2, c3, c4, c5 = (max(1, round(c * width_mult)) for c in VARIANTS[variant])
         fc = max(1, round(FC_DIM * width_mult))
         self.embed_dim = fc
+        self.batch_norm = batch_norm
+
+        def conv(c_in: int, c_out: int, kernel: int, **kw: int) -> list[nn.Module]:
+            norm = [nn.BatchNorm2d(c_out)] if batch_norm else []
+            return [nn.Conv2d(c_in, c_out, kernel, **kw), *norm, nn.ReLU(inplace=True)]
+
+        # without batch_norm the conv indices are torchvision's: features.0, 3, 6, 8, 10
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 11, stride=4, padding=2),  # 0
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, stride=2),
-            nn.Conv2d(c1, c2, 5, padding=2),  # 3
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, stride=2),
-            nn.Conv2d(c2, c3, 3, padding=1),  # 6
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c3, c4, 3, padding=1),  # 8
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c4, c5, 3, padding=1),  # 10
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, stride=2),
+            *conv(in_channels, c1, 11, stride=4, padding=2), nn.MaxPool2d(3, stride=2),
+            *conv(c1, c2, 5, padding=2), nn.MaxPool2d(3, stride=2),
+            *conv(c2, c3, 3, padding=1),
+            *conv(c3, c4, 3, padding=1),
+            *conv(c4, c5, 3, padding=1), nn.MaxPool2d(3, stride=2),
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
@@ -127,6 +131,9 @@ def load_imagenet_weights(model: AlexNet, path: str | os.PathLike[str] | None) -
     if path is None:
         log.warning("alexnet: no ImageNet weights file given (hparam 'weights' or $%s); random init", WEIGHTS_ENV)
         return {"loaded": [], "skipped": [], "path": None}
+    if model.batch_norm:
+        raise ConfigError(f"weights={str(path)!r}: batch_norm=True has no ImageNet weights (torchvision's AlexNet "
+                          "has no BatchNorm); give batch_norm=false to fine-tune them")
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError(f"weights={str(file)!r}: ImageNet weights file not found")
@@ -167,8 +174,9 @@ def load_imagenet_weights(model: AlexNet, path: str | os.PathLike[str] | None) -
     feature_preset="logmel64",
     view={"kind": "fixed", "frames": 300, "resize": (227, 227), "channels": 3, "normalise": "utterance"},
     recipe={"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "batch_size": 32, "epochs": 30, "patience": 8},
-    defaults={"dropout": 0.5, "width_mult": 1.0, "variant": "torchvision", "weights": None},
-    ablations={"weights": "local torchvision ImageNet state dict (None: random init)", "variant": "channel plan"},
+    defaults={"dropout": 0.5, "width_mult": 1.0, "variant": "torchvision", "weights": None, "batch_norm": False},
+    ablations={"weights": "local torchvision ImageNet state dict (None: random init)", "variant": "channel plan",
+               "batch_norm": "BatchNorm after every conv (from-scratch variant; no ImageNet weights)"},
     cpu={"hparams": {"width_mult": 0.25}, "view": {"resize": (96, 96)}, "train": {"epochs": 15, "lr": 1e-3}},
 )
 def build_alexnet(n_classes: int, in_channels: int, *, weights: str | None = None, **hparams: Any) -> AlexNet:

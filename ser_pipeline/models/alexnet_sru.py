@@ -181,7 +181,7 @@ STAGE1_RECIPE = {
     "class_weighted": False,
 }
 STAGE2_RECIPE = {"optimizer": "adam", "lr": 1e-3, "batch_size": 30, "epochs": 100, "patience": 20}
-STAGE1_DEFAULTS = {"dropout": 0.5, "width_mult": 1.0, "variant": "torchvision", "weights": None}
+STAGE1_DEFAULTS = {"dropout": 0.5, "width_mult": 1.0, "variant": "torchvision", "weights": None, "batch_norm": False}
 STAGE2_DEFAULTS = {"hidden_size": 4096, "num_layers": 1, "dropout": 0.0, "readout": "last"}
 ABLATIONS = {
     "mode": "cnn+sru: alexnet_sru; cnn_only: alexnet_sru_cnn_only; sru_only: alexnet_sru_sru_only",

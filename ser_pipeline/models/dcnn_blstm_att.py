@@ -148,7 +148,8 @@ VIEW = {
 }
 STAGE1_RECIPE = {"optimizer": "nadam", "lr": 1e-4, "batch_size": 128, "epochs": 20, "class_weighted": True}
 STAGE2_RECIPE = {"optimizer": "nadam", "lr": 5e-6, "batch_size": 16, "epochs": 30, "class_weighted": True}
-STAGE1_DEFAULTS = {"dropout": 0.5, "width_mult": 1.0, "variant": "torchvision", "weights": None, "finetune": True}
+STAGE1_DEFAULTS = {"dropout": 0.5, "width_mult": 1.0, "variant": "torchvision", "weights": None, "batch_norm": False,
+                   "finetune": True}
 STAGE2_DEFAULTS = {"hidden": 128, "attention": True, "dnn": (512, 256, 256), "dropout": 0.5}
 AUGMENT = "speed=0.8,0.9,1.0,1.1,1.2"
 ABLATIONS = {

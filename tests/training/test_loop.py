@@ -205,3 +205,14 @@ def test_speaker_pretraining_trains_the_backbone_then_freezes_it() -> None:
     frozen = model.state_dict()[body].clone()
     fit(model, train, separable(6, 1), view=VIEW, config=CONFIG.replace(epochs=1), n_classes=K)
     assert torch.equal(model.state_dict()[body], frozen)
+
+
+def test_speaker_pretraining_without_freezing_fine_tunes_the_backbone() -> None:
+    train = separable(24, 0, speakers=3)
+    model = tiny_cnn()
+    pretrain_speakers(model, train, view=VIEW, config=CONFIG.replace(epochs=1), fold="f", freeze=False)
+    assert all(p.requires_grad for p in model.parameters())
+    body = "body.0.body.0.weight"
+    pretrained = model.state_dict()[body].clone()
+    fit(model, train, separable(6, 1), view=VIEW, config=CONFIG.replace(epochs=1), n_classes=K)
+    assert not torch.equal(model.state_dict()[body], pretrained)  # stage 2 moved the speaker-trained weights
