@@ -182,6 +182,24 @@ def test_alexnet_without_weights_warns_and_bad_files_fail(tmp_path: Path, caplog
         load_imagenet_weights(AlexNet(4, 3, width_mult=0.25), tmp_path / "wider.pth")
 
 
+def test_alexnet_batch_norm_variant_normalises_every_conv_and_has_no_imagenet_weights(tmp_path: Path) -> None:
+    plain, normed = AlexNet(4, 3, width_mult=W), AlexNet(4, 3, width_mult=W, batch_norm=True)
+    convs = [m for m in normed.features if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in normed.features if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(convs) == len(norms) == 5 and [n.num_features for n in norms] == [c.out_channels for c in convs]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    x = torch.randn(3, 3, 64, 64)
+    normed.train()
+    h = x
+    for layer in normed.features[:2]:  # conv1 then its BatchNorm: zero mean, unit variance per channel
+        h = layer(h)
+    assert torch.allclose(h.mean(dim=(0, 2, 3)), torch.zeros(norms[0].num_features), atol=1e-5)
+    assert normed(x).shape == (3, 4) and normed.embed(x).shape == (3, normed.embed_dim)
+    torch.save(_torchvision_like_state(1000), tmp_path / "imagenet.pth")
+    with pytest.raises(ConfigError, match="batch_norm=True has no ImageNet weights"):
+        load_imagenet_weights(normed, tmp_path / "imagenet.pth")
+
+
 def test_speaker_znorm_uses_each_speakers_own_statistics() -> None:
     from ser_pipeline.models.classic import speaker_znorm
 
