@@ -15,7 +15,7 @@ from ser_pipeline.corpora.demo import generate_demo_corpus
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
 from ser_pipeline.errors import ConfigError, ProtocolError
 from ser_pipeline.experiments.compare import compare_experiments
-from ser_pipeline.experiments.config import ExperimentConfig, resolve, spec_augment_from_config
+from ser_pipeline.experiments.config import ExperimentConfig, experiment_digest, resolve, spec_augment_from_config
 from ser_pipeline.experiments.record import ExperimentRecord
 from ser_pipeline.experiments.runner import experiment_folder, run_experiment
 from ser_pipeline.inference.model_folder import load_trained_model
@@ -169,6 +169,20 @@ def test_resolution_and_spec_augment_forms() -> None:
         assert paper.plan.speaker_train.epochs == MODELS.get("res_trans").recipe["speaker_epochs"]
         short = resolve(ExperimentConfig(model="res_trans", preset="paper", epochs=2, train={"speaker_epochs": 1}))
         assert short.plan.speaker_train is not None and short.plan.speaker_train.epochs == 1
+        # the paper freezes the speaker-pretrained CNN; the default and cpu presets fine-tune it, and say so
+        assert paper.plan.speaker_freeze is True and paper.to_dict()["speaker_freeze"] is True
+        with pytest.warns(UserWarning, match="speaker_freeze=false"):
+            tuned = resolve(ExperimentConfig(model="res_trans", preset="cpu"))
+        assert tuned.plan.speaker_freeze is False and any("fine-tunes" in n for n in tuned.plan.notes)
+        frozen = resolve(ExperimentConfig(model="res_trans", preset="cpu", train={"speaker_freeze": True}))
+        assert frozen.plan.speaker_freeze is True and frozen.plan.notes == ()
+        assert experiment_digest(ExperimentConfig(model="res_trans", preset="cpu"), tuned) != \
+            experiment_digest(ExperimentConfig(model="res_trans", preset="cpu", train={"speaker_freeze": True}), frozen)
+        with pytest.raises(ConfigError, match="speaker_freeze='no'"):
+            resolve(ExperimentConfig(model="res_trans", train={"speaker_freeze": "no"}))
+        with pytest.raises(ConfigError, match="train: unknown field 'speaker_freeze'"):
+            resolve(ExperimentConfig(model="cnn", train={"speaker_freeze": False}))
+        assert "speaker_freeze" not in resolve(ExperimentConfig(model="cnn")).to_dict()  # other ids unchanged
         with pytest.raises(ConfigError, match="epochs.*train.epochs=5"):
             resolve(ExperimentConfig(model="cnn", epochs=2, train={"epochs": 5}))
     if "alexnet_sru" in MODELS:  # stage 2's epochs come from stage2.recipe only, never from top-level epochs
