@@ -190,9 +190,10 @@ ABLATIONS = {
     "weights": "local torchvision ImageNet AlexNet state dict; None = random init (logged)",
     "width_mult": "AlexNet width multiplier (tests only; 1.0 is the paper)",
 }
-# preset cpu: 3 segments of 64 frames at 64x64, a quarter-width AlexNet, a 128-cell SRU
+# preset cpu: 3 segments of 64 frames at 64x64, a quarter-width AlexNet with BatchNorm (trains from
+# scratch: CASIA validation UA of stage 1 0.46-0.49 against 0.35-0.39 without), a 128-cell SRU
 CPU_VIEW = {"n_segments": 3, "frames": 64, "resize": (64, 64)}
-CPU = {"hparams": {"width_mult": 0.25}, "view": CPU_VIEW, "train": {"epochs": 10, "lr": 1e-3},
+CPU = {"hparams": {"width_mult": 0.25, "batch_norm": True}, "view": CPU_VIEW, "train": {"epochs": 20},
        "stage2_hparams": {"hidden_size": 128}, "stage2_train": {"epochs": 20}}
 
 

@@ -178,9 +178,9 @@ def _register(name: str, *, reference: str, recipe: dict[str, Any], defaults: di
         stage2_recipe=dict(STAGE2_RECIPE),
         protocol="loso_val",
         augment=AUGMENT,
-        cpu={"hparams": {"width_mult": 0.25}, "view": {"time_pool": 2, "frames": 150, "window": 32, "shift": 16,
-                                                       "resize": (64, 64)},
-             "train": {"epochs": min(10, recipe["epochs"]), "batch_size": 64, "lr": 1e-3},
+        cpu={"hparams": {"width_mult": 0.25, "batch_norm": True},
+             "view": {"time_pool": 2, "frames": 150, "window": 32, "shift": 16, "resize": (64, 64)},
+             "train": {"epochs": min(10, recipe["epochs"]), "batch_size": 64},
              "stage2_hparams": {"hidden": 64, "dnn": (128, 64, 64)}, "stage2_train": {"epochs": 20}},
     )(build_dcnn)
 
