@@ -15,7 +15,12 @@ from ser_pipeline.corpora.demo import generate_demo_corpus
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
 from ser_pipeline.errors import ConfigError, ProtocolError
 from ser_pipeline.experiments.compare import compare_experiments
-from ser_pipeline.experiments.config import ExperimentConfig, experiment_digest, resolve, spec_augment_from_config
+from ser_pipeline.experiments.config import (
+    ExperimentConfig,
+    experiment_digest,
+    resolve,
+    spec_augment_from_config,
+)
 from ser_pipeline.experiments.record import ExperimentRecord
 from ser_pipeline.experiments.runner import experiment_folder, run_experiment
 from ser_pipeline.inference.model_folder import load_trained_model
