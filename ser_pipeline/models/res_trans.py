@@ -125,6 +125,11 @@ class ResTrans(nn.Module):
             raise RuntimeError("call speaker_head(n_speakers) before speaker_logits")
         return self.speaker_fc(self.cnn.embed(x))
 
+    def drop_speaker_head(self) -> None:
+        """Remove the stage-1 speaker classifier: the emotion model that is saved, served and loaded
+        is the registered architecture, without it."""
+        self.speaker_fc = None
+
     def backbone(self) -> nn.Module:
         """The part that stage 1 trains and stage 2 freezes: the SE-ResNet-18."""
         return self.cnn

@@ -100,6 +100,8 @@ def pretrain_speakers(
     result = fit(wrapper, table.select(tr_mask), table.select(va_mask), view=view, config=config,
                  n_classes=len(speakers), fold=f"{fold}/speaker", checkpoint_dir=checkpoint_dir,
                  callbacks=callbacks)
+    if hasattr(model, "drop_speaker_head"):  # a speaker head installed on the model itself is stage 1's only
+        model.drop_speaker_head()
     if freeze:
         freeze_backbone(model)
     return result

@@ -10,6 +10,7 @@ import torch
 from ser_pipeline.errors import ConfigError
 from ser_pipeline.experiments.config import ExperimentConfig
 from ser_pipeline.experiments.runner import run_experiment
+from ser_pipeline.inference.model_folder import load_trained_model
 from ser_pipeline.models import build_model, get_model
 from ser_pipeline.models.blocks import SqueezeExcitation
 from ser_pipeline.models.res_trans import ResTrans, sinusoidal_encoding
@@ -97,12 +98,18 @@ def test_entry_is_valid_for_the_engine() -> None:
 # -- through the engine: one epoch on a tiny demo corpus ---------------------------------------
 
 
-def test_speaker_pretraining_through_the_engine(tiny_ws: Workspace) -> None:
-    config = ExperimentConfig(model="res_trans", corpus="tiny", epochs=1, max_folds=1, train={"speaker_epochs": 1},
+@pytest.mark.parametrize("freeze", [True, False])
+def test_speaker_pretraining_through_the_engine(tiny_ws: Workspace, freeze: bool) -> None:
+    config = ExperimentConfig(model="res_trans", corpus="tiny", epochs=1, max_folds=1,
+                              train={"speaker_epochs": 1, "speaker_freeze": freeze},
                               hparams={"width": 4, "heads": 2, "ff_dim": 16}, view={"frames": 64})
     result = run_experiment(config, tiny_ws, device="cpu")
     fold = result.metrics["folds"][0]
     assert "speaker_val_acc" in fold  # stage 1 ran: speaker identification on training speakers
-    assert fold["best_epoch"] == 1 and 0.0 <= fold["ua"] <= 1.0
+    assert fold["best_epoch"] == 1 and 0.0 <= fold["ua"] <= 1.0 and fold["speaker_freeze"] is freeze
     stage1 = json.loads((result.folder / "history_stage1.json").read_text())
     assert [row["epoch"] for row in stage1[fold["fold"]]] == [1]
+    # the served model is the registered architecture: the stage-1 speaker head is not in its weights
+    model, _, _ = load_trained_model(result.folder / "model", device="cpu")
+    assert isinstance(model, ResTrans) and model.speaker_fc is None
+    assert not any(k.startswith("speaker_fc") for k in model.state_dict())
