@@ -12,8 +12,8 @@ full        ``(B, C', H, W)`` padded to T_max       ``(B, T_max)`` valid frames
 fixed       ``(B, C', H, W)``, pad/crop to frames   ``(B, frames)`` valid frames
 segments    ``(B, S, C', H, W)``, S = n_segments    ``(B, S)`` non-empty segments
 windows     ``(B, S, C', H, W)``, window/shift      ``(B, S)`` real windows
-            (after a pad/crop to ``frames`` when
-            ``frames > 0``: then S is fixed)
+            (after a pad/crop to ``frames`` when    (windows that start inside
+            ``frames > 0``: then S is fixed)        the utterance, never padding)
 sequence    ``(B, T_max, C*F)`` (stage-2 inputs)    ``(B, T_max)``
 ==========  ====================================  ==============================
 
@@ -269,14 +269,14 @@ def window_count(lengths: torch.Tensor, window: int, shift: int) -> torch.Tensor
 def _windows_items(spec: ViewSpec, frames, offsets, lengths, train, generator, draw: SpanDraw | None = None
                    ) -> ViewBatch:
     B = lengths.shape[0]
-    if spec.frames:  # pad/crop to ``frames`` first: every item then has the same windows
+    if spec.frames:  # pad/crop to ``frames`` first: every item then has the same number of windows
         starts = crop_starts(lengths, spec.frames, mode=_crop_mode(spec, train), generator=generator)
         limit = (lengths - starts).clamp(max=spec.frames)  # valid frames of each crop
-        counts = window_count(torch.full_like(lengths, spec.frames), spec.window, spec.shift)
+        S = int(window_count(torch.tensor([spec.frames]), spec.window, spec.shift).item())
     else:
         starts, limit = torch.zeros_like(lengths), lengths
-        counts = window_count(lengths, spec.window, spec.shift)
-    S = int(counts.max().item())
+        S = int(window_count(lengths, spec.window, spec.shift).max().item())
+    counts = window_count(limit, spec.window, spec.shift)  # real windows: those that start inside the utterance
     begin = (offsets + starts)[:, None] + torch.arange(S, device=lengths.device)[None, :] * spec.shift  # (B, S)
     end = (offsets + starts + limit)[:, None].expand(B, S)  # the last window is zero-padded past it
     keep = draw_keep(draw, B, image_size(spec, frames.shape[2], spec.window), None, frames)

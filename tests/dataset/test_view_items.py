@@ -81,11 +81,18 @@ def _old_view(spec: ViewSpec, x, lengths, train, generator) -> ViewBatch:
         seg = _old_finish(_old_resample(x.repeat_interleave(S, dim=0), begin.reshape(-1), end.reshape(-1), spec.frames),
                           spec)
         return ViewBatch(seg.reshape(B, S, *seg.shape[1:]), end > begin)
+    real = lengths  # valid frames of each (cropped) utterance: windows past them are not real (stop 12)
     if spec.frames:
-        x = _old_gather(x, lengths, crop_starts(lengths, spec.frames, mode=mode, generator=generator), spec.frames)
+        starts = crop_starts(lengths, spec.frames, mode=mode, generator=generator)
+        x = _old_gather(x, lengths, starts, spec.frames)
+        real = (lengths - starts).clamp(max=spec.frames)
         lengths = torch.full_like(lengths, spec.frames)
-    counts = 1 + torch.div((lengths - spec.window).clamp(min=0) + spec.shift - 1, spec.shift, rounding_mode="floor")
-    S = int(counts.max())
+
+    def count(n: torch.Tensor) -> torch.Tensor:
+        return 1 + torch.div((n - spec.window).clamp(min=0) + spec.shift - 1, spec.shift, rounding_mode="floor")
+
+    counts = count(real)
+    S = int(count(lengths).max())
     starts = (torch.arange(S)[None, :] * spec.shift).expand(B, S)
     win = _old_gather(x.repeat_interleave(S, dim=0), lengths.repeat_interleave(S), starts.reshape(-1), spec.window)
     win = _old_finish(win, spec)

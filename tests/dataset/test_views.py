@@ -92,8 +92,11 @@ def test_windows_count_shift_and_mask() -> None:
 def test_windows_after_fixed_crop_have_a_fixed_count() -> None:
     x, lengths = ramp_batch([50, 400])
     out = apply_view(ViewSpec(kind="windows", frames=300, window=64, shift=32), x, lengths)
-    assert out.x.shape[1] == int(window_count(torch.tensor([300]), 64, 32))
-    assert out.mask.all()
+    assert out.x.shape[1] == int(window_count(torch.tensor([300]), 64, 32)) == 9
+    # real windows are those that cover the utterance (as without a crop): 50 frames give one, the
+    # 300 frames cropped from 400 all nine; windows from frame 64 on are padding only
+    assert out.mask.sum(dim=1).tolist() == [1, 9] == [int(window_count(torch.tensor([n]), 64, 32)) for n in (50, 300)]
+    assert out.x[0, 0].any() and not out.x[0, 2:].any()
 
 
 def test_resize_and_channel_choice() -> None:
