@@ -56,6 +56,22 @@ def quiet_libraries() -> None:
     for name in ("mlflow", "alembic", "prefect", "httpx", "distributed", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.formatwarning = _one_line_warning
+    if not getattr(warnings.showwarning, "once_per_message", False):
+        warnings.showwarning = _once_per_message(warnings.showwarning)
+
+
+def _once_per_message(show: Callable[..., None]) -> Callable[..., None]:
+    """``warnings.showwarning`` that shows each message text once per process: a recipe note is
+    warned where the recipe is resolved, which one command does more than once."""
+    shown: set[str] = set()
+
+    def showwarning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+        if str(message) not in shown:
+            shown.add(str(message))
+            show(message, *args, **kwargs)
+
+    showwarning.once_per_message = True  # type: ignore[attr-defined]
+    return showwarning
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
