@@ -55,6 +55,10 @@ from ser_pipeline.dataset.resample import (
 from ser_pipeline.dataset.spec_augment import SpanDraw
 
 VIEW_KINDS = ("full", "fixed", "segments", "windows", "sequence")
+VIEW_REVISIONS: dict[str, int] = {"windows": 2}
+"""Behaviour revisions of a view kind, part of the identity of the experiments that use it, so that
+none is served from a cache made under the old behaviour. ``windows`` 2: after a fixed crop,
+windows made only of padding are masked out (stop 12)."""
 NORMALISATIONS = ("none", "utterance", "speaker", "global")
 CROPS = ("centre", "start", "random")
 

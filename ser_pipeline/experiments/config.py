@@ -25,7 +25,7 @@ from typing import Any
 from ser_pipeline.augment import parse_augment
 from ser_pipeline.config import Spec, canonical_json, check_fields, require, stable_digest
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
-from ser_pipeline.dataset.views import ViewSpec
+from ser_pipeline.dataset.views import VIEW_REVISIONS, ViewSpec
 from ser_pipeline.errors import ConfigError, ProtocolError
 from ser_pipeline.experiments.feature_spec import AUTO_PRESET, resolve_feature_spec  # noqa: F401 - re-exported
 from ser_pipeline.features import PRESETS as FEATURE_PRESETS
@@ -352,5 +352,7 @@ def experiment_digest(config: ExperimentConfig, resolved: Resolved) -> str:
         data.pop("final_model")
     recipe = {k: v for k, v in resolved.to_dict().items() if k not in ("model", "feature_spec", "notes")}
     recipe["trainer"] = resolved.trainer.name
+    if resolved.plan.view.kind in VIEW_REVISIONS:  # other kinds keep the ids they had
+        recipe["view_revision"] = VIEW_REVISIONS[resolved.plan.view.kind]
     return stable_digest({"config": data, "features": resolved.feature_digest, "recipe": recipe},
                          version=f"ExperimentConfig:{config.CODE_VERSION}")

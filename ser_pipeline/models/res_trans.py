@@ -96,6 +96,7 @@ class ResTrans(nn.Module):
         self.head = nn.Linear(d_model, n_classes)
         self.speaker_fc: nn.Linear | None = None
         self._frozen = False
+        self.register_load_state_dict_pre_hook(_without_a_dropped_speaker_head)
 
     def sequence(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, F, T) -> (B, T', D)``: SE-ResNet-18 maps, frequency averaged, time as steps."""
@@ -146,6 +147,14 @@ class ResTrans(nn.Module):
         if self._frozen:
             self.cnn.eval()
         return self
+
+
+def _without_a_dropped_speaker_head(module: ResTrans, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state pre-hook: model folders written before the speaker head was dropped after stage 1
+    hold ``speaker_fc.*``; a model without the head ignores them (it never uses them)."""
+    if module.speaker_fc is None:
+        for key in [k for k in state_dict if k.startswith(f"{prefix}speaker_fc.")]:
+            del state_dict[key]
 
 
 def build_res_trans(n_classes: int, in_channels: int = 1, **hparams: Any) -> ResTrans:

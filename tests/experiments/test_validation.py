@@ -163,3 +163,16 @@ def test_a_changed_default_recipe_is_a_new_experiment(monkeypatch) -> None:
     monkeypatch.setitem(entry.cpu, "train", {**entry.cpu.get("train", {}), "epochs": 3})
     assert resolve(config).plan.train.epochs == 3
     assert experiment_digest(config, resolve(config)) != before
+
+
+def test_a_revised_view_kind_is_a_new_experiment(monkeypatch) -> None:
+    """A view kind whose behaviour changed (``VIEW_REVISIONS``) gives its experiments new ids; the
+    other kinds keep theirs."""
+    from ser_pipeline.dataset import views
+
+    windows = ExperimentConfig(model="dcnn_blstm_att", corpus="demo")
+    fixed = ExperimentConfig(model="cnn", corpus="demo")
+    before = {c.model: experiment_digest(c, resolve(c)) for c in (windows, fixed)}
+    monkeypatch.setitem(views.VIEW_REVISIONS, "windows", views.VIEW_REVISIONS["windows"] + 1)
+    after = {c.model: experiment_digest(c, resolve(c)) for c in (windows, fixed)}
+    assert after["dcnn_blstm_att"] != before["dcnn_blstm_att"] and after["cnn"] == before["cnn"]

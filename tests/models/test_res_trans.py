@@ -113,3 +113,16 @@ def test_speaker_pretraining_through_the_engine(tiny_ws: Workspace, freeze: bool
     model, _, _ = load_trained_model(result.folder / "model", device="cpu")
     assert isinstance(model, ResTrans) and model.speaker_fc is None
     assert not any(k.startswith("speaker_fc") for k in model.state_dict())
+
+
+def test_weights_saved_with_the_speaker_head_still_load() -> None:
+    """Model folders written before the speaker head was dropped after stage 1 hold speaker_fc.*."""
+    old = ResTrans(4, 1, width=4, heads=2, ff_dim=8)
+    old.speaker_head(3)
+    state = old.state_dict()
+    fresh = ResTrans(4, 1, width=4, heads=2, ff_dim=8)
+    fresh.load_state_dict(state)  # strict: every other key must match
+    assert torch.equal(fresh.head.weight, old.head.weight) and fresh.speaker_fc is None
+    del state["head.weight"]
+    with pytest.raises(RuntimeError, match="head.weight"):
+        ResTrans(4, 1, width=4, heads=2, ff_dim=8).load_state_dict(state)
