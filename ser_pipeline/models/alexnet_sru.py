@@ -194,7 +194,7 @@ ABLATIONS = {
 # scratch: CASIA validation UA of stage 1 0.46-0.49 against 0.35-0.39 without), a 128-cell SRU
 CPU_VIEW = {"n_segments": 3, "frames": 64, "resize": (64, 64)}
 CPU = {"hparams": {"width_mult": 0.25, "batch_norm": True}, "view": CPU_VIEW, "train": {"epochs": 20},
-       "stage2_hparams": {"hidden_size": 128, "dropout": 0.5}, "stage2_train": {"epochs": 20}}
+       "stage2_hparams": {"hidden_size": 128, "dropout": 0.5, "readout": "mean"}, "stage2_train": {"epochs": 20}}
 
 
 @register_model(
