@@ -12,8 +12,8 @@ full        ``(B, C', H, W)`` padded to T_max       ``(B, T_max)`` valid frames
 fixed       ``(B, C', H, W)``, pad/crop to frames   ``(B, frames)`` valid frames
 segments    ``(B, S, C', H, W)``, S = n_segments    ``(B, S)`` non-empty segments
 windows     ``(B, S, C', H, W)``, window/shift      ``(B, S)`` real windows
-            (after a pad/crop to ``frames`` when    (windows that start inside
-            ``frames > 0``: then S is fixed)        the utterance, never padding)
+            (after a pad/crop to ``frames`` when    (those that cover the valid
+            ``frames > 0``: then S is fixed)        frames, never padding only)
 sequence    ``(B, T_max, C*F)`` (stage-2 inputs)    ``(B, T_max)``
 ==========  ====================================  ==============================
 
@@ -280,7 +280,7 @@ def _windows_items(spec: ViewSpec, frames, offsets, lengths, train, generator, d
     else:
         starts, limit = torch.zeros_like(lengths), lengths
         S = int(window_count(lengths, spec.window, spec.shift).max().item())
-    counts = window_count(limit, spec.window, spec.shift)  # real windows: those that start inside the utterance
+    counts = window_count(limit, spec.window, spec.shift)  # real windows: as many as cover the valid frames
     begin = (offsets + starts)[:, None] + torch.arange(S, device=lengths.device)[None, :] * spec.shift  # (B, S)
     end = (offsets + starts + limit)[:, None].expand(B, S)  # the last window is zero-padded past it
     keep = draw_keep(draw, B, image_size(spec, frames.shape[2], spec.window), None, frames)
