@@ -246,7 +246,10 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
     if entry.trainer != "speaker_pretrain":  # an entry sharing a speaker recipe (res_trans_single_stage)
         base = {k: v for k, v in base.items() if k not in SPEAKER_KEYS}
         cpu_train = {k: v for k, v in cpu.get("train", {}).items() if k not in SPEAKER_KEYS}
-        check_fields(f"{where}train", {k: v for k, v in config.train.items() if k in SPEAKER_KEYS}, ())
+        given = [k for k in config.train if k in SPEAKER_KEYS]
+        if given:
+            raise ConfigError(f"{where}train: unknown field {given[0]!r} for model {entry.name!r}; "
+                              f"{', '.join(SPEAKER_KEYS)} set speaker pre-training (trainer speaker_pretrain, e.g. res_trans)")
     else:
         cpu_train = cpu.get("train", {})
     recipe = {**base, **cpu_train, **config.train}
