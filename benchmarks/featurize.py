@@ -10,6 +10,8 @@ Measured on the same files, page cache warmed first (both read from memory):
 - two ratios: ``ratio`` (warm: start-up excluded on both sides) and ``ratio_cold`` (start-up
   included on both sides);
 - no-op re-run of the store (nothing to compute) in this process;
+- the single-thread cost of each step (read, hash, decode, resample, STFT, Mel, log, deltas,
+  cast, write) in ms per audio second (:func:`benchmarks.stages.stage_profile`);
 - peak memory (RSS of this process and its children; see :class:`PeakRSS`) at 1x and ``scale``x
   the corpus (default 4x: the corpus plus three copies whose bytes differ by one sample bit, so
   distinct items), both with the same task size, so only the corpus size differs.
@@ -252,7 +254,7 @@ def store_pass(
 
 def bench_featurize(
     frame: pd.DataFrame, scratch: Path, *, workers: int | None = None, preset: str = "logmel64", scale: int = 4,
-    naive_blas_threads: int | None = None, repeats: int = 3,
+    naive_blas_threads: int | None = None, repeats: int = 3, stages: bool = True,
 ) -> dict[str, Any]:
     """Run the whole benchmark (see module docstring); returns the figures as a dict.
 
@@ -316,6 +318,10 @@ def bench_featurize(
     # Cold: start-up included on both sides, as a one-off script run would see it.
     out["ratio_cold"] = round((naive_startup_s + naive_s) / store_cold, 2)
     out["noop_rerun"] = {"seconds": round(noop_run.seconds, 3), "computed": noop.computed, "reused": noop.reused}
+    if stages and spec.kind in ("logmel", "spectrogram"):
+        from benchmarks.stages import stage_profile
+
+        out["stages"] = stage_profile(frame, spec, scratch, workers=n_workers)
     if scale > 1:
         scaled = pd.concat([frame, distinct_copies(frame, scratch / "copies", scale - 1)], ignore_index=True)
         warm_page_cache(scaled["path"].tolist())

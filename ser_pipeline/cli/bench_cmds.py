@@ -29,6 +29,10 @@ def _bench_text(r: dict[str, Any]) -> str:
         f"{r['cpu']['ratio']:.2f}x less CPU per audio second (load-independent)",
         f"no-op re-run       : {r['noop_rerun']['seconds']:.3f} s (computed {r['noop_rerun']['computed']})",
     ]
+    if "stages" in r:
+        st = r["stages"]
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in st["ms_per_audio_s"].items())
+        lines.append(f"per step, 1 thread: {st['total_ms_per_audio_s']:.3f} ms per audio s = {parts}")
     if "scale" in r:
         c = r["scale"]
         lines.append(f"peak memory        : 1x {c['1x_peak_rss_mb']:.0f} MB ({c['1x_items']} items), {c['factor']}x "
@@ -49,6 +53,7 @@ def featurize(
     ] = None,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Alternating naive/store passes; medians are reported.")] = 3,
     scratch: Annotated[Path | None, typer.Option("--scratch", help="Scratch folder (default: a temp dir, removed).")] = None,
+    stages: Annotated[bool, typer.Option("--stages/--no-stages", help="Time each step (read ... write) on one thread.")] = True,
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -61,7 +66,7 @@ def featurize(
     folder = Path(tempfile.mkdtemp(prefix="ser-bench-", dir=scratch))
     try:
         result = bench_featurize(frame, folder, workers=workers, preset=preset, scale=1 if no_scale else scale,
-                                 naive_blas_threads=naive_blas_threads, repeats=repeats)
+                                 naive_blas_threads=naive_blas_threads, repeats=repeats, stages=stages)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     result["corpus"] = str(path) if path is not None else name
