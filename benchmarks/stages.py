@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feature_store.materialise import DEFAULT_BATCH_SIZE, task_size
+from feature_store.materialise import DEFAULT_BATCH_SIZE, decode_mono, task_size
 from feature_store.writer import write_feature_batch
 from ser_pipeline import audio
 from ser_pipeline.errors import ConfigError
@@ -84,14 +84,9 @@ def _wave_timed(path: str, spec: FeatureSpec, clock: dict[str, float]) -> np.nda
     t1 = time.perf_counter()
     hashlib.sha256(data).hexdigest()
     t2 = time.perf_counter()
-    decoded = audio.decode_pcm16_wav(data)
-    raw, rate = decoded if decoded is not None else audio.read_raw(path)
-    problem = audio.signal_problem(raw)
-    if problem:
-        raise ConfigError(f"{path}: {problem}")
-    mono = raw[:, 0] if raw.shape[1] == 1 else audio.to_mono(raw)
+    mono, rate = decode_mono(data, path)
     t3 = time.perf_counter()
-    wave = audio.resample(mono, int(rate), spec.sample_rate)
+    wave = audio.resample(mono, rate, spec.sample_rate)
     t4 = time.perf_counter()
     clock["read"] += t1 - t0
     clock["hash"] += t2 - t1

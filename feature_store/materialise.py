@@ -112,13 +112,21 @@ def load_checked(path: str, sha256: str, sample_rate: int) -> np.ndarray:
     actual = hashlib.sha256(data).hexdigest()
     if sha256 and actual != sha256:
         raise AudioError(f"{path}: checksum mismatch, file changed since ingest (manifest {sha256[:12]}, now {actual[:12]})")
+    mono, rate = decode_mono(data, path)
+    return audio.resample(mono, rate, sample_rate)
+
+
+def decode_mono(data: bytes, path: str) -> tuple[np.ndarray, int]:
+    """A recording's bytes -> ``(mono wave (n,) float32, rate)``; AudioError when unusable.
+
+    16-bit PCM WAV is decoded from ``data``; anything else by libsndfile from ``path``.
+    """
     decoded = audio.decode_pcm16_wav(data)
     raw, rate = decoded if decoded is not None else audio.read_raw(path)
     problem = audio.signal_problem(raw)
     if problem:
         raise AudioError(f"{path}: {problem}")
-    mono = raw[:, 0] if raw.shape[1] == 1 else audio.to_mono(raw)
-    return audio.resample(mono, int(rate), sample_rate)
+    return (raw[:, 0] if raw.shape[1] == 1 else audio.to_mono(raw)), int(rate)
 
 
 def run_task(set_path: str, spec_dict: dict[str, Any], work: Sequence[WorkItem], fault: FaultHook | None = None,
