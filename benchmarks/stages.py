@@ -46,52 +46,57 @@ from ser_pipeline.features import (
 STAGES = ("read", "hash", "decode", "resample", "stft", "mel", "log", "deltas", "cast", "write")
 
 
+class Laps:
+    """``lap(stage)`` adds the seconds since the previous lap (or since creation) to ``clock[stage]``."""
+
+    def __init__(self, clock: dict[str, float]) -> None:
+        self.clock = clock
+        self.last = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.clock[stage] += now - self.last
+        self.last = now
+
+
 def _features_timed(wave: np.ndarray, spec: FeatureSpec, clock: dict[str, float]) -> np.ndarray:
     """:func:`ser_pipeline.features.extract` of ``wave`` ``(n,)`` -> ``(C, F, T)`` float32, each step
     timed into ``clock``."""
-    t0 = time.perf_counter()
+    lap = Laps(clock)
     x = check_wave(wave)
     if spec.normalize_waveform:
         x = (x - x.mean()) / np.float32(x.std() + 1e-8)
     power = power_frames(preemphasis(x, coef=spec.preemphasis), spec)  # (T, bins)
-    t1 = time.perf_counter()
+    lap("stft")
     if spec.kind == "logmel":
         bands = project_bands(power, mel_segments(spec.sample_rate, spec.fft_size, spec.n_mels, spec.fmin, spec.fmax))
     else:
         bands = np.ascontiguousarray(power.T)
-    t2 = time.perf_counter()
+    lap("mel")
     np.maximum(bands, np.float32(spec.log_floor), out=bands)
     np.log(bands, out=bands)
-    t3 = time.perf_counter()
+    lap("log")
     out = np.empty((spec.channels, *bands.shape), dtype=np.float32)
     out[0] = bands
     if spec.deltas:
         deltas(out[0], width=spec.delta_width, out=out[1])
         deltas(out[1], width=spec.delta_width, out=out[2])
-    t4 = time.perf_counter()
-    clock["stft"] += t1 - t0
-    clock["mel"] += t2 - t1
-    clock["log"] += t3 - t2
-    clock["deltas"] += t4 - t3
+    lap("deltas")
     return out
 
 
 def _wave_timed(path: str, spec: FeatureSpec, clock: dict[str, float]) -> np.ndarray:
     """The mono wave ``(n,)`` float32 at ``spec.sample_rate`` that ``load_checked`` returns, each step
     timed into ``clock``."""
-    t0 = time.perf_counter()
+    lap = Laps(clock)
     data = Path(path).read_bytes()
-    t1 = time.perf_counter()
+    lap("read")
     hashlib.sha256(data).hexdigest()
-    t2 = time.perf_counter()
+    lap("hash")
     mono, rate = decode_mono(data, path)
-    t3 = time.perf_counter()
+    lap("decode")
     wave = audio.resample(mono, rate, spec.sample_rate)
-    t4 = time.perf_counter()
-    clock["read"] += t1 - t0
-    clock["hash"] += t2 - t1
-    clock["decode"] += t3 - t2
-    clock["resample"] += t4 - t3
+    lap("resample")
     return wave
 
 
@@ -120,16 +125,16 @@ def stage_profile(frame: pd.DataFrame, spec: FeatureSpec, scratch: Path, *, work
                 for i, path in enumerate(paths[start : start + batch], start=start):
                     wave = _wave_timed(path, spec, clock)
                     feats = _features_timed(wave, spec, clock)
-                    t0 = time.perf_counter()
+                    lap = Laps(clock)
                     stored = feats.astype(spec.dtype)
-                    clock["cast"] += time.perf_counter() - t0
+                    lap("cast")
                     duration = wave.size / spec.sample_rate
                     audio_s += duration
                     entries.append(({"sha256": f"{i:064x}", "variant": "orig", "utterance_id": str(i),
                                      "duration_s": round(duration, 4)}, stored))
-                t0 = time.perf_counter()
+                lap = Laps(clock)
                 write_feature_batch(folder, entries, dtype=spec.dtype)
-                clock["write"] += time.perf_counter() - t0
+                lap("write")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     total = sum(clock.values())
