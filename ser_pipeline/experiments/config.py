@@ -222,7 +222,8 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
     cpu = _cpu_overrides(entry, config.preset, where=where)
     protocol = config.protocol or (entry.protocol if paper else "loso")
     _check_protocol(where, protocol, config.protocol_options)
-    augment = config.augment or (entry.augment if paper else "")
+    # Waveform augmentation: the user's (``orig`` = none), else the paper's or the CPU recipe's.
+    augment = config.augment or (entry.augment if paper else cpu.get("augment", ""))
     parse_augment(augment)
     neural = trainer.uses_view
     default_aug = entry.spec_augment if paper else (DEFAULT_SPEC_AUGMENT if neural else None)
@@ -295,11 +296,12 @@ STAGE2_MODERN: dict[str, Any] = {**MODERN_RECIPE, "lr": 1e-3, "precise_bn": Fals
 
 def _cpu_overrides(entry: ModelEntry, preset: str, *, where: str) -> dict[str, Any]:
     """The entry's CPU-size overrides (``hparams``, ``view``, ``train``, ``stage2_hparams``,
-    ``stage2_train``) for ``preset == "cpu"``, else nothing."""
+    ``stage2_train``, ``augment``: waveform variants the recipe requests from the store) for
+    ``preset == "cpu"``, else nothing."""
     if preset != "cpu":
         return {}
     require(bool(entry.cpu), f"{where}preset", preset, f"model {entry.name!r} has no CPU-size recipe")
-    check_fields(f"{where}cpu", entry.cpu, ("hparams", "view", "train", "stage2_hparams", "stage2_train"))
+    check_fields(f"{where}cpu", entry.cpu, ("hparams", "view", "train", "stage2_hparams", "stage2_train", "augment"))
     return entry.cpu
 
 

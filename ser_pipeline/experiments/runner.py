@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from feature_store.materialise import variant_list
 from feature_store.store import FeatureStore
 from ser_pipeline.augment import parse_augment
 from ser_pipeline.config import stable_digest
@@ -372,7 +373,7 @@ def _write(out: Path, config: ExperimentConfig, resolved: Resolved, c: _Collecte
 
 def recipe_summary(config: ExperimentConfig, resolved: Resolved) -> dict[str, Any]:
     """What every output says about the recipe: preset, normalisation, validation, refit, precise-BN,
-    schedule, augmentation and recipe notes (e.g. a from-scratch variant)."""
+    schedule, spectrogram and waveform augmentation and recipe notes (e.g. a from-scratch variant)."""
     p = resolved.plan
     neural = resolved.trainer.uses_view
     return {
@@ -382,8 +383,14 @@ def recipe_summary(config: ExperimentConfig, resolved: Resolved) -> dict[str, An
         "refit": bool(p.refit and resolved.trainer.refits), "final_model": config.final_model,
         "precise_bn": p.train.precise_bn if neural else False, "optimizer": p.train.optimizer if neural else "n/a",
         "schedule": p.train.schedule if neural else "n/a", "label_smoothing": p.train.label_smoothing if neural else 0.0,
-        "spec_augment": p.spec_augment.to_dict() if p.spec_augment else None, "notes": list(p.notes),
+        "spec_augment": p.spec_augment.to_dict() if p.spec_augment else None,
+        "waveform_augment": variant_names(resolved.augment), "notes": list(p.notes),
     }
+
+
+def variant_names(augment: str) -> str:
+    """The stored waveform variants training reads, e.g. ``orig, speed=0.9, speed=1.1`` (``orig`` alone: none)."""
+    return ", ".join(variant_list(parse_augment(augment)))
 
 
 def _save_model(model_dir: Path, outcome: FoldOutcome | None, config: ExperimentConfig, resolved: Resolved,

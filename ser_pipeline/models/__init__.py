@@ -53,7 +53,7 @@ class ModelEntry:
     protocol: str = "loso"  # the paper's protocol; the engine's default stays speaker-independent
     augment: str = ""  # the paper's waveform augmentation, in `ser featurize --augment` syntax
     spec_augment: dict[str, Any] = field(default_factory=dict)
-    cpu: dict[str, Any] = field(default_factory=dict)  # preset cpu: {"hparams", "view", "train", "stage2_*"}
+    cpu: dict[str, Any] = field(default_factory=dict)  # preset cpu: {"hparams", "view", "train", "stage2_*", "augment"}
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for ``ser models --json``."""

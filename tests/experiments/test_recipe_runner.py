@@ -134,3 +134,25 @@ def test_two_processes_on_one_experiment_train_once(ws: Workspace, tmp_path: Pat
     trained = sorted(r["trained_epochs"] for r in results)
     assert trained[0] == 0 and trained[1] > 0  # one trained, the other waited and reused its record
     assert (ws.experiments / results[0]["id"] / ".lock").exists()
+
+
+def test_cpu_preset_may_request_waveform_variants_and_the_user_overrides_them() -> None:
+    from ser_pipeline.experiments.config import experiment_digest
+    from ser_pipeline.experiments.runner import recipe_summary
+    from ser_pipeline.models.dcnn_blstm_att import AUGMENT, CPU_AUGMENT
+
+    def resolved(**fields):
+        config = ExperimentConfig(model="dcnn_blstm_att", **fields)
+        with pytest.warns(UserWarning):  # no ImageNet weights: the from-scratch note
+            return config, resolve(config)
+
+    cpu_config, cpu = resolved(preset="cpu")
+    assert cpu.augment == CPU_AUGMENT == "speed=0.9,1.1"  # chosen on CASIA validation speakers
+    assert resolved(preset="paper")[1].augment == AUGMENT  # the paper's 5x, unchanged
+    assert resolved()[1].augment == ""  # the default preset requests nothing
+    off_config, off = resolved(preset="cpu", augment="orig")  # the user switches it off
+    assert off.augment == "orig"
+    assert experiment_digest(cpu_config, cpu) != experiment_digest(off_config, off)
+    assert recipe_summary(cpu_config, cpu)["waveform_augment"] == "orig, speed=0.9, speed=1.1"  # said in every output
+    assert recipe_summary(off_config, off)["waveform_augment"] == "orig"
+    assert resolve(ExperimentConfig(model="cnn", preset="cpu")).augment == ""  # only where a recipe asks
