@@ -22,6 +22,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,8 @@ import soundfile as sf
 
 from feature_store.materialise import DEFAULT_BATCH_SIZE, dask_client, materialise, task_size
 from feature_store.store import FeatureStore
-from ser_pipeline.audio import file_sha256
-from ser_pipeline.errors import ConfigError
+from ser_pipeline.audio import check_recording, file_sha256
+from ser_pipeline.errors import AudioError, ConfigError
 from ser_pipeline.experiments.features import choose_executor
 from ser_pipeline.features import feature_spec
 
@@ -146,12 +147,25 @@ def tree_cpu_seconds() -> float:
 
 
 def frame_from_dir(folder: Path) -> pd.DataFrame:
-    """A minimal manifest (utterance_id, path, sha256, duration_s) of the audio files under ``folder``."""
+    """A minimal manifest (utterance_id, path, sha256, duration_s) of the usable audio files under ``folder``.
+
+    A file that :func:`ser_pipeline.audio.check_recording` rejects (corrupt, truncated, silent...)
+    is left out with a warning naming it and the reason; ConfigError when no usable file is left.
+    """
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise ConfigError(f"--path {folder}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
-    rows = [{"utterance_id": str(p.relative_to(folder)), "path": str(p), "sha256": file_sha256(p),
-             "duration_s": sf.info(str(p)).duration} for p in files]
+    rows = []
+    for p in files:
+        try:
+            data, rate = check_recording(p, min_duration_s=0.0)
+        except AudioError as exc:
+            warnings.warn(f"{exc}; left out of the benchmark", stacklevel=2)
+            continue
+        rows.append({"utterance_id": str(p.relative_to(folder)), "path": str(p), "sha256": file_sha256(p),
+                     "duration_s": len(data) / rate})
+    if not rows:
+        raise ConfigError(f"--path {folder}: none of the {len(files)} audio files is usable (see the warnings)")
     return pd.DataFrame(rows)
 
 

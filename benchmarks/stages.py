@@ -110,6 +110,8 @@ def stage_profile(frame: pd.DataFrame, spec: FeatureSpec, scratch: Path, *, work
     """
     if spec.kind not in ("logmel", "spectrogram"):
         raise ConfigError(f"kind={spec.kind!r}: the stage profile covers spectral kinds (logmel, spectrogram)")
+    if frame.empty:
+        raise ConfigError("stage profile: no recordings to time")
     from threadpoolctl import threadpool_limits
 
     load_compute_modules()

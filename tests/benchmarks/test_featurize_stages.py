@@ -44,3 +44,18 @@ def test_profile_reports_every_step_per_audio_second(tmp_path: Path, write_wav) 
 def test_profile_refuses_kinds_it_does_not_cover(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="kind='functionals'"):
         stage_profile(pd.DataFrame({"path": []}), feature_spec("functionals"), tmp_path)
+
+
+def test_a_bad_file_under_path_is_left_out_by_name_and_an_empty_profile_is_refused(tmp_path: Path, write_wav) -> None:
+    from benchmarks.featurize import frame_from_dir
+
+    write_wav(tmp_path / "audio" / "good.wav", 0.5)
+    (tmp_path / "audio" / "bad.wav").write_bytes(b"RIFF\x04\x00\x00\x00WAVEjunk")
+    with pytest.warns(UserWarning, match=r"bad\.wav: .*left out of the benchmark"):
+        frame = frame_from_dir(tmp_path / "audio")
+    assert frame["utterance_id"].tolist() == ["good.wav"] and frame["duration_s"].iloc[0] == pytest.approx(0.5)
+    (tmp_path / "audio" / "good.wav").unlink()
+    with pytest.warns(UserWarning), pytest.raises(ConfigError, match="none of the 1 audio files is usable"):
+        frame_from_dir(tmp_path / "audio")
+    with pytest.raises(ConfigError, match="no recordings to time"):
+        stage_profile(pd.DataFrame({"path": []}), feature_spec("logmel64"), tmp_path)
