@@ -253,7 +253,8 @@ def fit(
               + ("" if val is not None else f"refit{last_epoch}"))
 
     history: list[dict[str, float]] = []
-    best_state = _cpu_state(model)
+    refit = val is None  # the last weights are kept: no copy of the best ones to take
+    best_state: dict[str, torch.Tensor] | None = None if refit else _cpu_state(model)
     best_ua, best_epoch, start, bad_epochs, stopped = -math.inf, 0, 1, 0, False
     if resume and last_path is not None and last_path.exists():
         ck = load_checkpoint(last_path)
@@ -301,7 +302,8 @@ def fit(
         history.append(row)
         if val_metrics["val_ua"] > best_ua:
             best_ua, best_epoch, bad_epochs = val_metrics["val_ua"], epoch, 0
-            best_state = _cpu_state(model)
+            if not refit:
+                best_state = _cpu_state(model)
         else:
             bad_epochs += 1
         if sched is not None and not per_step:
@@ -318,11 +320,13 @@ def fit(
                 "best_state": best_state, "best_ua": best_ua, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                 "stopped": stopped,
             }, last_path)
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     best_path = None
     if ckdir is not None:
         best_path = ckdir / "best.pt"
-        _atomic_save({"model": best_state, "epoch": best_epoch, "val_ua": best_ua}, best_path)
+        kept = best_state if best_state is not None else _cpu_state(model)
+        _atomic_save({"model": kept, "epoch": best_epoch, "val_ua": best_ua}, best_path)
     timing = _timing(history)
     if val is None:
         best_ua = float("nan")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ser_pipeline.dataset import tables as tables_module
-from ser_pipeline.dataset.resample import linear_matrix
+from ser_pipeline.dataset.resample import linear_taps
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, augment_batch, span_draw, span_masks
 from ser_pipeline.dataset.tables import _pack
 from ser_pipeline.dataset.views import (
@@ -199,8 +199,18 @@ def test_linear_taps_are_interpolates_weights(n_in: int) -> None:
     for n_out in (1, 3, 7, 12, 16, 17, 32, 64, 96, 128, 227):
         eye = torch.eye(n_in)[:, None, :]  # impulses: interpolate's weights, column by column
         weights = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[:, 0, :]
-        assert torch.equal(linear_matrix(n_in, n_out), weights), (n_in, n_out)
-        assert torch.allclose(linear_matrix(n_in, n_out).sum(0), torch.ones(n_out))
+        assert torch.equal(tap_matrix(n_in, n_out), weights), (n_in, n_out)
+        assert torch.allclose(tap_matrix(n_in, n_out).sum(0), torch.ones(n_out))
+
+
+def tap_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """The taps of :func:`linear_taps` as a resize matrix ``(n_in, n_out)`` (column j: output j)."""
+    lo, hi, w = linear_taps(n_in, n_out)
+    m = torch.zeros(n_in, n_out)
+    j = torch.arange(n_out)
+    m.index_put_((lo, j), 1 - w, accumulate=True)
+    m.index_put_((hi, j), w, accumulate=True)
+    return m
 
 
 BAND_SPECS = [
