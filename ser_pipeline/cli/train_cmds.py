@@ -91,7 +91,8 @@ def human_train(summary: dict[str, Any], metrics: dict[str, Any]) -> str:
     r = summary.get("recipe") or {}
     if r:
         head += (f"\nrecipe: preset {r.get('preset')}, normalise {r.get('normalise')}, validation {r.get('validation')}"
-                 f", refit {r.get('refit')}, precise-BN {r.get('precise_bn')}, training waves {r.get('waveform_augment', 'orig')}")
+                 f", refit {r.get('refit')}, precise-BN {r.get('precise_bn')}, BN statistics "
+                 f"{r.get('bn_statistics', 'train')}, training waves {r.get('waveform_augment', 'orig')}")
     lines = [head, table(fold_rows(metrics), ["fold", *METRICS])]
     if summary.get("dropped_classes"):
         lines.append("classes left out (not shared by the corpora): "

@@ -262,6 +262,9 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
     if entry.recipe.get("epochs") == 0 and "epochs" not in config.train:
         recipe["epochs"] = 0  # an ablation that never trains this stage stays untrained
     train = _train_config(recipe, where=f"{where}train", seed=config.seed)
+    require(train.bn_statistics == "train" or trainer.name == "standard", f"{where}train.bn_statistics",
+            train.bn_statistics, f"per-speaker BatchNorm statistics are built for the standard trainer only "
+            f"(model {entry.name!r} uses {trainer.name!r}); use train")
 
     stage2_train = None
     stage2_hparams: dict[str, Any] = {}

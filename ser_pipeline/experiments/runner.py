@@ -372,7 +372,8 @@ def _write(out: Path, config: ExperimentConfig, resolved: Resolved, c: _Collecte
 
 
 def recipe_summary(config: ExperimentConfig, resolved: Resolved) -> dict[str, Any]:
-    """What every output says about the recipe: preset, normalisation, validation, refit, precise-BN,
+    """What every output says about the recipe: preset, normalisation, validation, refit, precise-BN and
+    where evaluation's BatchNorm statistics come from (``bn_statistics``: train, or speaker = AdaBN),
     schedule, spectrogram and waveform augmentation and recipe notes (e.g. a from-scratch variant)."""
     p = resolved.plan
     neural = resolved.trainer.uses_view
@@ -381,7 +382,8 @@ def recipe_summary(config: ExperimentConfig, resolved: Resolved) -> dict[str, An
         "normalise": p.view.normalise if neural else "speaker z-norm (classic)" if p.hparams.get("speaker_norm") else "none",
         "validation": config.validation if neural else "n/a (fits on every non-test speaker)",
         "refit": bool(p.refit and resolved.trainer.refits), "final_model": config.final_model,
-        "precise_bn": p.train.precise_bn if neural else False, "optimizer": p.train.optimizer if neural else "n/a",
+        "precise_bn": p.train.precise_bn if neural else False,
+        "bn_statistics": p.train.bn_statistics if neural else "n/a", "optimizer": p.train.optimizer if neural else "n/a",
         "schedule": p.train.schedule if neural else "n/a", "label_smoothing": p.train.label_smoothing if neural else 0.0,
         "spec_augment": p.spec_augment.to_dict() if p.spec_augment else None,
         "waveform_augment": variant_names(resolved.augment), "notes": list(p.notes),
@@ -408,6 +410,7 @@ def _save_model(model_dir: Path, outcome: FoldOutcome | None, config: Experiment
     }
     if isinstance(outcome.model, torch.nn.Module):
         meta["in_channels"] = p.view.channels or (spec.channels if spec is not None else 3)
+        meta["bn_statistics"] = p.train.bn_statistics  # the predictor scores as the folds were scored
         if outcome.stage2 is not None:
             meta["embed_dim"] = outcome.extra.get("embed_dim")
     save_model_folder(model_dir, write_ready(meta), model=outcome.model, stage2=outcome.stage2, stats=outcome.stats)

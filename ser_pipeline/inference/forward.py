@@ -1,5 +1,6 @@
 """Forward passes shared by training and inference: logits of a view batch, utterance posteriors,
-stage-1 embeddings and the stage-2 sequence table (no optimiser, no training state)."""
+stage-1 embeddings, the stage-2 sequence table, and BatchNorm statistics recomputed from data
+(precise-BN over a table; AdaBN per speaker). No optimiser, no training state."""
 
 from __future__ import annotations
 
@@ -95,3 +96,75 @@ def sequence_table(table: FeatureTable, embeddings: Sequence[np.ndarray]) -> Fea
     return _pack(arrays, table.labels.cpu(), table.speakers.cpu(), table.utterance_ids, table.variants,
                  table.speaker_names, device=table.device)
 
+
+def eval_view(view: ViewSpec) -> ViewSpec:
+    """The evaluation form of a view (random crops become centre crops)."""
+    return view.replace(crop="centre") if view.crop == "random" else view
+
+
+def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_size: int = 64,
+               bf16: bool = True) -> int:
+    """Recompute every BatchNorm's running mean/var as the exact average over one pass of ``table``
+    (evaluation views: centre crops, no augmentation; weights unchanged; dropout off).
+
+    Each BN layer accumulates batch statistics weighted by batch size (momentum ``B / (seen + B)``),
+    so the running mean equals the mean over the whole table and the running variance the
+    size-weighted mean of the batch variances (the total variance when one batch holds the table);
+    the previous momentum is restored. Returns the number of BN layers reset (0: nothing to do).
+    """
+    bns = _bn_layers(model)
+    if not bns:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.train()
+    device = next(model.parameters()).device
+    seen = 0
+    for idx in index_batches(len(table), batch_size, shuffle=False):
+        for m in bns:  # weight each batch by its size: the running mean is the mean over every item
+            m.momentum = len(idx) / (seen + len(idx))
+        vb = table.view(idx, view, device=device, train=False)
+        with _autocast(device, bf16):
+            forward_batch(model, vb, view)
+        seen += len(idx)
+    for m, mom in zip(bns, momenta, strict=True):
+        m.momentum = mom
+    model.train(was_training)
+    return len(bns)
+
+
+def predict_speaker_bn(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_size: int = 64,
+                       bf16: bool = True) -> np.ndarray:
+    """Posteriors ``(N, K)`` with AdaBN per speaker: before each speaker's items are scored, every
+    BatchNorm's running statistics are recomputed on those items alone (:func:`precise_bn` over
+    the speaker's unlabelled items in evaluation views; weights unchanged, labels never read).
+    The model's own statistics are put back afterwards. A model without BatchNorm is scored as is."""
+    bns = _bn_layers(model)
+    if not bns:
+        return predict_proba(model, table, view, batch_size=batch_size, bf16=bf16)
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
+    speakers = table.speakers.cpu()
+    parts: dict[int, np.ndarray] = {}
+    try:
+        for s in torch.unique(speakers).tolist():
+            one = table.select(speakers == s)
+            precise_bn(model, one, eval_view(view), batch_size=batch_size, bf16=bf16)
+            parts[s] = predict_proba(model, one, view, batch_size=batch_size, bf16=bf16)
+    finally:
+        for m, (mean, var, count) in zip(bns, saved, strict=True):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+    k = next(iter(parts.values())).shape[1] if parts else 0
+    probs = np.zeros((len(table), k), dtype=np.float64)
+    for s, p in parts.items():
+        probs[(speakers == s).numpy()] = p
+    return probs

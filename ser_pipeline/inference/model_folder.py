@@ -3,7 +3,8 @@ which writes it, and the predictor, which reads it::
 
     model.json          model, trainer, classes, n_classes, hparams, view, feature_spec, fold,
                         selected_by, stage2_hparams, in_channels (neural), embed_dim (two-stage),
-                        normalisation_file (global normalisation)
+                        normalisation_file (global normalisation), bn_statistics (neural:
+                        ``train``, or ``speaker`` = AdaBN: each scored speaker's own statistics)
     weights.pt          the network's state dict (neural models)
     stage2.pt           the stage-2 head (two-stage models)
     normalisation.pt    ``{"mean", "std"}`` ``(C, F)`` training statistics

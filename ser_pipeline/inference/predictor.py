@@ -30,7 +30,13 @@ from ser_pipeline.dataset.tables import DictSource, load_table
 from ser_pipeline.dataset.views import ViewSpec
 from ser_pipeline.errors import AudioError, ConfigError, SerError
 from ser_pipeline.features import FeatureSpec, extract
-from ser_pipeline.inference.forward import STAGE2_VIEW, embed_table, predict_proba, sequence_table
+from ser_pipeline.inference.forward import (
+    STAGE2_VIEW,
+    embed_table,
+    predict_proba,
+    predict_speaker_bn,
+    sequence_table,
+)
 from ser_pipeline.inference.model_folder import load_trained_model
 
 
@@ -101,6 +107,9 @@ def posteriors(predictor: Predictor, features: list[np.ndarray]) -> np.ndarray:
     Normalisation follows the view: ``utterance`` uses each file's own statistics (as in training);
     ``global`` applies the training statistics recorded with the model; ``speaker`` treats each file
     as its own unseen speaker (a test speaker's statistics are never seen in training either).
+    BatchNorm statistics follow ``model.json``'s ``bn_statistics``: ``speaker`` (AdaBN) recomputes
+    them on each file's own frames, as each file is its own speaker; ``train`` (and folders written
+    before the field existed) keep the trained statistics.
     """
     n = len(features)
     ids = [f"file{i}" for i in range(n)]
@@ -121,7 +130,8 @@ def posteriors(predictor: Predictor, features: list[np.ndarray]) -> np.ndarray:
             emb = embed_table(predictor.model, table, predictor.view, bf16=False)
             seq = sequence_table(table, emb)
             return predict_proba(predictor.stage2, seq, STAGE2_VIEW, bf16=False)
-        return predict_proba(predictor.model, table, predictor.view, bf16=False)
+        score = predict_speaker_bn if predictor.meta.get("bn_statistics", "train") == "speaker" else predict_proba
+        return score(predictor.model, table, predictor.view, bf16=False)
 
 
 CHUNK = 256  # files whose features are held in memory at once

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ser_pipeline.config import Spec, require
+from ser_pipeline.config import Spec, require, stable_digest
 from ser_pipeline.errors import ConfigError, TrainingError
 from ser_pipeline.registry import Registry
 
@@ -25,6 +25,11 @@ class TrainConfig(Spec):
     ``label_smoothing``: mass spread uniformly over the classes of every target.
     ``precise_bn``: recompute BatchNorm running statistics on the training data (one pass, no
     augmentation, weights unchanged) before every validation and test evaluation.
+    ``bn_statistics``: where evaluation takes BatchNorm statistics from: ``train`` (the running
+    statistics, or precise-BN's pass over the training data) or ``speaker`` (AdaBN: recomputed on
+    each evaluated speaker's own unlabelled utterances before that speaker is scored, as the
+    per-speaker normalisation takes each speaker's own feature statistics; no label is read, and
+    the training statistics are put back afterwards). Standard trainer only.
     ``adamw``: decoupled weight decay, not applied to biases and norm parameters.
     ``refit_epochs``: how many epochs a refit on every non-test speaker trains: ``best`` (the
     epoch with the best validation UA) or ``budget`` (all ``epochs``, the whole schedule; the
@@ -52,6 +57,13 @@ class TrainConfig(Spec):
     label_smoothing: float = 0.0
     precise_bn: bool = False
     refit_epochs: str = "best"
+    bn_statistics: str = "train"
+
+    def digest(self) -> str:
+        """As :meth:`Spec.digest`, but a field added later (:data:`LATER_FIELDS`) is left out while it
+        holds its default: the experiment ids and checkpoints made before it existed stay valid."""
+        data = {k: v for k, v in self.to_dict().items() if LATER_FIELDS.get(k, object()) != v}
+        return stable_digest(data, version=f"{type(self).__name__}:{self.CODE_VERSION}")
 
     def validate(self) -> None:
         require(self.epochs >= 0, "epochs", self.epochs, "must be >= 0 (0 only for a stage a model never trains)")
@@ -64,10 +76,14 @@ class TrainConfig(Spec):
         require(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be >= 0")
         require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", self.label_smoothing, "must be in [0, 1)")
         require(self.patience is None or self.patience >= 1, "patience", self.patience, "must be >= 1 or None")
+        require(self.bn_statistics in BN_STATISTICS, "bn_statistics", self.bn_statistics,
+                f"valid: {', '.join(BN_STATISTICS)}")
         require(self.refit_epochs in REFIT_EPOCHS, "refit_epochs", self.refit_epochs, f"valid: {', '.join(REFIT_EPOCHS)}")
 
 
 REFIT_EPOCHS = ("best", "budget")
+BN_STATISTICS = ("train", "speaker")  # see TrainConfig.bn_statistics
+LATER_FIELDS: dict[str, Any] = {"bn_statistics": "train"}  # field -> default, left out of the digest at it
 
 
 def refit_epoch_count(config: TrainConfig, best_epoch: int, epochs_run: int) -> int:

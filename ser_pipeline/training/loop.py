@@ -10,7 +10,9 @@
   Optional gradient clipping, label smoothing, AdamW.
 - Precise-BN (``TrainConfig.precise_bn``): before every validation evaluation the BatchNorm running
   statistics are recomputed on the training table (:func:`precise_bn`), so evaluation tracks the
-  weights; the trainers do the same before the test evaluation.
+  weights; the trainers do the same before the test evaluation. ``bn_statistics="speaker"``
+  (AdaBN): each evaluated speaker is scored with statistics from its own unlabelled items
+  (:func:`predict_speaker_bn`).
 - Refit: ``fit(..., val=None, stop_epoch=E)`` trains for ``E`` epochs of a schedule sized for
   ``config.epochs`` without validation and keeps the last weights.
 - Loss: class-weighted soft-target cross-entropy (weights from the training split's class
@@ -46,7 +48,14 @@ from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, augment_batch, so
 from ser_pipeline.dataset.tables import FeatureTable, class_weights, index_batches
 from ser_pipeline.dataset.views import ViewBatch, ViewSpec
 from ser_pipeline.errors import TrainingError
-from ser_pipeline.inference.forward import _autocast, forward_batch, predict_proba
+from ser_pipeline.inference.forward import (
+    _autocast,
+    eval_view,
+    forward_batch,
+    precise_bn,
+    predict_proba,
+    predict_speaker_bn,
+)
 from ser_pipeline.metrics import unweighted_average_recall
 from ser_pipeline.training.config import OPTIMIZERS, PER_STEP_SCHEDULES, SCHEDULES, TrainConfig
 from ser_pipeline.training.heap import keep_freed_memory
@@ -72,48 +81,15 @@ class FitResult:
 
 
 def evaluate_table(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_size: int = 64,
-                   bf16: bool = True) -> dict[str, float]:
-    """Utterance-level NLL and UA on a (validation) table."""
-    probs = predict_proba(model, table, view, batch_size=batch_size, bf16=bf16)
+                   bf16: bool = True, per_speaker_bn: bool = False) -> dict[str, float]:
+    """Utterance-level NLL and UA on a (validation) table; ``per_speaker_bn``: BatchNorm statistics
+    from each speaker's own items (:func:`predict_speaker_bn`)."""
+    score = predict_speaker_bn if per_speaker_bn else predict_proba
+    probs = score(model, table, view, batch_size=batch_size, bf16=bf16)
     labels = table.labels.cpu().numpy()
     nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
     ua = unweighted_average_recall(labels, probs.argmax(axis=1), probs.shape[1])
     return {"val_loss": nll, "val_ua": ua}
-
-
-@torch.no_grad()
-def precise_bn(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_size: int = 64,
-               bf16: bool = True) -> int:
-    """Recompute every BatchNorm's running mean/var as the exact average over one pass of ``table``
-    (evaluation views: centre crops, no augmentation; weights unchanged; dropout off).
-
-    Each BN layer accumulates batch statistics weighted by batch size (momentum ``B / (seen + B)``),
-    so the running mean equals the mean over the whole table and the running variance the
-    size-weighted mean of the batch variances (the total variance when one batch holds the table);
-    the previous momentum is restored. Returns the number of BN layers reset (0: nothing to do).
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
-        return 0
-    was_training = model.training
-    momenta = [m.momentum for m in bns]
-    model.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.train()
-    device = next(model.parameters()).device
-    seen = 0
-    for idx in index_batches(len(table), batch_size, shuffle=False):
-        for m in bns:  # weight each batch by its size: the running mean is the mean over every item
-            m.momentum = len(idx) / (seen + len(idx))
-        vb = table.view(idx, view, device=device, train=False)
-        with _autocast(device, bf16):
-            forward_batch(model, vb, view)
-        seen += len(idx)
-    for m, mom in zip(bns, momenta, strict=True):
-        m.momentum = mom
-    model.train(was_training)
-    return len(bns)
 
 
 def smooth_targets(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -286,8 +262,9 @@ def fit(
             val_metrics = {"val_loss": float("nan"), "val_ua": float(epoch)}  # refit: the last epoch is kept
         else:
             if config.precise_bn:
-                precise_bn(model, train, _eval_view(view), batch_size=config.eval_batch_size, bf16=config.bf16)
-            val_metrics = evaluate_table(model, val, view, batch_size=config.eval_batch_size, bf16=config.bf16)
+                precise_bn(model, train, eval_view(view), batch_size=config.eval_batch_size, bf16=config.bf16)
+            val_metrics = evaluate_table(model, val, view, batch_size=config.eval_batch_size, bf16=config.bf16,
+                                         per_speaker_bn=config.bn_statistics == "speaker")
         seconds = time.perf_counter() - t0
         row = {
             "epoch": epoch,
@@ -334,11 +311,6 @@ def fit(
             row["val_ua"] = float("nan")
     return FitResult(history, best_epoch, float(best_ua) if history else float("nan"), stopped,
                      str(best_path) if best_path else None, timing)
-
-
-def _eval_view(view: ViewSpec) -> ViewSpec:
-    """The evaluation form of a view (random crops become centre crops)."""
-    return view.replace(crop="centre") if view.crop == "random" else view
 
 
 def _timing(history: list[dict[str, float]]) -> dict[str, float]:

@@ -15,6 +15,7 @@ import pytest
 
 from ser_pipeline.corpora import ingest
 from ser_pipeline.corpora.demo import generate_demo_corpus
+from ser_pipeline.errors import ConfigError
 from ser_pipeline.experiments.config import ExperimentConfig, resolve
 from ser_pipeline.experiments.runner import fold_validation, run_experiment
 from ser_pipeline.features import PRESETS
@@ -84,6 +85,17 @@ def test_refit_trains_on_every_non_test_speaker_and_is_recorded(ws: Workspace) -
     off_info = json.loads((off.folder / "config.json").read_text())["folds"]
     assert all(not i["refit"] and i["n_fit"] == i["n_train"] for i in off_info)
     assert off.experiment_id != record.experiment_id and off.metrics["recipe"]["refit"] is False
+
+
+def test_speaker_bn_statistics_are_recorded_and_refused_where_they_are_not_built(ws: Workspace) -> None:
+    config = {**TINY, "train": {**TINY["train"], "bn_statistics": "speaker"}}
+    record = run_experiment(ExperimentConfig.from_dict(config), ws, device="cpu")
+    assert record.metrics["recipe"]["bn_statistics"] == "speaker"
+    assert all(f["bn_statistics"] == "speaker" for f in record.metrics["folds"])
+    plain = run_experiment(ExperimentConfig.from_dict(TINY), ws, device="cpu")
+    assert plain.metrics["recipe"]["bn_statistics"] == "train" and plain.experiment_id != record.experiment_id
+    with pytest.raises(ConfigError, match=r"train\.bn_statistics.*two_stage"):
+        resolve(ExperimentConfig.from_dict({"model": "dcnn_blstm_att", "train": {"bn_statistics": "speaker"}}))
 
 
 def test_every_registered_model_has_a_cpu_preset_that_shrinks_it() -> None:

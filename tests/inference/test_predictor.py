@@ -28,7 +28,8 @@ from ser_pipeline.models import build_model
 CLASSES = ["anger", "sadness"]
 
 
-def make_model_dir(folder: Path, *, n_mels: int = 32, seed: int = 0, classes: list[str] = CLASSES) -> Path:
+def make_model_dir(folder: Path, *, n_mels: int = 32, seed: int = 0, classes: list[str] = CLASSES,
+                   bn_statistics: str | None = None) -> Path:
     """A real (untrained, seeded) cnn model folder in the engine's format: model.json + weights.pt."""
     torch.manual_seed(seed)
     hparams = {"channels": [4, 4, 8, 8], "dropout": 0.0}
@@ -40,6 +41,8 @@ def make_model_dir(folder: Path, *, n_mels: int = 32, seed: int = 0, classes: li
         "view": ViewSpec(kind="fixed", frames=40, channels=3, normalise="utterance").to_dict(),
         "feature_spec": feature_spec("logmel64", n_mels=n_mels).to_dict(), "stage2_hparams": {}, "in_channels": 3,
     }
+    if bn_statistics is not None:  # folders written before the field existed have none
+        meta["bn_statistics"] = bn_statistics
     (folder / "model.json").write_text(json.dumps(meta))
     return folder
 
@@ -87,6 +90,31 @@ def test_matches_a_direct_forward_pass(tmp_path: Path, demo_files: list[Path]) -
     with torch.no_grad():
         probs = torch.softmax(predictor.model(batch.x), dim=-1)[0].numpy()
     np.testing.assert_allclose([got[c] for c in CLASSES], probs, atol=2e-3)
+
+
+def test_speaker_bn_model_scores_each_file_with_its_own_statistics(tmp_path: Path, demo_files: list[Path]) -> None:
+    """``bn_statistics: speaker`` (AdaBN) in model.json: every file is its own speaker, so its
+    BatchNorm statistics come from its own frames: the same posteriors alone or among other files,
+    equal to a precise-BN pass over that file by hand, and unlike the trained statistics."""
+    from ser_pipeline.dataset.tables import _pack
+    from ser_pipeline.inference.forward import precise_bn, predict_proba
+
+    paths = [str(p) for p in demo_files[:4]]
+    ada = load_predictor(make_model_dir(tmp_path / "ada", seed=3, bn_statistics="speaker"))
+    plain = load_predictor(make_model_dir(tmp_path / "plain", seed=3))
+    together = [r["probabilities"] for r in predict_paths(ada, paths)]
+    alone = [predict_paths(ada, [p])[0]["probabilities"] for p in paths]
+    for a, b in zip(together, alone, strict=True):
+        assert [a[c] for c in CLASSES] == pytest.approx([b[c] for c in CLASSES], abs=1e-6)
+    x = file_features(demo_files[2], ada.feature_spec)
+    x = (x - x.mean(axis=2, keepdims=True)) / (x.std(axis=2, keepdims=True) + 1e-5)
+    one = _pack([x.astype(np.float32)], [0], [0], ["f"], ["orig"], ["f"])
+    ref = load_predictor(make_model_dir(tmp_path / "ref", seed=3)).model
+    precise_bn(ref, one, ada.view)
+    expected = predict_proba(ref, one, ada.view, bf16=False)[0]
+    assert [together[2][c] for c in CLASSES] == pytest.approx(list(expected), abs=2e-3)
+    trained = predict_paths(plain, [paths[2]])[0]["probabilities"]
+    assert abs(trained[CLASSES[0]] - together[2][CLASSES[0]]) > 1e-3
 
 
 def test_bad_files_get_errors_and_the_others_are_predicted(tmp_path: Path, demo_files: list[Path],

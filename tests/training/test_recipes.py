@@ -17,9 +17,10 @@ from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, span_masks
 from ser_pipeline.dataset.tables import _pack
 from ser_pipeline.dataset.views import ViewSpec, apply_view, frames_for
 from ser_pipeline.errors import ConfigError, TrainingError
+from ser_pipeline.inference.forward import precise_bn, predict_proba, predict_speaker_bn
 from ser_pipeline.models.baselines import PlainCNN
 from ser_pipeline.training.config import TrainConfig, refit_epoch_count, seed_everything, warmup_cosine_factor
-from ser_pipeline.training.loop import fit, precise_bn, smooth_targets
+from ser_pipeline.training.loop import fit, smooth_targets
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -101,6 +102,40 @@ def test_precise_bn_runs_before_validation_in_fit() -> None:
     stale = BNProbe()
     fit(stale, train, val, view=VIEW, config=config.replace(precise_bn=False), n_classes=K)
     assert not torch.allclose(stale.bn.running_mean, mean, atol=1e-3)  # momentum stats lag
+
+
+def test_speaker_bn_scores_each_speaker_with_its_own_statistics_and_restores_the_model() -> None:
+    """AdaBN (``bn_statistics="speaker"``): every speaker's items are scored after a precise-BN pass
+    over that speaker's items alone; labels are never read; the model's statistics come back."""
+    test = table(30, 2, speakers=3)
+    shifted = [test.select(test.speakers == s) for s in range(3)]
+    seed_everything(0)
+    model = BNProbe()
+    precise_bn(model, table(40, 0), VIEW)  # the "training" statistics
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    probs = predict_speaker_bn(model, test, VIEW, batch_size=4, bf16=False)
+    for k, v in before.items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert probs.shape == (30, K) and np.allclose(probs.sum(axis=1), 1.0)
+    for s, part in enumerate(shifted):  # the reference: precise-BN on the speaker, then score it
+        ref = BNProbe()
+        ref.load_state_dict(before)
+        precise_bn(ref, part, VIEW, batch_size=4)  # same batches: precise-BN averages batch variances
+        expected = predict_proba(ref, part, VIEW, bf16=False)
+        assert np.allclose(probs[(test.speakers == s).numpy()], expected, atol=1e-6)
+    shuffled = test.select(torch.ones(30, dtype=torch.bool))
+    shuffled.labels = shuffled.labels[torch.randperm(30)]
+    assert np.array_equal(predict_speaker_bn(model, shuffled, VIEW, batch_size=4, bf16=False), probs)
+    assert not np.allclose(predict_proba(model, test, VIEW, bf16=False), probs, atol=1e-3)
+
+
+def test_speaker_bn_is_validated_and_leaves_old_identities_alone() -> None:
+    with pytest.raises(ConfigError, match="bn_statistics"):
+        TrainConfig(bn_statistics="test")
+    # digests of these configs before the field existed (commit 9e1e03f): stored experiments keep their ids
+    assert TrainConfig().digest() == "8cb24dd40e50962c"
+    assert TrainConfig(epochs=7, lr=3e-3).digest() == "015132e5a0719958"
+    assert TrainConfig(bn_statistics="speaker").digest() != TrainConfig().digest()
 
 
 # -- schedule, smoothing, refit mode -----------------------------------------------------------

@@ -13,10 +13,17 @@ from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
 from ser_pipeline.dataset.tables import FeatureTable, FoldData
 from ser_pipeline.dataset.views import ViewSpec, frames_for
 from ser_pipeline.errors import TrainingError
-from ser_pipeline.inference.forward import STAGE2_VIEW, embed_table, predict_proba, sequence_table
+from ser_pipeline.inference.forward import (
+    STAGE2_VIEW,
+    embed_table,
+    precise_bn,
+    predict_proba,
+    predict_speaker_bn,
+    sequence_table,
+)
 from ser_pipeline.models import LayerWeighted
 from ser_pipeline.training.config import TrainConfig, refit_epoch_count, seed_everything
-from ser_pipeline.training.loop import FitResult, fit, precise_bn, state_digest
+from ser_pipeline.training.loop import FitResult, fit, state_digest
 from ser_pipeline.training.speaker import pretrain_speakers
 from ser_pipeline.training.trainers.base import TRAINERS, FoldOutcome, FoldRun
 
@@ -63,6 +70,7 @@ def prepare(run: FoldRun) -> tuple[ViewSpec, FoldData]:
 
 def _view_extra(view: ViewSpec, plan: Any) -> dict[str, Any]:
     return {"view_frames": view.frames, "normalise": view.normalise, "precise_bn": plan.train.precise_bn,
+            "bn_statistics": plan.train.bn_statistics,
             "time_pool": plan.view.time_pool}
 
 
@@ -70,7 +78,8 @@ def _outcome(model: nn.Module, data: FoldData, result: FitResult, plan: Any, *, 
              **extra: Any) -> FoldOutcome:
     if plan.train.precise_bn:
         precise_bn(model, data.train, view, batch_size=plan.train.eval_batch_size, bf16=plan.train.bf16)
-    probs = predict_proba(model, data.test, view, batch_size=plan.train.eval_batch_size, bf16=plan.train.bf16)
+    score = predict_speaker_bn if plan.train.bn_statistics == "speaker" else predict_proba
+    probs = score(model, data.test, view, batch_size=plan.train.eval_batch_size, bf16=plan.train.bf16)
     extra["extra"] = {**_view_extra(view, plan), **extra.get("extra", {})}
     if isinstance(model, LayerWeighted):  # ssl_probe: the learned weight of every stored layer
         weights = model.layer_weights().detach().cpu().tolist()
