@@ -353,9 +353,10 @@ SPEAKER_BN_TRAINERS = ("standard",)
 def _speaker_bn(entry: ModelEntry) -> dict[str, Any]:
     """AdaBN in the default and cpu recipes of the trainers that support it: each evaluated speaker
     is scored with BatchNorm statistics from its own unlabelled items, as its features are normalised
-    with its own statistics. Chosen on CASIA validation speakers (stop 14, dev runs without refit,
+    with its own statistics. Chosen on CASIA validation speakers (2026-12-07, dev runs without refit,
     validation UA best epoch / mean of the last 3): cnn 0.445 / 0.411 -> 0.499 / 0.460, rescnn
-    0.454 / 0.416 -> 0.488 / 0.455 (higher for every validation speaker)."""
+    0.454 / 0.416 -> 0.488 / 0.455, att_res 0.371 / 0.342 -> 0.412 / 0.388, alexnet 0.379 / 0.336
+    -> 0.375 / 0.338 (even)."""
     return {"bn_statistics": "speaker"} if entry.trainer in SPEAKER_BN_TRAINERS else {}
 
 
