@@ -346,8 +346,11 @@ def _base_recipe(entry: ModelEntry, paper: bool, hparams: dict[str, Any], neural
     return {**keep, **MODERN_RECIPE, **unfreeze, **_speaker_bn(entry)}, note
 
 
-SPEAKER_BN_TRAINERS = ("standard",)
-"""Trainer kinds whose evaluation can take BatchNorm statistics per speaker (``train.bn_statistics``)."""
+SPEAKER_BN_TRAINERS = ("standard", "two_stage")
+"""Trainer kinds whose evaluation can take BatchNorm statistics per speaker (``train.bn_statistics``;
+two-stage: the stage-1 embeddings of every speaker, training speakers included)."""
+SPEAKER_BN_DEFAULT = ("standard",)
+"""Trainer kinds whose default and cpu recipes take them (:func:`_speaker_bn`)."""
 
 
 def _speaker_bn(entry: ModelEntry) -> dict[str, Any]:
@@ -357,7 +360,7 @@ def _speaker_bn(entry: ModelEntry) -> dict[str, Any]:
     validation UA best epoch / mean of the last 3): cnn 0.445 / 0.411 -> 0.499 / 0.460, rescnn
     0.454 / 0.416 -> 0.488 / 0.455, att_res 0.371 / 0.342 -> 0.412 / 0.388, alexnet 0.379 / 0.336
     -> 0.375 / 0.338 (even)."""
-    return {"bn_statistics": "speaker"} if entry.trainer in SPEAKER_BN_TRAINERS else {}
+    return {"bn_statistics": "speaker"} if entry.trainer in SPEAKER_BN_DEFAULT else {}
 
 
 RECIPE_KEEP = ("batch_size", "epochs", "class_weighted", "eval_batch_size", "speaker_epochs", "speaker_lr", "grad_clip")

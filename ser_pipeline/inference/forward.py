@@ -5,7 +5,8 @@ stage-1 embeddings, the stage-2 sequence table, and BatchNorm statistics recompu
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +20,8 @@ from ser_pipeline.dataset.views import (
     flatten_segments,
     mean_segment_posteriors,
 )
+
+T = TypeVar("T")
 
 STAGE2_VIEW = ViewSpec(kind="sequence", normalise="none", frames=0, channels=0)
 """The view stage 2 of a two-stage model reads: ``(B, S, D)`` sequences of stage-1 embeddings."""
@@ -141,30 +144,51 @@ def precise_bn(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_s
     return len(bns)
 
 
-def predict_speaker_bn(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_size: int = 64,
-                       bf16: bool = True) -> np.ndarray:
-    """Posteriors ``(N, K)`` with AdaBN per speaker: before each speaker's items are scored, every
-    BatchNorm's running statistics are recomputed on those items alone (:func:`precise_bn` over
-    the speaker's unlabelled items in evaluation views; weights unchanged, labels never read).
-    The model's own statistics are put back afterwards. A model without BatchNorm is scored as is."""
+def with_speaker_bn(model: nn.Module, table: FeatureTable, view: ViewSpec, score: Callable[[FeatureTable], Sequence[T]],
+                    *, batch_size: int = 64, bf16: bool = True) -> list[T]:
+    """AdaBN per speaker: ``score(speaker_table)`` for each speaker of ``table`` after every
+    BatchNorm's running statistics are recomputed on that speaker's items alone (:func:`precise_bn`
+    over its unlabelled items in evaluation views; weights unchanged, labels never read); one result
+    per item, in ``table`` order. The model's own statistics are put back afterwards. A model
+    without BatchNorm is scored as is."""
     bns = _bn_layers(model)
-    if not bns:
-        return predict_proba(model, table, view, batch_size=batch_size, bf16=bf16)
+    if not bns or len(table) == 0:
+        return list(score(table))
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
     speakers = table.speakers.cpu()
-    parts: dict[int, np.ndarray] = {}
+    out: list[T | None] = [None] * len(table)
     try:
         for s in torch.unique(speakers).tolist():
-            one = table.select(speakers == s)
+            mask = speakers == s
+            one = table.select(mask)
             precise_bn(model, one, eval_view(view), batch_size=batch_size, bf16=bf16)
-            parts[s] = predict_proba(model, one, view, batch_size=batch_size, bf16=bf16)
+            for i, result in zip(torch.nonzero(mask).flatten().tolist(), score(one), strict=True):
+                out[i] = result
     finally:
         for m, (mean, var, count) in zip(bns, saved, strict=True):
             m.running_mean.copy_(mean)
             m.running_var.copy_(var)
             m.num_batches_tracked.copy_(count)
-    k = next(iter(parts.values())).shape[1] if parts else 0
-    probs = np.zeros((len(table), k), dtype=np.float64)
-    for s, p in parts.items():
-        probs[(speakers == s).numpy()] = p
-    return probs
+    return out  # type: ignore[return-value]  # every item belongs to one speaker
+
+
+def predict_speaker_bn(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_size: int = 64,
+                       bf16: bool = True) -> np.ndarray:
+    """Posteriors ``(N, K)`` as :func:`predict_proba`, with BatchNorm statistics per speaker
+    (:func:`with_speaker_bn`)."""
+    def score(one: FeatureTable) -> np.ndarray:
+        return predict_proba(model, one, view, batch_size=batch_size, bf16=bf16)
+
+    if len(table) == 0:
+        return score(table)
+    return np.stack(with_speaker_bn(model, table, view, score, batch_size=batch_size, bf16=bf16))
+
+
+def embed_speaker_bn(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_size: int = 64,
+                     bf16: bool = True) -> list[np.ndarray]:
+    """Stage-1 embeddings ``(S_i, D)`` as :func:`embed_table`, with BatchNorm statistics per speaker
+    (:func:`with_speaker_bn`)."""
+    def embed(one: FeatureTable) -> list[np.ndarray]:
+        return embed_table(model, one, view, batch_size=batch_size, bf16=bf16)
+
+    return with_speaker_bn(model, table, view, embed, batch_size=batch_size, bf16=bf16)

@@ -32,6 +32,7 @@ from ser_pipeline.errors import AudioError, ConfigError, SerError
 from ser_pipeline.features import FeatureSpec, extract
 from ser_pipeline.inference.forward import (
     STAGE2_VIEW,
+    embed_speaker_bn,
     embed_table,
     predict_proba,
     predict_speaker_bn,
@@ -126,11 +127,12 @@ def posteriors(predictor: Predictor, features: list[np.ndarray]) -> np.ndarray:
     device = next(predictor.model.parameters()).device
     table = table.to(device)
     with torch.no_grad():
+        per_speaker = predictor.meta.get("bn_statistics", "train") == "speaker"
         if predictor.stage2 is not None:
-            emb = embed_table(predictor.model, table, predictor.view, bf16=False)
-            seq = sequence_table(table, emb)
+            embed = embed_speaker_bn if per_speaker else embed_table
+            seq = sequence_table(table, embed(predictor.model, table, predictor.view, bf16=False))
             return predict_proba(predictor.stage2, seq, STAGE2_VIEW, bf16=False)
-        score = predict_speaker_bn if predictor.meta.get("bn_statistics", "train") == "speaker" else predict_proba
+        score = predict_speaker_bn if per_speaker else predict_proba
         return score(predictor.model, table, predictor.view, bf16=False)
 
 

@@ -97,9 +97,9 @@ def test_speaker_bn_statistics_are_the_default_recorded_and_refused_where_they_a
     assert plain.metrics["recipe"]["bn_statistics"] == "train" and plain.experiment_id != record.experiment_id
     assert resolve(ExperimentConfig(model="cnn", preset="paper")).plan.train.bn_statistics == "train"
     two_stage = resolve(ExperimentConfig(model="dcnn_blstm_att", preset="cpu"))
-    assert two_stage.plan.train.bn_statistics == "train"  # not built there: the default leaves it off
-    with pytest.raises(ConfigError, match=r"train\.bn_statistics.*two_stage"):
-        resolve(ExperimentConfig.from_dict({"model": "dcnn_blstm_att", "train": {"bn_statistics": "speaker"}}))
+    assert two_stage.plan.train.bn_statistics == "train"  # on request only (tests/models/test_dcnn_blstm_att.py)
+    with pytest.raises(ConfigError, match=r"train\.bn_statistics.*speaker_pretrain"):
+        resolve(ExperimentConfig.from_dict({"model": "res_trans", "train": {"bn_statistics": "speaker"}}))
 
 
 def test_every_registered_model_has_a_cpu_preset_that_shrinks_it() -> None:

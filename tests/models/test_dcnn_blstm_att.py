@@ -155,3 +155,35 @@ def test_one_epoch_through_the_engine(tiny_ws: Workspace) -> None:
     derived = FeatureStore(tiny_ws.features).derived(cfg["digests"]["features"], fold["stage1_checkpoint_digest"])
     uid = (result.folder / "predictions.csv").read_text().splitlines()[1].split(",")[0]
     assert derived.read(uid, "orig").shape == (2, fold["embed_dim"])  # 96 frames: windows at 0 and 32
+
+
+def test_speaker_bn_embeddings_are_a_derived_set_of_their_own(tiny_ws: Workspace) -> None:
+    """``train.bn_statistics=speaker`` on a two-stage model: every speaker's stage-1 embeddings use
+    that speaker's own BatchNorm statistics, stored under the checkpoint digest plus ``-bn-speaker``
+    (the same weights embed differently), and the served model folder says so."""
+    from feature_store import FeatureStore
+    from ser_pipeline.training.trainers.neural import embedding_key
+
+    config = ExperimentConfig(model="dcnn_blstm_att", corpus="tiny", epochs=1, max_folds=1,
+                              hparams={"width_mult": 0.02, "batch_norm": True}, view={"resize": (67, 67), "frames": 96},
+                              train={"bn_statistics": "speaker"},
+                              stage2={"hparams": {"hidden": 8, "dnn": (16, 8, 8)}, "recipe": {"epochs": 1}})
+    result = run_experiment(config, tiny_ws, device="cpu")
+    fold = result.metrics["folds"][0]
+    assert result.metrics["recipe"]["bn_statistics"] == "speaker" and fold["bn_statistics"] == "speaker"
+    cfg = json.loads((result.folder / "config.json").read_text())
+    store = FeatureStore(tiny_ws.features)
+    key = embedding_key(fold["stage1_checkpoint_digest"], "speaker")
+    assert key == fold["stage1_checkpoint_digest"] + "-bn-speaker"
+    listed = {d["checkpoint_digest"]: d["items"] for d in store.list_derived()}
+    assert listed.get(key, 0) > 0 and fold["stage1_checkpoint_digest"] not in listed
+    uid = (result.folder / "predictions.csv").read_text().splitlines()[1].split(",")[0]
+    assert store.derived(cfg["digests"]["features"], key).read(uid, "orig").shape == (2, fold["embed_dim"])
+    assert json.loads((result.folder / "model" / "model.json").read_text())["bn_statistics"] == "speaker"
+    from ser_pipeline.inference.predictor import load_predictor, predict_paths
+    from ser_pipeline.manifest import read_manifest
+
+    paths = [str(p) for p in read_manifest("tiny", tiny_ws)["path"][:2]]
+    out = predict_paths(load_predictor(result.folder), paths)  # stage 1 embeds each file with its own statistics
+    assert [r["error"] for r in out] == [None, None] and all(r["emotion"] in ("anger", "sadness") for r in out)
+

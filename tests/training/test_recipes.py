@@ -17,7 +17,13 @@ from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, span_masks
 from ser_pipeline.dataset.tables import _pack
 from ser_pipeline.dataset.views import ViewSpec, apply_view, frames_for
 from ser_pipeline.errors import ConfigError, TrainingError
-from ser_pipeline.inference.forward import precise_bn, predict_proba, predict_speaker_bn
+from ser_pipeline.inference.forward import (
+    embed_speaker_bn,
+    embed_table,
+    precise_bn,
+    predict_proba,
+    predict_speaker_bn,
+)
 from ser_pipeline.models.baselines import PlainCNN
 from ser_pipeline.training.config import TrainConfig, refit_epoch_count, seed_everything, warmup_cosine_factor
 from ser_pipeline.training.loop import fit, smooth_targets
@@ -127,6 +133,34 @@ def test_speaker_bn_scores_each_speaker_with_its_own_statistics_and_restores_the
     shuffled.labels = shuffled.labels[torch.randperm(30)]
     assert np.array_equal(predict_speaker_bn(model, shuffled, VIEW, batch_size=4, bf16=False), probs)
     assert not np.allclose(predict_proba(model, test, VIEW, bf16=False), probs, atol=1e-3)
+
+
+class EmbedProbe(BNProbe):
+    """BNProbe with a stage-1 ``embed``: the pooled features before the head ``(B, 4)``."""
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn2(self.conv(self.bn(x)))).mean(dim=(2, 3))
+
+
+def test_speaker_bn_embeddings_use_each_speakers_own_statistics() -> None:
+    test = table(18, 3, speakers=3)
+    seed_everything(0)
+    model = EmbedProbe()
+    precise_bn(model, table(40, 0), VIEW)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = embed_speaker_bn(model, test, VIEW, batch_size=4, bf16=False)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert len(got) == 18 and all(e.shape == (1, 4) for e in got)
+    for s in range(3):
+        ref = EmbedProbe()
+        ref.load_state_dict(before)
+        part = test.select(test.speakers == s)
+        precise_bn(ref, part, VIEW, batch_size=4)
+        rows = torch.nonzero(test.speakers == s).flatten().tolist()
+        for i, e in zip(rows, embed_table(ref, part, VIEW, bf16=False), strict=True):
+            np.testing.assert_allclose(got[i], e, atol=1e-6)
+    trained = embed_table(model, test, VIEW, bf16=False)
+    assert not np.allclose(np.concatenate(trained), np.concatenate(got), atol=1e-3)
 
 
 def test_speaker_bn_is_validated_and_leaves_old_identities_alone() -> None:

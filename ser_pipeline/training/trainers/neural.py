@@ -15,6 +15,7 @@ from ser_pipeline.dataset.views import ViewSpec, frames_for
 from ser_pipeline.errors import TrainingError
 from ser_pipeline.inference.forward import (
     STAGE2_VIEW,
+    embed_speaker_bn,
     embed_table,
     precise_bn,
     predict_proba,
@@ -199,11 +200,13 @@ class TwoStageTrainer(NoFinalModel):
         if p.train.precise_bn:
             precise_bn(model, data.train, view, batch_size=p.train.eval_batch_size, bf16=p.train.bf16)
         digest = state_digest(model)
+        per_speaker = p.train.bn_statistics == "speaker"  # AdaBN: every speaker embedded with its own statistics
+        embed = embed_speaker_bn if per_speaker else embed_table
         tables = data.tables()
-        embeddings = {name: embed_table(model, t, view, batch_size=p.train.eval_batch_size, bf16=p.train.bf16)
+        embeddings = {name: embed(model, t, view, batch_size=p.train.eval_batch_size, bf16=p.train.bf16)
                       for name, t in tables.items()}
         if fold.store is not None:
-            embeddings = _through_store(fold, digest, tables, embeddings)
+            embeddings = _through_store(fold, embedding_key(digest, p.train.bn_statistics), tables, embeddings)
         seq = {name: sequence_table(t, embeddings[name]) for name, t in tables.items()}
         dim = int(seq["train"].shape[1])
         seed_everything(fold.seed + 1)
@@ -215,6 +218,13 @@ class TwoStageTrainer(NoFinalModel):
                            stage1_history=stage1.history, timing=result.timing,
                            extra={"stage1_checkpoint_digest": digest, "embed_dim": dim, "refit": False,
                                   **_view_extra(view, p)}, stats=data.stats)
+
+
+def embedding_key(checkpoint_digest: str, bn_statistics: str) -> str:
+    """The derived set's key of stage-1 embeddings: the checkpoint digest, plus where BatchNorm
+    statistics came from when not the checkpoint's own (the same weights embed differently under
+    AdaBN, so those embeddings are a set of their own)."""
+    return checkpoint_digest if bn_statistics == "train" else f"{checkpoint_digest}-bn-{bn_statistics}"
 
 
 def _through_store(fold: FoldRun, digest: str, tables: dict[str, FeatureTable],
