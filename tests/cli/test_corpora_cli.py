@@ -109,7 +109,7 @@ def test_real_ser_exits_2_and_names_the_missing_path(tmp_path):
     missing = tmp_path / "no-such-corpus"
     env = {**os.environ, "SER_ROOT": str(tmp_path / "ws")}
     ser = Path(sys.executable).with_name("ser")
-    proc = subprocess.run([str(ser), "ingest", "casia", str(missing)], capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run([str(ser), "ingest", "casia", str(missing)], capture_output=True, text=True, env=env, timeout=300)  # a guard against a hang, generous for a loaded machine
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and str(missing) in proc.stderr
     assert "<speaker>/<emotion>/<sentence-id>.wav" in proc.stderr
