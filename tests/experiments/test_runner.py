@@ -83,7 +83,7 @@ def test_experiment_directory_follows_the_contract(ws: Workspace) -> None:
     from ser_pipeline.dataset.tables import load_table
     from ser_pipeline.dataset.views import ViewSpec
     from ser_pipeline.features import FeatureSpec
-    from ser_pipeline.inference.forward import predict_proba
+    from ser_pipeline.inference.forward import predict_speaker_bn
 
     fold_name = meta["fold"]
     test_ids = preds.loc[preds.fold == fold_name, "utterance_id"].tolist()
@@ -92,7 +92,8 @@ def test_experiment_directory_follows_the_contract(ws: Workspace) -> None:
     table = load_table(source, manifest.loc[test_ids], meta["classes"], sorted(manifest.speaker.unique()))
     table = floor_silence(table, meta["view"]["floor_db"])  # issue 13: silence floor before normalisation
     table = normalise_with(table, meta["normalisation"]["mean"], meta["normalisation"]["std"])
-    probs = predict_proba(model, table, ViewSpec.from_dict(meta["view"]))
+    assert meta["bn_statistics"] == "speaker"  # the default recipe scores each speaker with its own BN statistics
+    probs = predict_speaker_bn(model, table, ViewSpec.from_dict(meta["view"]))
     expected = preds.loc[preds.fold == fold_name].filter(like="p_").to_numpy()
     assert np.allclose(probs, expected, atol=1e-5)
 
