@@ -329,15 +329,17 @@ def _write(out: Path, config: ExperimentConfig, resolved: Resolved, c: _Collecte
     write_confusion_csv(c.pooled, classes, out / "confusion_pooled.csv")
     write_confusion_png(c.pooled, classes, out / "confusion_pooled.png", title=f"{config.model} pooled ({resolved.protocol})")
     pd.concat(c.predictions).to_csv(out / "predictions.csv", index=False)
-    write_curves_png(c.histories, out / "curves.png")
+    curves = write_curves_png(c.histories, out / "curves.png")  # None for a model without epochs (svm)
     learned = layer_weights(c.rows)
     if learned:  # ssl_probe: the weight of every stored layer, per fold
         write_layer_weights_png(learned, out / "layer_weights.png")
         c.artifacts["layer_weights"] = "layer_weights.png"
     write_json(out / "history.json", c.histories)
     artifacts = {**c.artifacts, "confusion_pooled_csv": "confusion_pooled.csv", "confusion_pooled_png": "confusion_pooled.png",
-                 "predictions": "predictions.csv", "curves": "curves.png", "history": "history.json",
+                 "predictions": "predictions.csv", "history": "history.json",
                  "config": "config.json", "metrics": "metrics.json"}
+    if curves is not None:
+        artifacts["curves"] = "curves.png"
     if c.stage1:
         write_json(out / "history_stage1.json", c.stage1)
         artifacts["history_stage1"] = "history_stage1.json"

@@ -307,7 +307,8 @@ def _log_runs(client: MlflowClient, exp_id: str, record: ExperimentRecord,
     for ext in ("png", "csv"):
         client.log_artifact(run_id, str(record.path(f"confusion_pooled_{ext}")), artifact_path="confusion")
     for key in ("predictions", "config", "metrics", "history", "curves", "layer_weights"):
-        if key in record.artifacts:
+        # records of models without epochs written before 2026-12-07 list curves.png that was never drawn
+        if key in record.artifacts and (key != "curves" or record.path(key).exists()):
             client.log_artifact(run_id, str(record.path(key)))
     if dataset_dir is not None and Path(dataset_dir).is_dir():  # the corpus exploration (plots, explore.json)
         client.log_artifacts(run_id, str(dataset_dir), artifact_path="dataset")

@@ -224,6 +224,13 @@ def test_classic_svm_on_cached_functionals(ws: Workspace) -> None:
     config = ExperimentConfig.from_dict({"model": "svm", "corpus": "demo", "max_folds": 2})
     result = run_experiment(config, ws, device="cpu")
     assert result.metrics["mean"]["ua"] > 0.25
+    # no epochs, no curves: the record lists only what exists, and tracking logs it (was FileNotFoundError)
+    assert "curves" not in result.artifacts and not (result.folder / "curves.png").exists()
+    from ser_pipeline.tracking.runs import log_experiment
+
+    logged = log_experiment(result.folder, experiment="svm-demo", uri=f"sqlite:///{ws.root / 'mlflow.db'}",
+                            register=False, log_model=False)
+    assert logged["status"] == "logged" and logged["ua"] == pytest.approx(result.metrics["mean"]["ua"])
     store = FeatureStore(ws.features)
     (listed,) = [s for s in store.list_sets() if s["kind"] == "functionals"]
     assert listed["spec"]["functional_set"] == "eGeMAPSv02" and listed["utterances"] == len(read_manifest("demo", ws))
