@@ -51,6 +51,13 @@ def save_model_folder(folder: Path, meta: dict[str, Any], *, model: Any = None, 
     return folder
 
 
+def predicts_from_audio(model_dir: str | Path) -> bool:
+    """Whether ``model_dir`` holds a network that predicts from audio (``model.json`` present and not
+    a classic estimator's ``estimator.json``, whose functionals ``ser predict`` does not compute)."""
+    meta_path = Path(model_dir) / META
+    return meta_path.is_file() and not json.loads(meta_path.read_text()).get("estimator_file")
+
+
 def load_trained_model(model_dir: str | Path, *, device: str = "cpu") -> tuple[nn.Module, nn.Module | None, dict[str, Any]]:
     """Rebuild ``(network, stage2 or None, meta)`` from a model folder.
 

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from ser_pipeline.errors import ConfigError, TrackingError  # noqa: E402
 from ser_pipeline.experiments.record import ExperimentRecord  # noqa: E402
+from ser_pipeline.inference.model_folder import predicts_from_audio  # noqa: E402
 from ser_pipeline.tracking.dbinit import initialise_once  # noqa: E402
 from ser_pipeline.tracking.names import run_name, run_params  # noqa: E402
 from ser_pipeline.tracking.pyfunc import log_model as log_pyfunc  # noqa: E402
@@ -195,7 +196,7 @@ def log_experiment(
         model_info = None
         model_dir = record.folder / record.model_folder
         try:
-            if log_model and (model_dir / "model.json").is_file():
+            if log_model and predicts_from_audio(model_dir):  # a classic estimator is tracked without a pyfunc
                 model_info = log_pyfunc(run_id, record.folder, model_dir, registered=registered_name(record.config)
                                         if register else None, example_audio=example_audio)
         except BaseException:
