@@ -264,7 +264,7 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
     train = _train_config(recipe, where=f"{where}train", seed=config.seed)
     require(train.bn_statistics == "train" or trainer.name in SPEAKER_BN_TRAINERS, f"{where}train.bn_statistics",
             train.bn_statistics, f"per-speaker BatchNorm statistics are built for the "
-            f"{', '.join(SPEAKER_BN_TRAINERS)} trainer only (model {entry.name!r} uses {trainer.name!r}); use train")
+            f"{', '.join(SPEAKER_BN_TRAINERS)} trainers only (model {entry.name!r} uses {trainer.name!r}); use train")
 
     stage2_train = None
     stage2_hparams: dict[str, Any] = {}
