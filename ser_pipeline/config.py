@@ -42,6 +42,9 @@ class Spec:
     """Base of every frozen spec. Subclasses set ``CODE_VERSION`` and may override ``validate``."""
 
     CODE_VERSION: ClassVar[str] = "1"
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {}
+    """Fields added after identities were first stored, each with its default: :meth:`identity`
+    leaves a field out while it holds that default, so digests made before it existed stay valid."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -77,8 +80,12 @@ class Spec:
     def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
 
+    def identity(self) -> dict[str, Any]:
+        """:meth:`to_dict` less the :data:`LATER_FIELDS` that hold their defaults: what a digest hashes."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.LATER_FIELDS or self.LATER_FIELDS[k] != v}
+
     def digest(self) -> str:
-        return stable_digest(self.to_dict(), version=f"{type(self).__name__}:{self.CODE_VERSION}")
+        return stable_digest(self.identity(), version=f"{type(self).__name__}:{self.CODE_VERSION}")
 
 
 def _to_tuple(value: list[Any]) -> tuple[Any, ...]:

@@ -20,7 +20,7 @@ import inspect
 import json
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ser_pipeline.augment import parse_augment
 from ser_pipeline.config import Spec, canonical_json, check_fields, require, stable_digest
@@ -74,6 +74,7 @@ class ExperimentConfig(Spec):
     """
 
     CODE_VERSION = "1"
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {"final_model": "best_fold"}
 
     model: str = "cnn"
     corpus: str = "demo"
@@ -121,20 +122,23 @@ class Resolved:
     def feature_digest(self) -> str:
         return self.features.digest() if self.features is not None else ""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, identity: bool = False) -> dict[str, Any]:
+        """The resolved recipe as plain JSON; ``identity``: every spec as :meth:`Spec.identity` (fields
+        added later left out at their defaults), the form :func:`experiment_digest` hashes."""
         p = self.plan
+        form = (lambda spec: spec.identity()) if identity else (lambda spec: spec.to_dict())  # noqa: E731
         return json.loads(canonical_json({
             "model": self.entry.describe(),
             "protocol": self.protocol,
-            "feature_spec": self.features.to_dict() if self.features is not None else None,
+            "feature_spec": form(self.features) if self.features is not None else None,
             "augment": self.augment,
             "hparams": p.hparams,
-            "view": p.view.to_dict(),
-            "train": p.train.to_dict(),
-            "spec_augment": p.spec_augment.to_dict() if p.spec_augment else None,
+            "view": form(p.view),
+            "train": form(p.train),
+            "spec_augment": form(p.spec_augment) if p.spec_augment else None,
             "stage2_hparams": p.stage2_hparams,
-            "stage2_train": p.stage2_train.to_dict() if p.stage2_train else None,
-            "speaker_train": p.speaker_train.to_dict() if p.speaker_train else None,
+            "stage2_train": form(p.stage2_train) if p.stage2_train else None,
+            "speaker_train": form(p.speaker_train) if p.speaker_train else None,
             "refit": p.refit,
             "notes": list(p.notes),
             # only where there is speaker pre-training: other experiments keep their ids
@@ -372,10 +376,8 @@ def experiment_digest(config: ExperimentConfig, resolved: Resolved) -> str:
     spec digest (equal arrays, equal identity), and the resolved recipe (hparams, view, train,
     spec augment, stage 2, speaker pre-training, refit, trainer): a changed default is a new
     experiment, never a stale cached one. No device, no paths, no descriptive text."""
-    data = {k: v for k, v in config.to_dict().items() if k not in ("features", "feature_overrides")}
-    if data.get("final_model") == "best_fold":  # the default: ids from before the field existed stay valid
-        data.pop("final_model")
-    recipe = {k: v for k, v in resolved.to_dict().items() if k not in ("model", "feature_spec", "notes")}
+    data = {k: v for k, v in config.identity().items() if k not in ("features", "feature_overrides")}
+    recipe = {k: v for k, v in resolved.to_dict(identity=True).items() if k not in ("model", "feature_spec", "notes")}
     recipe["trainer"] = resolved.trainer.name
     if resolved.plan.view.kind in VIEW_REVISIONS:  # other kinds keep the ids they had
         recipe["view_revision"] = VIEW_REVISIONS[resolved.plan.view.kind]

@@ -6,11 +6,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from ser_pipeline.config import Spec, require, stable_digest
+from ser_pipeline.config import Spec, require
 from ser_pipeline.errors import ConfigError, TrainingError
 from ser_pipeline.registry import Registry
 
@@ -29,7 +29,7 @@ class TrainConfig(Spec):
     statistics, or precise-BN's pass over the training data) or ``speaker`` (AdaBN: recomputed on
     each evaluated speaker's own unlabelled utterances before that speaker is scored, as the
     per-speaker normalisation takes each speaker's own feature statistics; no label is read, and
-    the training statistics are put back afterwards). Standard trainer only.
+    the training statistics are put back afterwards). Standard and two-stage trainers.
     ``adamw``: decoupled weight decay, not applied to biases and norm parameters.
     ``refit_epochs``: how many epochs a refit on every non-test speaker trains: ``best`` (the
     epoch with the best validation UA) or ``budget`` (all ``epochs``, the whole schedule; the
@@ -59,11 +59,7 @@ class TrainConfig(Spec):
     refit_epochs: str = "best"
     bn_statistics: str = "train"
 
-    def digest(self) -> str:
-        """As :meth:`Spec.digest`, but a field added later (:data:`LATER_FIELDS`) is left out while it
-        holds its default: the experiment ids and checkpoints made before it existed stay valid."""
-        data = {k: v for k, v in self.to_dict().items() if LATER_FIELDS.get(k, object()) != v}
-        return stable_digest(data, version=f"{type(self).__name__}:{self.CODE_VERSION}")
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {"bn_statistics": "train"}
 
     def validate(self) -> None:
         require(self.epochs >= 0, "epochs", self.epochs, "must be >= 0 (0 only for a stage a model never trains)")
@@ -83,7 +79,6 @@ class TrainConfig(Spec):
 
 REFIT_EPOCHS = ("best", "budget")
 BN_STATISTICS = ("train", "speaker")  # see TrainConfig.bn_statistics
-LATER_FIELDS: dict[str, Any] = {"bn_statistics": "train"}  # field -> default, left out of the digest at it
 
 
 def refit_epoch_count(config: TrainConfig, best_epoch: int, epochs_run: int) -> int:

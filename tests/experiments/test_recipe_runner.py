@@ -16,7 +16,7 @@ import pytest
 from ser_pipeline.corpora import ingest
 from ser_pipeline.corpora.demo import generate_demo_corpus
 from ser_pipeline.errors import ConfigError
-from ser_pipeline.experiments.config import ExperimentConfig, resolve
+from ser_pipeline.experiments.config import ExperimentConfig, experiment_digest, resolve
 from ser_pipeline.experiments.runner import fold_validation, run_experiment
 from ser_pipeline.features import PRESETS
 from ser_pipeline.manifest import read_manifest
@@ -98,6 +98,9 @@ def test_speaker_bn_statistics_are_the_default_recorded_and_refused_where_they_a
     assert resolve(ExperimentConfig(model="cnn", preset="paper")).plan.train.bn_statistics == "train"
     two_stage = resolve(ExperimentConfig(model="dcnn_blstm_att", preset="cpu"))
     assert two_stage.plan.train.bn_statistics == "train"  # on request only (tests/models/test_dcnn_blstm_att.py)
+    # a config the new field does not change keeps its experiment id from before the field (9e1e03f)
+    paper = ExperimentConfig(model="cnn", corpus="casia", preset="paper")
+    assert experiment_digest(paper, resolve(paper)) == "bb05fb3a321fe8af"
     with pytest.raises(ConfigError, match=r"train\.bn_statistics.*speaker_pretrain"):
         resolve(ExperimentConfig.from_dict({"model": "res_trans", "train": {"bn_statistics": "speaker"}}))
 
