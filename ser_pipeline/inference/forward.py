@@ -192,3 +192,11 @@ def embed_speaker_bn(model: nn.Module, table: FeatureTable, view: ViewSpec, *, b
         return embed_table(model, one, view, batch_size=batch_size, bf16=bf16)
 
     return with_speaker_bn(model, table, view, embed, batch_size=batch_size, bf16=bf16)
+
+
+POSTERIORS: dict[str, Callable[..., np.ndarray]] = {"train": predict_proba, "speaker": predict_speaker_bn}
+"""Utterance posteriors ``(N, K)`` by where BatchNorm statistics come from (``TrainConfig.bn_statistics``):
+the model's own, or each speaker's (AdaBN). Same signature as :func:`predict_proba`."""
+EMBEDDINGS: dict[str, Callable[..., list[np.ndarray]]] = {"train": embed_table, "speaker": embed_speaker_bn}
+"""Stage-1 embeddings by the same key; same signature as :func:`embed_table`."""
+

@@ -31,11 +31,10 @@ from ser_pipeline.dataset.views import ViewSpec
 from ser_pipeline.errors import AudioError, ConfigError, SerError
 from ser_pipeline.features import FeatureSpec, extract
 from ser_pipeline.inference.forward import (
+    EMBEDDINGS,
+    POSTERIORS,
     STAGE2_VIEW,
-    embed_speaker_bn,
-    embed_table,
     predict_proba,
-    predict_speaker_bn,
     sequence_table,
 )
 from ser_pipeline.inference.model_folder import load_trained_model
@@ -127,13 +126,11 @@ def posteriors(predictor: Predictor, features: list[np.ndarray]) -> np.ndarray:
     device = next(predictor.model.parameters()).device
     table = table.to(device)
     with torch.no_grad():
-        per_speaker = predictor.meta.get("bn_statistics", "train") == "speaker"
+        bn_statistics = predictor.meta.get("bn_statistics", "train")  # folders from before the field: train
         if predictor.stage2 is not None:
-            embed = embed_speaker_bn if per_speaker else embed_table
-            seq = sequence_table(table, embed(predictor.model, table, predictor.view, bf16=False))
+            seq = sequence_table(table, EMBEDDINGS[bn_statistics](predictor.model, table, predictor.view, bf16=False))
             return predict_proba(predictor.stage2, seq, STAGE2_VIEW, bf16=False)
-        score = predict_speaker_bn if per_speaker else predict_proba
-        return score(predictor.model, table, predictor.view, bf16=False)
+        return POSTERIORS[bn_statistics](predictor.model, table, predictor.view, bf16=False)
 
 
 CHUNK = 256  # files whose features are held in memory at once

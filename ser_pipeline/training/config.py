@@ -12,6 +12,7 @@ import torch
 
 from ser_pipeline.config import Spec, require
 from ser_pipeline.errors import ConfigError, TrainingError
+from ser_pipeline.inference.forward import POSTERIORS
 from ser_pipeline.registry import Registry
 
 
@@ -78,7 +79,7 @@ class TrainConfig(Spec):
 
 
 REFIT_EPOCHS = ("best", "budget")
-BN_STATISTICS = ("train", "speaker")  # see TrainConfig.bn_statistics
+BN_STATISTICS = tuple(POSTERIORS)  # see TrainConfig.bn_statistics
 
 
 def refit_epoch_count(config: TrainConfig, best_epoch: int, epochs_run: int) -> int:

@@ -49,12 +49,11 @@ from ser_pipeline.dataset.tables import FeatureTable, class_weights, index_batch
 from ser_pipeline.dataset.views import ViewBatch, ViewSpec
 from ser_pipeline.errors import TrainingError
 from ser_pipeline.inference.forward import (
+    POSTERIORS,
     _autocast,
     eval_view,
     forward_batch,
     precise_bn,
-    predict_proba,
-    predict_speaker_bn,
 )
 from ser_pipeline.metrics import unweighted_average_recall
 from ser_pipeline.training.config import OPTIMIZERS, PER_STEP_SCHEDULES, SCHEDULES, TrainConfig
@@ -81,11 +80,10 @@ class FitResult:
 
 
 def evaluate_table(model: nn.Module, table: FeatureTable, view: ViewSpec, *, batch_size: int = 64,
-                   bf16: bool = True, per_speaker_bn: bool = False) -> dict[str, float]:
-    """Utterance-level NLL and UA on a (validation) table; ``per_speaker_bn``: BatchNorm statistics
-    from each speaker's own items (:func:`predict_speaker_bn`)."""
-    score = predict_speaker_bn if per_speaker_bn else predict_proba
-    probs = score(model, table, view, batch_size=batch_size, bf16=bf16)
+                   bf16: bool = True, bn_statistics: str = "train") -> dict[str, float]:
+    """Utterance-level NLL and UA on a (validation) table; ``bn_statistics``: the model's BatchNorm
+    statistics (``train``) or each speaker's own (``speaker``, :func:`predict_speaker_bn`)."""
+    probs = POSTERIORS[bn_statistics](model, table, view, batch_size=batch_size, bf16=bf16)
     labels = table.labels.cpu().numpy()
     nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
     ua = unweighted_average_recall(labels, probs.argmax(axis=1), probs.shape[1])
@@ -261,10 +259,10 @@ def fit(
         if val is None:
             val_metrics = {"val_loss": float("nan"), "val_ua": float(epoch)}  # refit: the last epoch is kept
         else:
-            if config.precise_bn:
+            if config.precise_bn and config.bn_statistics == "train":  # AdaBN recomputes them per speaker anyway
                 precise_bn(model, train, eval_view(view), batch_size=config.eval_batch_size, bf16=config.bf16)
             val_metrics = evaluate_table(model, val, view, batch_size=config.eval_batch_size, bf16=config.bf16,
-                                         per_speaker_bn=config.bn_statistics == "speaker")
+                                         bn_statistics=config.bn_statistics)
         seconds = time.perf_counter() - t0
         row = {
             "epoch": epoch,

@@ -14,12 +14,11 @@ from ser_pipeline.dataset.tables import FeatureTable, FoldData
 from ser_pipeline.dataset.views import ViewSpec, frames_for
 from ser_pipeline.errors import TrainingError
 from ser_pipeline.inference.forward import (
+    EMBEDDINGS,
+    POSTERIORS,
     STAGE2_VIEW,
-    embed_speaker_bn,
-    embed_table,
     precise_bn,
     predict_proba,
-    predict_speaker_bn,
     sequence_table,
 )
 from ser_pipeline.models import LayerWeighted
@@ -79,8 +78,8 @@ def _outcome(model: nn.Module, data: FoldData, result: FitResult, plan: Any, *, 
              **extra: Any) -> FoldOutcome:
     if plan.train.precise_bn:
         precise_bn(model, data.train, view, batch_size=plan.train.eval_batch_size, bf16=plan.train.bf16)
-    score = predict_speaker_bn if plan.train.bn_statistics == "speaker" else predict_proba
-    probs = score(model, data.test, view, batch_size=plan.train.eval_batch_size, bf16=plan.train.bf16)
+    probs = POSTERIORS[plan.train.bn_statistics](model, data.test, view, batch_size=plan.train.eval_batch_size,
+                                                 bf16=plan.train.bf16)
     extra["extra"] = {**_view_extra(view, plan), **extra.get("extra", {})}
     if isinstance(model, LayerWeighted):  # ssl_probe: the learned weight of every stored layer
         weights = model.layer_weights().detach().cpu().tolist()
@@ -200,8 +199,7 @@ class TwoStageTrainer(NoFinalModel):
         if p.train.precise_bn:
             precise_bn(model, data.train, view, batch_size=p.train.eval_batch_size, bf16=p.train.bf16)
         digest = state_digest(model)
-        per_speaker = p.train.bn_statistics == "speaker"  # AdaBN: every speaker embedded with its own statistics
-        embed = embed_speaker_bn if per_speaker else embed_table
+        embed = EMBEDDINGS[p.train.bn_statistics]  # speaker (AdaBN): every speaker under its own statistics
         tables = data.tables()
         embeddings = {name: embed(model, t, view, batch_size=p.train.eval_batch_size, bf16=p.train.bf16)
                       for name, t in tables.items()}
