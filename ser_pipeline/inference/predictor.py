@@ -68,6 +68,9 @@ def load_predictor(path: str | os.PathLike[str], *, device: str = "cpu") -> Pred
     model, stage2, meta = load_trained_model(folder, device=device)
     if not meta.get("feature_spec"):
         raise ConfigError(f"{folder}/model.json: no feature_spec recorded; cannot predict from audio")
+    bn_statistics = meta.setdefault("bn_statistics", "train")  # folders from before the field: trained statistics
+    if bn_statistics not in POSTERIORS:
+        raise ConfigError(f"{folder}/model.json: bn_statistics={bn_statistics!r}; valid: {', '.join(POSTERIORS)}")
     spec = FeatureSpec.from_dict(meta["feature_spec"])
     view = ViewSpec.from_dict(meta["view"])
     return Predictor(model, stage2, spec, view, list(meta["classes"]), meta)
@@ -126,7 +129,7 @@ def posteriors(predictor: Predictor, features: list[np.ndarray]) -> np.ndarray:
     device = next(predictor.model.parameters()).device
     table = table.to(device)
     with torch.no_grad():
-        bn_statistics = predictor.meta.get("bn_statistics", "train")  # folders from before the field: train
+        bn_statistics = predictor.meta["bn_statistics"]  # checked by load_predictor
         if predictor.stage2 is not None:
             seq = sequence_table(table, EMBEDDINGS[bn_statistics](predictor.model, table, predictor.view, bf16=False))
             return predict_proba(predictor.stage2, seq, STAGE2_VIEW, bf16=False)

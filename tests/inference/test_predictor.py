@@ -117,6 +117,13 @@ def test_speaker_bn_model_scores_each_file_with_its_own_statistics(tmp_path: Pat
     assert abs(trained[CLASSES[0]] - together[2][CLASSES[0]]) > 1e-3
 
 
+def test_unknown_bn_statistics_in_model_json_is_one_error_naming_file_and_value(tmp_path: Path) -> None:
+    folder = make_model_dir(tmp_path / "model", bn_statistics="per_file")
+    with pytest.raises(ConfigError, match=r"model\.json: bn_statistics='per_file'; valid: train, speaker"):
+        load_predictor(folder)
+    assert load_predictor(make_model_dir(tmp_path / "old")).meta["bn_statistics"] == "train"  # field absent: trained
+
+
 def test_bad_files_get_errors_and_the_others_are_predicted(tmp_path: Path, demo_files: list[Path],
                                                            write_wav: Callable[..., Path]) -> None:
     predictor = load_predictor(make_model_dir(tmp_path / "model"))
