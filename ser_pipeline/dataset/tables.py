@@ -182,6 +182,21 @@ class FeatureTable:
         return replace(self, labels=labels.to(self.labels.device).long())
 
 
+def concat_tables(first: FeatureTable, second: FeatureTable) -> FeatureTable:
+    """The items of ``first`` then those of ``second`` as one table (frames copied); both must
+    index the same ``speaker_names`` and have the same ``(C, F)``."""
+    require(first.speaker_names == second.speaker_names, "tables", "speaker_names",
+            "differ: the tables index different speaker lists")
+    require(first.shape == second.shape, "tables", f"{first.shape} vs {second.shape}", "disagree on (C, F)")
+    lengths = torch.cat([first.lengths, second.lengths.to(first.device)])
+    return FeatureTable(
+        frames=torch.cat([first.frames, second.frames.to(first.device)]), offsets=torch.cumsum(lengths, 0) - lengths,
+        lengths=lengths, labels=torch.cat([first.labels, second.labels.to(first.device)]),
+        speakers=torch.cat([first.speakers, second.speakers.to(first.device)]),
+        utterance_ids=[*first.utterance_ids, *second.utterance_ids], variants=[*first.variants, *second.variants],
+        speaker_names=list(first.speaker_names))
+
+
 def _pack(
     arrays: Sequence[torch.Tensor | np.ndarray],
     labels: torch.Tensor | Sequence[int],

@@ -15,6 +15,7 @@ from ser_pipeline.dataset.tables import (
     build_fold_data,
     class_weights,
     collate_padded,
+    concat_tables,
     index_batches,
     load_table,
     make_loader,
@@ -131,3 +132,23 @@ def test_dataloader_path_matches_in_memory_batches() -> None:
     lazy = SourceDataset(source, [("sha-s1-0", "orig"), ("sha-s1-1", "orig")], [0, 1], [0, 0])
     x_lazy, lengths, _, _ = collate_padded([lazy[0], lazy[1]])
     assert torch.allclose(x_lazy, x_mem[:2, :, :, :6])
+
+
+def test_concat_tables_keeps_every_item_in_order() -> None:
+    manifest, source = tiny_corpus()
+    ids = list(manifest["utterance_id"])
+    names = sorted(manifest["speaker"].unique())
+    by_id = manifest.set_index("utterance_id", drop=False)
+    first = load_table(source, by_id.loc[ids[:5]], CLASSES, names)
+    second = load_table(source, by_id.loc[ids[5:9]], CLASSES, names)
+    both = concat_tables(first, second)
+    assert len(both) == 9 and both.utterance_ids == ids[:9]
+    for i in range(5):
+        assert torch.equal(both.item(i), first.item(i))
+    for i in range(4):
+        assert torch.equal(both.item(5 + i), second.item(i))
+    assert torch.equal(both.labels, torch.cat([first.labels, second.labels]))
+    assert torch.equal(both.speakers, torch.cat([first.speakers, second.speakers]))
+    other = load_table(source, by_id.loc[ids[5:9]], CLASSES, names[:1] + ["someone else"] + names[2:])
+    with pytest.raises(ConfigError, match="speaker_names"):
+        concat_tables(first, other)

@@ -187,3 +187,24 @@ def test_speaker_bn_embeddings_are_a_derived_set_of_their_own(tiny_ws: Workspace
     out = predict_paths(load_predictor(result.folder), paths)  # stage 1 embeds each file with its own statistics
     assert [r["error"] for r in out] == [None, None] and all(r["emotion"] in ("anger", "sadness") for r in out)
 
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_stage2_refit_trains_on_every_non_test_speaker(tiny_ws: Workspace, refit: bool) -> None:
+    """Two-stage refit (the default): stage 2 is refit on the training and validation speakers'
+    embeddings for the epochs chosen on validation (the whole budget, ``refit_epochs=budget``); the
+    test speaker stays out. ``refit=false`` keeps the validated head fitted on training speakers only."""
+    config = ExperimentConfig(model="dcnn_blstm_att", corpus="tiny", epochs=1, max_folds=1, refit=refit,
+                              hparams={"width_mult": 0.02}, view={"resize": (67, 67), "frames": 96},
+                              stage2={"hparams": {"hidden": 8, "dnn": (16, 8, 8)}, "recipe": {"epochs": 2}})
+    result = run_experiment(config, tiny_ws, device="cpu")
+    fold = result.metrics["folds"][0]
+    folds = json.loads((result.folder / "config.json").read_text())["folds"][0]
+    assert not set(folds["test_speakers"]) & set(folds["val_speakers"])
+    assert result.metrics["recipe"]["refit"] is refit and fold["refit"] is refit and folds["refit"] is refit
+    if refit:
+        assert fold["n_fit"] == folds["n_train"] + folds["n_val"] == 18  # 3 speakers x 6 utterances
+        assert fold["refit_epochs"] == 2 and fold["refit_stage"] == "stage2"
+        assert fold["refit_train_loss"] is not None
+    else:
+        assert fold["n_fit"] == folds["n_train"] == 12 and "refit_epochs" not in fold

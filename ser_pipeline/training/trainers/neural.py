@@ -10,7 +10,7 @@ from torch import nn
 
 from ser_pipeline.dataset.normalise import pool_table
 from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
-from ser_pipeline.dataset.tables import FeatureTable, FoldData
+from ser_pipeline.dataset.tables import FeatureTable, FoldData, concat_tables
 from ser_pipeline.dataset.views import ViewSpec, frames_for
 from ser_pipeline.errors import TrainingError
 from ser_pipeline.inference.forward import (
@@ -181,11 +181,19 @@ class SpeakerPretrainTrainer(NoFinalModel):
 @dataclass(frozen=True)
 class TwoStageTrainer(NoFinalModel):
     """Stage 1 on segments; its embeddings for every utterance of the fold go to the store as
-    derived items keyed by the stage-1 checkpoint digest; stage 2 trains on ``(B, S, D)``."""
+    derived items keyed by the stage-1 checkpoint digest; stage 2 trains on ``(B, S, D)``.
+
+    With ``plan.refit`` (the default), after the stage-2 epoch count is chosen on validation, a fresh
+    stage-2 head (same seed, same schedule) trains on the embeddings of every non-test speaker for
+    that many epochs (:func:`refit_epoch_count`) and is tested: the training table plus the
+    validation table (the validation speakers' original recordings: their augmented variants are
+    never embedded). Stage 1 is kept as validated; it never saw the validation speakers, so their
+    embeddings look to stage 2 as the unseen test speaker's do.
+    """
 
     name: str = "two_stage"
     reads_features: bool = True
-    refits: bool = False
+    refits: bool = True
     uses_view: bool = True
     uses_device: bool = True
 
@@ -199,23 +207,50 @@ class TwoStageTrainer(NoFinalModel):
         if p.train.precise_bn:
             precise_bn(model, data.train, view, batch_size=p.train.eval_batch_size, bf16=p.train.bf16)
         digest = state_digest(model)
-        embed = EMBEDDINGS[p.train.bn_statistics]  # speaker (AdaBN): every speaker under its own statistics
-        tables = data.tables()
-        embeddings = {name: embed(model, t, view, batch_size=p.train.eval_batch_size, bf16=p.train.bf16)
-                      for name, t in tables.items()}
-        if fold.store is not None:
-            embeddings = _through_store(fold, embedding_key(digest, p.train.bn_statistics), tables, embeddings)
-        seq = {name: sequence_table(t, embeddings[name]) for name, t in tables.items()}
+        seq = stage2_tables(fold, model, view, data.tables(), digest)
         dim = int(seq["train"].shape[1])
-        seed_everything(fold.seed + 1)
-        head = p.entry.stage2(len(fold.classes), dim, **p.stage2_hparams).to(fold.device)
-        result = _fit(fold, head, seq["train"], seq["val"], view=STAGE2_VIEW, config=p.stage2_train)
+        head, result = _fit_stage2(fold, dim, seq["train"], seq["val"])
+        extra: dict[str, Any] = {"stage1_checkpoint_digest": digest, "embed_dim": dim, "refit": False,
+                                 "n_fit": len(seq["train"])}
+        if p.refit and result.best_epoch >= 1:
+            epochs = refit_epoch_count(p.stage2_train, result.best_epoch, len(result.history))
+            everyone = concat_tables(seq["train"], seq["val"])
+            head, refit = _fit_stage2(fold, dim, everyone, None, tag="/refit", stop_epoch=epochs)
+            extra.update(refit=True, refit_epochs=epochs, refit_epoch_choice=p.stage2_train.refit_epochs,
+                         refit_stage="stage2", n_fit=len(everyone),
+                         refit_train_loss=refit.history[-1]["train_loss"] if refit.history else None)
         probs = predict_proba(head, seq["test"], STAGE2_VIEW, batch_size=p.stage2_train.eval_batch_size,
                               bf16=p.train.bf16)
         return FoldOutcome(probs, result.history, result.best_epoch, result.best_val_ua, model=model, stage2=head,
                            stage1_history=stage1.history, timing=result.timing,
-                           extra={"stage1_checkpoint_digest": digest, "embed_dim": dim, "refit": False,
-                                  **_view_extra(view, p)}, stats=data.stats)
+                           extra={**extra, **_view_extra(view, p)}, stats=data.stats)
+
+
+def stage2_tables(fold: FoldRun, model: nn.Module, view: ViewSpec, tables: dict[str, FeatureTable],
+                  digest: str) -> dict[str, FeatureTable]:
+    """Stage-2 inputs of ``tables``: each item's stage-1 embeddings ``(S, D)`` as a sequence table
+    (:func:`sequence_table`), through the store's derived set of checkpoint ``digest`` when there is
+    a store (items already there are read, not written again). Under AdaBN (``bn_statistics=speaker``)
+    every speaker is embedded under its own BatchNorm statistics."""
+    p = fold.plan
+    embed = EMBEDDINGS[p.train.bn_statistics]
+    embeddings = {name: embed(model, t, view, batch_size=p.train.eval_batch_size, bf16=p.train.bf16)
+                  for name, t in tables.items()}
+    if fold.store is not None:
+        embeddings = _through_store(fold, embedding_key(digest, p.train.bn_statistics), tables, embeddings)
+    return {name: sequence_table(t, embeddings[name]) for name, t in tables.items()}
+
+
+def _fit_stage2(fold: FoldRun, dim: int, train: FeatureTable, val: FeatureTable | None, *, tag: str = "",
+                stop_epoch: int | None = None) -> tuple[nn.Module, FitResult]:
+    """A fresh stage-2 head (seeded ``fold.seed + 1``) on ``dim``-d sequences, trained on ``train``
+    (validated on ``val``, or for ``stop_epoch`` epochs without validation in a refit)."""
+    p = fold.plan
+    assert p.stage2_train is not None and p.entry.stage2 is not None
+    seed_everything(fold.seed + 1)
+    head = p.entry.stage2(len(fold.classes), dim, **p.stage2_hparams).to(fold.device)
+    result = _fit(fold, head, train, val, view=STAGE2_VIEW, config=p.stage2_train, tag=tag, stop_epoch=stop_epoch)
+    return head, result
 
 
 def embedding_key(checkpoint_digest: str, bn_statistics: str) -> str:
