@@ -126,3 +126,25 @@ def test_weights_saved_with_the_speaker_head_still_load() -> None:
     del state["head.weight"]
     with pytest.raises(RuntimeError, match="head.weight"):
         ResTrans(4, 1, width=4, heads=2, ff_dim=8).load_state_dict(state)
+
+
+def test_refit_restarts_stage2_from_the_speaker_trained_backbone(tiny_ws: Workspace) -> None:
+    """The refit (default) trains stage 2 again on train + validation speakers from the same stage-1
+    state: with a frozen backbone the served backbone is identical with and without the refit, the
+    emotion layers differ, and the refit fitted every non-test speaker."""
+    base = dict(model="res_trans", corpus="tiny", epochs=2, max_folds=1,
+                train={"speaker_epochs": 1, "speaker_freeze": True},
+                hparams={"width": 4, "heads": 2, "ff_dim": 16}, view={"frames": 64})
+    runs = {refit: run_experiment(ExperimentConfig(**base, refit=refit), tiny_ws, device="cpu") for refit in (True, False)}
+    folds = {refit: json.loads((r.folder / "config.json").read_text())["folds"][0] for refit, r in runs.items()}
+    with_refit = runs[True].metrics["folds"][0]
+    assert with_refit["refit"] is True and with_refit["refit_epochs"] == 2 and with_refit["refit_stage"] == "stage2"
+    assert with_refit["n_fit"] == folds[True]["n_train"] + folds[True]["n_val"] == 18
+    assert runs[False].metrics["folds"][0]["refit"] is False and runs[False].metrics["folds"][0]["n_fit"] == 12
+    states = {refit: load_trained_model(r.folder / "model", device="cpu")[0] for refit, r in runs.items()}
+    a, b = states[True].state_dict(), states[False].state_dict()
+    learned = [k for k in a if "running" not in k and "num_batches" not in k]  # precise-BN sees other data
+    backbone = [k for k in learned if k.startswith("cnn.")]  # frozen after speaker pre-training
+    head = [k for k in learned if not k.startswith("cnn.")]
+    assert backbone and all(torch.equal(a[k], b[k]) for k in backbone)
+    assert any(not torch.equal(a[k], b[k]) for k in head)

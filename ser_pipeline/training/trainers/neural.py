@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,11 +158,17 @@ class NoFinalModel:
 @dataclass(frozen=True)
 class SpeakerPretrainTrainer(NoFinalModel):
     """Stage 1: speaker identification on the training speakers; freeze the backbone (or keep it
-    trainable, ``plan.speaker_freeze=False``); stage 2: the emotion layers on the same training data."""
+    trainable, ``plan.speaker_freeze=False``); stage 2: the emotion layers on the same training data.
+
+    With ``plan.refit`` (the default), after the stage-2 epoch count is chosen on validation, stage 2
+    starts again from the same point (the speaker-trained backbone, the same untrained emotion
+    layers, the same seed and schedule) on every non-test speaker (train + validation) for that many
+    epochs, and that model is tested. Stage 1 is not repeated: it never sees the validation speakers.
+    """
 
     name: str = "speaker_pretrain"
     reads_features: bool = True
-    refits: bool = False
+    refits: bool = True
     uses_view: bool = True
     uses_device: bool = True
 
@@ -172,10 +179,20 @@ class SpeakerPretrainTrainer(NoFinalModel):
         model = _build(fold, data)
         stage1 = pretrain_speakers(model, data.train, view=view, config=p.speaker_train.replace(seed=fold.seed),
                                    fold=fold.name, checkpoint_dir=fold.workdir / "speaker", freeze=p.speaker_freeze)
+        start = copy.deepcopy(model.state_dict())  # speaker-trained backbone, untrained emotion layers
         result = _fit(fold, model, data.train, data.val, view=view, config=p.train, spec_aug=p.spec_augment)
-        return _outcome(model, data, result, p, view=view, stage1_history=stage1.history,
-                        extra={"speaker_val_acc": stage1.best_val_ua, "speaker_freeze": p.speaker_freeze,
-                               "refit": False})
+        extra: dict[str, Any] = {"speaker_val_acc": stage1.best_val_ua, "speaker_freeze": p.speaker_freeze,
+                                 "refit": False, "n_fit": len(data.train)}
+        if p.refit and result.best_epoch >= 1:
+            epochs = refit_epoch_count(p.train, result.best_epoch, len(result.history))
+            _, data = pooled(view.replace(time_pool=p.view.time_pool), fold.fold_data(with_val=True))
+            model.load_state_dict(start)
+            refit = _fit(fold, model, data.train, None, view=view, config=p.train, spec_aug=p.spec_augment,
+                         tag="/refit", stop_epoch=epochs)
+            extra.update(refit=True, refit_epochs=epochs, refit_epoch_choice=p.train.refit_epochs,
+                         refit_stage="stage2", n_fit=len(data.train),
+                         refit_train_loss=refit.history[-1]["train_loss"] if refit.history else None)
+        return _outcome(model, data, result, p, view=view, stage1_history=stage1.history, extra=extra)
 
 
 @dataclass(frozen=True)
