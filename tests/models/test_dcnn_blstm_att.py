@@ -208,3 +208,21 @@ def test_stage2_refit_trains_on_every_non_test_speaker(tiny_ws: Workspace, refit
         assert fold["refit_train_loss"] is not None
     else:
         assert fold["n_fit"] == folds["n_train"] == 12 and "refit_epochs" not in fold
+
+
+def test_no_pretrain_runs_no_stage1_epoch(tiny_ws: Workspace) -> None:
+    """``dcnn_blstm_att_no_pretrain``: stage 1 trains nothing the FC7 embeddings use, so it runs no
+    epoch (recorded as ``epochs: 0``); stage 2 still gets the embeddings, through the store."""
+    from feature_store import FeatureStore
+
+    config = ExperimentConfig(model="dcnn_blstm_att_no_pretrain", corpus="tiny", max_folds=1, refit=False,
+                              hparams={"width_mult": 0.02}, view={"resize": (67, 67), "frames": 96},
+                              stage2={"hparams": {"hidden": 8, "dnn": (16, 8, 8)}, "recipe": {"epochs": 1}})
+    result = run_experiment(config, tiny_ws, device="cpu")
+    fold = result.metrics["folds"][0]
+    stage1 = result.folder / "history_stage1.json"  # written when some fold has stage-1 epochs
+    assert not stage1.exists() or json.loads(stage1.read_text()).get(fold["fold"], []) == []
+    cfg = json.loads((result.folder / "config.json").read_text())
+    assert cfg["resolved"]["train"]["epochs"] == 0
+    derived = FeatureStore(tiny_ws.features).derived(cfg["digests"]["features"], fold["stage1_checkpoint_digest"])
+    assert derived.read(*next(iter(derived.keys()))).shape[1] == fold["embed_dim"]
