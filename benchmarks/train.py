@@ -15,8 +15,12 @@ epochs, on the same device:
   model -> cross_entropy -> backward -> step`` (gradient clipping when the recipe clips); batch
   preparation is only the index.
 
-Two-stage models are measured on their first stage (the network that reads the view), speaker
-pre-training models on the whole network. ``--steps N`` keeps ``N * batch_size`` training
+Two-stage models are measured on their first stage (the network that reads the view); those whose
+recipe never trains stage 1 (``train.epochs`` 0: ``alexnet_sru_sru_only``, ``dcnn_blstm_att_no_pretrain``)
+on their second, the only steps ``ser train`` runs for them: the stage-2 head on the sequence view of
+the training utterances' stage-1 embeddings (computed once, untimed, as the trainer computes them:
+the seeded network, precise-BN over the training table). Speaker pre-training models are measured on
+the whole network. ``--steps N`` keeps ``N * batch_size`` training
 utterances (a seeded subset), so that an epoch is ``N`` steps. Passes alternate (plain, project,
 plain, project, ...) after one untimed warm-up step of each; every figure is the median over
 passes. ``ratio`` = project utterances per wall second / plain ones (1.0 = as fast as the plain
@@ -38,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from feature_store.store import FeatureStore
+from ser_pipeline.dataset.spec_augment import SpecAugmentSpec
 from ser_pipeline.dataset.tables import FeatureTable, FoldData, class_weights, index_batches
 from ser_pipeline.dataset.views import ViewSpec, apply_view
 from ser_pipeline.errors import ConfigError, StoreError
@@ -45,6 +50,7 @@ from ser_pipeline.experiments.config import ExperimentConfig, Resolved, resolve
 from ser_pipeline.experiments.corpora import experiment_manifest
 from ser_pipeline.experiments.runner import fold_validation
 from ser_pipeline.features import feature_label
+from ser_pipeline.inference.forward import EMBEDDINGS, STAGE2_VIEW, precise_bn, sequence_table
 from ser_pipeline.splits import make_folds
 from ser_pipeline.training.config import OPTIMIZERS, TrainConfig, resolve_device, seed_everything
 from ser_pipeline.training.heap import keep_freed_memory
@@ -67,15 +73,27 @@ class BenchSetup:
     train: FeatureTable
     n_classes: int
     left_out: int
+    stage: str = "network"  # what both loops train: "network" (stage 1 of a two-stage model) or "stage2"
 
     @property
     def config(self) -> TrainConfig:
-        return self.resolved.plan.train.replace(seed=self.run.seed)
+        p = self.resolved.plan
+        recipe = p.stage2_train if self.stage == "stage2" else p.train
+        assert recipe is not None
+        return recipe.replace(seed=self.run.seed)
+
+    @property
+    def spec_augment(self) -> SpecAugmentSpec | None:
+        """The recipe's SpecAugment; none for a stage-2 head (its trainer passes none)."""
+        return None if self.stage == "stage2" else self.resolved.plan.spec_augment
 
     def build(self) -> nn.Module:
-        """A fresh network, the same weights every call (the trainer's seed)."""
+        """A fresh network (or stage-2 head), the same weights every call (the trainer's seed)."""
         seed_everything(self.run.seed)
         p = self.resolved.plan
+        if self.stage == "stage2":
+            assert p.entry.stage2 is not None
+            return p.entry.stage2(self.n_classes, int(self.train.shape[1]), **p.stage2_hparams).to(self.run.device)
         model = p.entry.build(n_classes=self.n_classes, in_channels=p.view.channels or self.train.shape[0], **p.hparams)
         return model.to(self.run.device)
 
@@ -109,7 +127,8 @@ def prepare_bench(model: str, corpus: str, workspace: Workspace, *, preset: str 
     if not resolved.trainer.uses_view:
         raise ConfigError(f"model {model!r}: trainer {resolved.trainer.name!r} has no training step to benchmark "
                           f"(bench train takes neural models)")
-    if resolved.plan.train.epochs < 1:
+    stage = "stage2" if resolved.plan.train.epochs < 1 and resolved.plan.stage2_train is not None else "network"
+    if resolved.plan.train.epochs < 1 and stage != "stage2":
         raise ConfigError(f"model {model!r}: its recipe never trains the network that reads the view (train.epochs 0); "
                           f"nothing to benchmark")
     manifest = experiment_manifest(corpus, resolved.protocol, config.protocol_options, workspace)
@@ -120,8 +139,29 @@ def prepare_bench(model: str, corpus: str, workspace: Workspace, *, preset: str 
     run = FoldRun(fold.name, 0, resolved.plan, usable, train_ids, val_ids, tuple(fold.test), classes,
                   resolve_device(device), workspace.root / "bench-unused", [], fset)
     view, data = prepare(run)
-    train = _subset(data, steps * resolved.plan.train.batch_size, seed) if steps else data.train
-    return BenchSetup(model, corpus, preset, resolved, run, view, train, len(classes), len(manifest) - len(usable))
+    recipe = resolved.plan.stage2_train if stage == "stage2" else resolved.plan.train
+    assert recipe is not None
+    train = _subset(data, steps * recipe.batch_size, seed) if steps else data.train
+    if stage == "stage2":
+        train, view = stage2_inputs(run, view, data.train, train), STAGE2_VIEW
+    return BenchSetup(model, corpus, preset, resolved, run, view, train, len(classes), len(manifest) - len(usable),
+                      stage)
+
+
+@torch.no_grad()
+def stage2_inputs(run: FoldRun, view: ViewSpec, fold_train: FeatureTable, train: FeatureTable) -> FeatureTable:
+    """The sequence table ``(1, D, S_i)`` per item of ``train``: stage-1 embeddings as the two-stage
+    trainer makes them (the network built with the fold's seed, precise-BN over the fold's training
+    table when the recipe asks for it, the recipe's BatchNorm statistics)."""
+    p = run.plan
+    seed_everything(run.seed)
+    network = p.entry.build(n_classes=len(run.classes), in_channels=p.view.channels or train.shape[0],
+                            **p.hparams).to(run.device)
+    if p.train.precise_bn:
+        precise_bn(network, fold_train, view, batch_size=p.train.eval_batch_size, bf16=p.train.bf16)
+    embeddings = EMBEDDINGS[p.train.bn_statistics](network, train, view, batch_size=p.train.eval_batch_size,
+                                                   bf16=p.train.bf16)
+    return sequence_table(train, embeddings)
 
 
 def _subset(data: FoldData, n: int, seed: int) -> FeatureTable:
@@ -149,13 +189,12 @@ class Pass:
 def project_pass(setup: BenchSetup, epochs: int) -> Pass:
     """``epochs`` epochs of the project's loop (``fit`` without validation) on a fresh network."""
     model = setup.build()
-    plan = setup.resolved.plan
     start, cpu0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         config = setup.config if setup.config.epochs >= epochs else setup.config.replace(epochs=epochs)
         result = fit(model, setup.train, None, view=setup.view, config=config, n_classes=setup.n_classes,
-                     spec_augment=plan.spec_augment, fold=setup.run.name, checkpoint_dir=None, resume=False,
+                     spec_augment=setup.spec_augment, fold=setup.run.name, checkpoint_dir=None, resume=False,
                      stop_epoch=epochs)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
     h = result.history
@@ -293,8 +332,9 @@ def bench_train(setup: BenchSetup, *, epochs: int = 1, repeats: int = 3, threads
         "train_items": len(setup.train), "left_out": setup.left_out, "epochs": epochs, "repeats": repeats,
         "batch_size": setup.config.batch_size, "optimizer": setup.config.optimizer,
         "steps_per_epoch": -(-len(setup.train) // setup.config.batch_size),
-        "view": view_summary(setup.view, plan.view.time_pool),
-        "input_shape": list(data.x.shape[1:]), "spec_augment": plan.spec_augment.to_dict() if plan.spec_augment else None,
+        "view": view_summary(setup.view, plan.view.time_pool if setup.stage != "stage2" else 1),
+        "input_shape": list(data.x.shape[1:]), "stage": setup.stage,
+        "spec_augment": setup.spec_augment.to_dict() if setup.spec_augment else None,
         "preload_s": round(preload_s, 3), "heap_kept": heap_kept,
         "project": project, "plain": plain,
         "ratio": round(project["utt_per_s"] / plain["utt_per_s"], 3),
@@ -329,7 +369,8 @@ def bench_text(r: dict[str, Any]) -> str:
     row = lambda name, s: (f"{name:<14}{s['utt_per_s']:>9.1f}{s['utt_per_step_s']:>12.1f}{s['data_share']:>12.1%}"  # noqa: E731
                            f"{s['wall_s']:>10.2f}{s['items']:>8d}")
     lines = [
-        f"{r['model']} on {r['corpus']} (preset {r['preset']}, fold {r['fold']}, {r['device']}, "
+        f"{r['model']}{' (stage 2: its recipe never trains stage 1)' if r['stage'] == 'stage2' else ''} on "
+        f"{r['corpus']} (preset {r['preset']}, fold {r['fold']}, {r['device']}, "
         f"{r['torch_threads']} torch threads): {r['train_items']} training utterances, batch {r['batch_size']}, "
         f"{r['optimizer']}, {r['epochs']} epoch(s) x {r['steps_per_epoch']} steps; medians of {r['repeats']} "
         f"alternating passes",

@@ -29,11 +29,12 @@ def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A reduced demo corpus (3 speakers x 4 emotions x 4 utterances) with logmel64 and spectrogram
-    features (cnn and att_res); logmel60 (alexnet_sru) is left out on purpose."""
+    """A reduced demo corpus (3 speakers x 4 emotions x 4 utterances) with logmel64, spectrogram and
+    logmel64_norm features (cnn, att_res, dcnn_blstm_att_no_pretrain); logmel60 (alexnet_sru) is left
+    out on purpose."""
     ws = Workspace.resolve(tmp_path_factory.mktemp("bench") / "root")
     ingest("csv", generate_demo_corpus(ws.demo, seed=0, n_speakers=3, per_class=4), "demo", ws)
-    for preset in ("logmel64", "spectrogram"):
+    for preset in ("logmel64", "spectrogram", "logmel64_norm"):
         with pytest.raises(SystemExit) as done:
             main(["featurize", "demo", "--preset", preset, "--workers", "1", "--root", str(ws.root)])
         assert done.value.code in (0, None)
@@ -67,12 +68,29 @@ def test_bench_train_figures_are_consistent(root: str, model: str, kind: str, tm
     assert code == 0 and "ratio ser train / plain" in human and "plain torch" in human
 
 
+def test_a_model_that_never_trains_stage1_is_benched_on_stage2(root: str, capsys) -> None:
+    """``dcnn_blstm_att_no_pretrain`` runs no stage-1 epoch, so both loops train its stage-2 head on
+    the training utterances' stage-1 embeddings (sequence view, stage-2 batch size, no SpecAugment)."""
+    code, out, err = call(capsys, "bench", "train", "dcnn_blstm_att_no_pretrain", "demo", "--steps", "1",
+                          "--repeats", "1", "--threads", "1", "--root", root, "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["stage"] == "stage2" and r["view"]["kind"] == "sequence" and r["spec_augment"] is None
+    assert r["batch_size"] == 16 and r["optimizer"] == "adamw"  # the stage-2 recipe at --preset cpu
+    assert r["train_items"] == 16 and r["steps_per_epoch"] == 1  # one training speaker x 16 utterances
+    assert r["input_shape"][-1] == 1024  # FC7 of the quarter-width AlexNet (cpu preset)
+    assert r["project"]["items"] == r["plain"]["items"] == r["train_items"]
+    code, human, _ = call(capsys, "bench", "train", "dcnn_blstm_att_no_pretrain", "demo", "--steps", "1",
+                          "--repeats", "1", "--threads", "1", "--root", root)
+    assert code == 0 and "stage 2: its recipe never trains stage 1" in human
+
+
 @pytest.mark.parametrize("args, named", [
     (["nope", "demo"], "unknown model 'nope'"),
     (["svm", "demo"], "model 'svm'"),
     (["cnn", "elsewhere"], "no manifest named 'elsewhere'"),
     (["alexnet_sru", "demo"], "ser featurize demo --preset logmel60"),
-    (["alexnet_sru_sru_only", "demo"], "never trains"),
+    (["alexnet_sru_sru_only", "demo"], "ser featurize demo --preset logmel60"),  # benched on stage 2: needs features
 ])
 def test_bad_input_is_one_error_line_and_exit_2(root: str, args: list[str], named: str, capsys) -> None:
     code, out, err = call(capsys, "bench", "train", *args, "--steps", "1", "--repeats", "1", "--root", root)
