@@ -50,13 +50,13 @@ from ser_pipeline.experiments.config import ExperimentConfig, Resolved, resolve
 from ser_pipeline.experiments.corpora import experiment_manifest
 from ser_pipeline.experiments.runner import fold_validation
 from ser_pipeline.features import feature_label
-from ser_pipeline.inference.forward import EMBEDDINGS, STAGE2_VIEW, precise_bn, sequence_table
+from ser_pipeline.inference.forward import STAGE2_VIEW, precise_bn
 from ser_pipeline.splits import make_folds
 from ser_pipeline.training.config import OPTIMIZERS, TrainConfig, resolve_device, seed_everything
 from ser_pipeline.training.heap import keep_freed_memory
 from ser_pipeline.training.loop import fit
 from ser_pipeline.training.trainers.base import FoldRun
-from ser_pipeline.training.trainers.neural import prepare
+from ser_pipeline.training.trainers.neural import prepare, stage2_tables
 from ser_pipeline.workspace import Workspace
 
 
@@ -151,17 +151,15 @@ def prepare_bench(model: str, corpus: str, workspace: Workspace, *, preset: str 
 @torch.no_grad()
 def stage2_inputs(run: FoldRun, view: ViewSpec, fold_train: FeatureTable, train: FeatureTable) -> FeatureTable:
     """The sequence table ``(1, D, S_i)`` per item of ``train``: stage-1 embeddings as the two-stage
-    trainer makes them (the network built with the fold's seed, precise-BN over the fold's training
-    table when the recipe asks for it, the recipe's BatchNorm statistics)."""
+    trainer makes them (:func:`stage2_tables` of the network built with the fold's seed, after
+    precise-BN over the fold's training table when the recipe asks for it); the store is not used."""
     p = run.plan
     seed_everything(run.seed)
     network = p.entry.build(n_classes=len(run.classes), in_channels=p.view.channels or train.shape[0],
                             **p.hparams).to(run.device)
     if p.train.precise_bn:
         precise_bn(network, fold_train, view, batch_size=p.train.eval_batch_size, bf16=p.train.bf16)
-    embeddings = EMBEDDINGS[p.train.bn_statistics](network, train, view, batch_size=p.train.eval_batch_size,
-                                                   bf16=p.train.bf16)
-    return sequence_table(train, embeddings)
+    return stage2_tables(run, network, view, {"train": train}, digest="")["train"]
 
 
 def _subset(data: FoldData, n: int, seed: int) -> FeatureTable:
