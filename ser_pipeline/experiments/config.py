@@ -143,6 +143,9 @@ class Resolved:
             "notes": list(p.notes),
             # only where there is speaker pre-training: other experiments keep their ids
             **({"speaker_freeze": p.speaker_freeze} if p.speaker_train else {}),
+            # two-stage and speaker pre-training models refit stage 2 since stop 24: a new computation, so
+            # a new id (records made before keep theirs; they hold what --set refit=false computes now)
+            **({"refit_stage": "stage2"} if p.refit and (p.stage2_train or p.speaker_train) else {}),
         }))
 
 

@@ -175,3 +175,15 @@ def test_cpu_preset_may_request_waveform_variants_and_the_user_overrides_them() 
     assert recipe_summary(cpu_config, cpu)["waveform_augment"] == "orig, speed=0.9, speed=1.1"  # said in every output
     assert recipe_summary(off_config, off)["waveform_augment"] == "orig"
     assert resolve(ExperimentConfig(model="cnn", preset="cpu")).augment == ""  # only where a recipe asks
+
+
+@pytest.mark.parametrize("model", ["dcnn_blstm_att", "res_trans"])
+def test_stage2_refit_has_an_id_of_its_own(model: str) -> None:
+    """Two-stage and speaker pre-training models refit stage 2 since stop 24: the refit experiment's
+    identity says so (records made before, without it, are not served for it); standard-trainer
+    experiments are unchanged (no ``refit_stage``)."""
+    with_refit = resolve(ExperimentConfig(model=model, corpus="c", preset="cpu"))
+    without = resolve(ExperimentConfig(model=model, corpus="c", preset="cpu", refit=False))
+    assert with_refit.to_dict(identity=True)["refit_stage"] == "stage2"
+    assert "refit_stage" not in without.to_dict(identity=True)
+    assert "refit_stage" not in resolve(ExperimentConfig(model="cnn", corpus="c", preset="cpu")).to_dict(identity=True)
