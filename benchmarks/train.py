@@ -25,7 +25,7 @@ utterances (a seeded subset), so that an epoch is ``N`` steps. Passes alternate 
 plain, project, ...) after one untimed warm-up step of each; every figure is the median over
 passes. ``ratio`` = project utterances per wall second / plain ones (1.0 = as fast as the plain
 loop; the target is at least 0.9). Both loops run under the malloc options ``fit`` sets (freed heap
-memory kept from step to step: :mod:`ser_pipeline.training.heap`); ``heap_kept`` says whether
+memory kept from step to step: :mod:`ser_pipeline.heap`); ``heap_kept`` says whether
 they were taken.
 """
 
@@ -53,7 +53,7 @@ from ser_pipeline.features import feature_label
 from ser_pipeline.inference.forward import STAGE2_VIEW, precise_bn
 from ser_pipeline.splits import make_folds
 from ser_pipeline.training.config import OPTIMIZERS, TrainConfig, resolve_device, seed_everything
-from ser_pipeline.training.heap import keep_freed_memory
+from ser_pipeline.heap import keep_freed_memory
 from ser_pipeline.training.loop import fit
 from ser_pipeline.training.trainers.base import FoldRun
 from ser_pipeline.training.trainers.neural import prepare, stage2_tables

@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,7 +152,8 @@ def run_task(set_path: str, spec_dict: dict[str, Any], work: Sequence[WorkItem],
 
 def run_task_in_worker(set_path: str, spec_dict: dict[str, Any], work: Sequence[WorkItem],
                        fault: FaultHook | None = None, backend: str = "numpy") -> TaskResult:
-    """:func:`run_task` for Dask: a StoreError (full disk...) comes back as ``TaskResult.error``.
+    """:func:`run_task` for Dask and worker processes: a StoreError (full disk...) comes back as
+    ``TaskResult.error``.
 
     The caller raises it once, cleanly: no worker-side "Compute Failed" traceback per task.
     """
@@ -329,6 +331,7 @@ def materialise(
     progress: bool = False,
     fault: FaultHook | None = None,
     threads: int = 1,
+    processes: int = 1,
     backend: str = "numpy",
 ) -> MaterialiseReport:
     """Compute every missing (recording, variant) item of ``manifest`` into the set of ``spec``.
@@ -341,11 +344,16 @@ def materialise(
     Returns counts of computed, reused, repaired and failed items, with each failure's reason. StoreError
     before any work when the store cannot be written; StoreError when a write fails mid-run (the
     batches committed before stay readable). ``fault`` is passed to the writer (tests).
+
+    Where tasks run: on ``client`` (Dask) when given; else on ``processes`` local worker processes
+    (:func:`_run_processes`) when more than one; else on ``threads`` threads of this process.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r}: must be >= 1")
     if threads < 1:
         raise ConfigError(f"threads={threads!r}: must be >= 1")
+    if processes < 1:
+        raise ConfigError(f"processes={processes!r}: must be >= 1")
     backend = resolve_backend(backend)
     check_manifest(manifest)
     variants = variant_list(augment)
@@ -360,11 +368,12 @@ def materialise(
     uid_of = {w.sha256: w.utterance_id for w in work}
     report.damaged = [(uid_of.get(sha, sha), var, why) for (sha, var), why in damaged.items()]
     total = sum(len(w.variants) for w in work)
-    parallel = threads if client is None else cluster_threads(client)
-    tasks = list(chunk_work(work, task_size(total, batch_size, parallel)))
+    pool = Pool("dask", cluster_threads(client)) if client is not None else (
+        Pool("processes", processes) if processes > 1 else Pool("threads", threads))
+    tasks = list(chunk_work(work, task_size(total, batch_size, pool.size)))
     bar = _progress(total, progress and bool(work))
     try:
-        for result, n_items in _run_tasks(tasks, str(fset.path), spec.to_dict(), client, parallel, fault, backend):
+        for result, n_items in _run_tasks(tasks, str(fset.path), spec.to_dict(), client, pool, fault, backend):
             report.computed += result.computed
             report.failed.extend(result.failed)
             report.audio_seconds += result.audio_seconds
@@ -382,21 +391,34 @@ def materialise(
     return report
 
 
+@dataclass(frozen=True)
+class Pool:
+    """Where tasks run: ``kind`` ``threads`` (this process), ``processes`` (local worker processes)
+    or ``dask`` (a client's cluster), with ``size`` tasks at once."""
+
+    kind: str
+    size: int
+
+
 def _run_tasks(
-    tasks: list[list[WorkItem]], set_path: str, spec_dict: dict[str, Any], client: Any, parallel: int,
+    tasks: list[list[WorkItem]], set_path: str, spec_dict: dict[str, Any], client: Any, pool: Pool,
     fault: FaultHook | None,
     backend: str = "numpy",
 ) -> Iterator[tuple[TaskResult, int]]:
-    """Yield ``(result, items in task)`` as tasks finish: in process (``parallel`` threads), or on
-    Dask with bounded flight."""
+    """Yield ``(result, items in task)`` as tasks finish: in this process (one thread, or ``pool.size``
+    threads), on local worker processes, or on Dask with bounded flight."""
     sizes = [sum(len(w.variants) for w in t) for t in tasks]
-    if client is None and parallel <= 1:
+    if pool.kind != "dask" and (pool.size <= 1 or len(tasks) <= 1):
         for task, size in zip(tasks, sizes, strict=True):
             yield run_task(set_path, spec_dict, task, fault, backend), size
         return
-    if client is None:
-        yield from _run_threads(tasks, sizes, set_path, spec_dict, parallel, fault, backend)
+    if pool.kind == "processes" and fault is None:  # a fault hook (tests) need not pickle: threads then
+        yield from _run_processes(tasks, sizes, set_path, spec_dict, pool.size, backend)
         return
+    if pool.kind != "dask":
+        yield from _run_threads(tasks, sizes, set_path, spec_dict, pool.size, fault, backend)
+        return
+    parallel = pool.size
     from distributed import as_completed
 
     pending = iter(zip(tasks, sizes, strict=True))
@@ -444,6 +466,90 @@ def _run_threads(
         try:
             for fut in as_completed(futures):
                 yield fut.result(), futures[fut]
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
+# The compute path and the writer's imports, done once in the fork server instead of in every worker
+# (zarr alone costs a worker about 0.25 s of CPU on its first batch).
+FORK_SERVER_PRELOAD = ("feature_store.materialise", "scipy.fft", "zarr", "zarr.codecs", "threadpoolctl")
+
+
+def _init_worker() -> None:
+    """A worker process's set-up: one BLAS thread, and freed heap memory kept for the next item."""
+    from ser_pipeline.heap import keep_freed_memory
+
+    limit_threads()
+    keep_freed_memory()
+
+
+def _ready() -> None:
+    """A worker that does nothing: forking it proves the fork server has finished its imports."""
+
+
+@contextmanager
+def _main_left_alone() -> Iterator[None]:
+    """Processes started inside do not run the caller's ``__main__`` again.
+
+    multiprocessing re-imports the main script in every process it starts by fork server or spawn;
+    these workers only need this module, and an unguarded script (no ``if __name__ == "__main__"``)
+    would run again in each of them and fail. The main module's ``__file__`` and ``__spec__`` are
+    hidden while the processes start and put back afterwards.
+    """
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__dict__["__spec__"] = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+
+
+def start_fork_server() -> None:
+    """Start this process's fork server and wait until it can fork (once; later calls cost one fork):
+    a clean process that has imported the compute path, from which :func:`_run_processes` forks its
+    workers."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(FORK_SERVER_PRELOAD))
+    probe = context.Process(target=_ready, name="featurize-fork-server-probe")
+    with _main_left_alone():
+        probe.start()
+    probe.join()
+
+
+def _run_processes(
+    tasks: list[list[WorkItem]], sizes: list[int], set_path: str, spec_dict: dict[str, Any], processes: int,
+    backend: str,
+) -> Iterator[tuple[TaskResult, int]]:
+    """Run tasks on ``processes`` worker processes forked from this process's fork server
+    (:func:`start_fork_server`): no Dask cluster to start, and unlike threads no shared GIL (on 2
+    cores two threads ran no faster than one: the Python between numpy calls and Zarr's writes hold
+    it). Each worker limits BLAS to one thread and writes its batches straight into the store, as a
+    Dask worker does; a StoreError comes back as ``TaskResult.error`` and is raised here once. On
+    error the tasks not started are cancelled."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    start_fork_server()
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init_worker) as pool:
+        with _main_left_alone():  # the workers start at the first submit
+            futures = {pool.submit(run_task_in_worker, set_path, spec_dict, task, None, backend): size
+                       for task, size in zip(tasks, sizes, strict=True)}
+        try:
+            for fut in as_completed(futures):
+                result = fut.result()
+                if result.error:
+                    raise StoreError(result.error)
+                yield result, futures[fut]
         except BaseException:
             for fut in futures:
                 fut.cancel()

@@ -22,7 +22,8 @@ def _bench_text(r: dict[str, Any]) -> str:
         f"naive librosa loop : {n['seconds']:.2f} s  {n['audio_s_per_s']:.1f} audio s/s  peak {n['peak_rss_mb']:.0f} MB"
         f"  (start-up {n['startup_s']:.2f} s: librosa import + first file)",
         f"store featurize    : {s['seconds']:.2f} s  {s['audio_s_per_s']:.1f} audio s/s  peak {s['peak_rss_mb']:.0f} MB"
-        f"  ({s['workers']} workers or threads; start-up {s['cluster_start_s']:.2f} s: cluster + worker imports, 0 in process)",
+        f"  ({s['workers']} worker process(es); start-up {s['cluster_start_s']:.2f} s: fork server or cluster, with "
+        f"their imports; 0 in this process)",
         f"ratio store/naive  : {r['ratio']:.2f}x warm (start-up excluded on both sides; passes "
         f"{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}x); {r['ratio_cold']:.2f}x cold (included on both sides)",
         f"CPU time           : naive {n['cpu_seconds']:.2f} s, store {s['cpu_seconds']:.2f} s -> "

@@ -26,20 +26,21 @@ from ser_pipeline.errors import StoreError
 from ser_pipeline.extractors import resolve_backend
 from ser_pipeline.features import FeatureSpec
 
-SMALL_JOB_ITEMS = 4000  # below this, threads in this process beat starting a process cluster (~1.7-5 s)
+SMALL_JOB_ITEMS = 4000  # below this, local worker processes beat starting a Dask cluster (~1.7-5 s)
 
 
 @dataclass(frozen=True)
 class Executor:
-    """Where featurize computes: ``kind`` is ``in-process`` (``threads`` threads) or ``cluster``."""
+    """Where featurize computes: ``kind`` is ``in-process`` (one thread), ``processes`` (``processes``
+    local worker processes forked from a fork server) or ``cluster`` (Dask)."""
 
     kind: str
-    threads: int = 1
+    processes: int = 1
 
     def describe(self, workers: int | None, dask_address: str | None) -> str:
         if self.kind == "cluster":
             return dask_address or f"LocalCluster({workers or 'auto'})"
-        return "in-process" if self.threads == 1 else f"in-process, {self.threads} threads"
+        return "in-process" if self.kind == "in-process" else f"{self.processes} local processes"
 
 
 def choose_executor(todo: int, *, workers: int | None, dask_address: str | None, batch_size: int,
@@ -49,17 +50,21 @@ def choose_executor(todo: int, *, workers: int | None, dask_address: str | None,
     - an address (``--dask-address`` / ``SER_DASK_ADDRESS``): that cluster;
     - the torch backend, one worker, or at most one task's work: this process, one thread (torch
       parallelises inside its own ops; one task cannot be split);
-    - up to :data:`SMALL_JOB_ITEMS` items: this process, one thread per worker (``workers``, else
-      one per CPU): no cluster start-up, which costs more than the job on small corpora;
-    - more: a local process cluster with ``workers`` workers.
+    - up to :data:`SMALL_JOB_ITEMS` items: local worker processes (``workers``, else one per CPU)
+      forked from a fork server: no cluster start-up, which costs more than the job on small
+      corpora (threads in this process were tried until stop 24: on 2 cores two ran no faster than
+      one, the GIL);
+    - more: a local Dask cluster with ``workers`` workers.
     """
     if dask_address:
         return Executor("cluster") if todo > 0 else Executor("in-process")
     if backend == "torch" or workers == 1 or todo <= batch_size:
         return Executor("in-process")
-    threads = workers or os.cpu_count() or 1
+    processes = workers or os.cpu_count() or 1
+    if processes == 1:
+        return Executor("in-process")
     if todo <= SMALL_JOB_ITEMS:
-        return Executor("in-process", threads)
+        return Executor("processes", processes)
     return Executor("cluster")
 
 
@@ -69,7 +74,8 @@ def featurize(manifest: pd.DataFrame, spec: FeatureSpec, augment: AugmentSpec, s
               backend: str = "numpy") -> tuple[MaterialiseReport, str]:
     """Materialise every missing item of ``manifest`` x ``augment`` under ``spec``.
 
-    Returns the report and the executor used (``in-process[, N threads]`` or the cluster's description).
+    Returns the report and the executor used (``in-process``, ``N local processes`` or the cluster's
+    description).
     """
     store.ensure_writable()
     backend = resolve_backend(backend)
@@ -79,8 +85,8 @@ def featurize(manifest: pd.DataFrame, spec: FeatureSpec, augment: AugmentSpec, s
     options = {"manifest_name": manifest_name, "manifest_digest": manifest_digest, "batch_size": batch_size,
                "force": force, "progress": progress, "backend": backend}
     executor = choose_executor(todo, workers=workers, dask_address=dask_address, batch_size=batch_size, backend=backend)
-    if executor.kind == "in-process":
-        report = materialise(manifest, spec, augment, store, threads=executor.threads, **options)
+    if executor.kind != "cluster":
+        report = materialise(manifest, spec, augment, store, processes=executor.processes, **options)
         return report, executor.describe(workers, dask_address)
     with dask_client(workers, dask_address) as client:
         report = materialise(manifest, spec, augment, store, client=client, **options)

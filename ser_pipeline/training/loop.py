@@ -57,7 +57,7 @@ from ser_pipeline.inference.forward import (
 )
 from ser_pipeline.metrics import unweighted_average_recall
 from ser_pipeline.training.config import OPTIMIZERS, PER_STEP_SCHEDULES, SCHEDULES, TrainConfig
-from ser_pipeline.training.heap import keep_freed_memory
+from ser_pipeline.heap import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def fit(
     best weights loaded in ``model``. ``val=None`` (a refit): no validation, run ``stop_epoch``
     epochs (default ``config.epochs``) of the schedule sized for ``config.epochs`` and keep the
     last weights (``best_epoch`` = the last epoch). The process keeps freed heap memory from step
-    to step (:func:`~ser_pipeline.training.heap.keep_freed_memory`).
+    to step (:func:`~ser_pipeline.heap.keep_freed_memory`).
     """
     keep_freed_memory()
     device = next(model.parameters()).device

@@ -67,10 +67,10 @@ def test_torch_backend_same_key_values_within_tolerance(store, make_corpus, tmp_
 
 def test_executor_rule():
     rule = lambda todo, **kw: choose_executor(todo, batch_size=256, **{"workers": None, "dask_address": None, **kw})  # noqa: E731
-    assert rule(100).kind == "in-process" and rule(100).threads == 1  # one task's work
+    assert rule(100).kind == "in-process" and rule(100).processes == 1  # one task's work
     small = rule(1000, workers=2)
-    assert (small.kind, small.threads) == ("in-process", 2) and small.describe(2, None) == "in-process, 2 threads"
-    assert rule(1000, workers=1).threads == 1 and rule(1000, backend="torch").threads == 1
+    assert (small.kind, small.processes) == ("processes", 2) and small.describe(2, None) == "2 local processes"
+    assert rule(1000, workers=1).kind == "in-process" and rule(1000, backend="torch").kind == "in-process"
     assert rule(SMALL_JOB_ITEMS + 1, workers=2).kind == "cluster"
     assert rule(10, dask_address="tcp://x:1").kind == "cluster"
 
@@ -108,3 +108,22 @@ def test_ssl_spec_errors_name_the_field():
         feature_spec("ssl")
     with pytest.raises(ConfigError, match="layers"):
         feature_spec("ssl", checkpoint="/x", layers=())
+
+
+def test_worker_processes_give_the_same_bits_as_one_thread(store, make_corpus, tmp_path):
+    """``processes=2``: tasks run in worker processes forked from the fork server and write their
+    batches straight into the store; the items equal those computed in this process, and a bad
+    recording still fails alone."""
+    frame = make_corpus(6)
+    with open(frame.path.iloc[4], "wb") as broken:
+        broken.write(b"RIFF....garbage")
+    pooled = materialise(frame, SPEC, ["gain=3"], store, processes=2, batch_size=2)
+    assert (pooled.computed, pooled.batches) == (10, 5)  # a task per recording; the broken one writes none
+    assert [f[0] for f in pooled.failed] == [frame.utterance_id.iloc[4]] * 2
+    serial = FeatureStore(tmp_path / "serial")
+    materialise(frame, SPEC, ["gain=3"], serial, processes=1, batch_size=2)
+    good = frame.drop(index=4)
+    for variant in ("orig", "gain=3"):
+        for a, b in zip(values(store, SPEC, good, variant), values(serial, SPEC, good, variant), strict=True):
+            assert np.array_equal(a, b)
+

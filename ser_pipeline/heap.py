@@ -1,4 +1,5 @@
-"""The process heap during training: keep freed memory for the next step (glibc only).
+"""The process heap of training and of featurize's worker processes: keep freed memory for the next
+step or item (glibc only).
 
 Every training step allocates the same large tensors (the batch's view, its masked copy, the
 activations) and frees them at the end of the step. glibc's malloc hands big freed blocks back to
@@ -8,7 +9,9 @@ with ``ser bench train``: tens of thousands of minor faults per step for ``dcnn_
 its batch preparation twice as long). :func:`keep_freed_memory` sets two malloc options once per
 process so that blocks up to :data:`MMAP_THRESHOLD` come from the heap and the heap keeps up to
 :data:`TRIM_THRESHOLD` of free memory; the process's resident size then stays at its peak instead
-of shrinking between steps. Elsewhere than glibc it does nothing.
+of shrinking between steps. Featurize's worker processes (:mod:`feature_store.materialise`) set the
+same options: a fresh process otherwise maps and faults in every large frame matrix of every item.
+Elsewhere than glibc it does nothing.
 """
 
 from __future__ import annotations

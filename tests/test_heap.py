@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from ser_pipeline.training.heap import MMAP_THRESHOLD, keep_freed_memory
+from ser_pipeline.heap import MMAP_THRESHOLD, keep_freed_memory
 
 pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                                 reason="the malloc options are glibc's")
@@ -26,7 +26,7 @@ class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
 libc = ctypes.CDLL("libc.so.6"); libc.mallinfo2.restype = Info
 if sys.argv[1] == "keep":
-    from ser_pipeline.training.heap import keep_freed_memory
+    from ser_pipeline.heap import keep_freed_memory
     assert keep_freed_memory()
 torch.set_num_threads(1)
 held = [torch.ones({size} // 4) for _ in range(8)]  # one 'training step': 8 large tensors alive at once
