@@ -50,10 +50,10 @@ from ser_pipeline.experiments.config import ExperimentConfig, Resolved, resolve
 from ser_pipeline.experiments.corpora import experiment_manifest
 from ser_pipeline.experiments.runner import fold_validation
 from ser_pipeline.features import feature_label
+from ser_pipeline.heap import keep_freed_memory
 from ser_pipeline.inference.forward import STAGE2_VIEW, precise_bn
 from ser_pipeline.splits import make_folds
 from ser_pipeline.training.config import OPTIMIZERS, TrainConfig, resolve_device, seed_everything
-from ser_pipeline.heap import keep_freed_memory
 from ser_pipeline.training.loop import fit
 from ser_pipeline.training.trainers.base import FoldRun
 from ser_pipeline.training.trainers.neural import prepare, stage2_tables

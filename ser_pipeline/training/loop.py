@@ -48,6 +48,7 @@ from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, augment_batch, so
 from ser_pipeline.dataset.tables import FeatureTable, class_weights, index_batches
 from ser_pipeline.dataset.views import ViewBatch, ViewSpec
 from ser_pipeline.errors import TrainingError
+from ser_pipeline.heap import keep_freed_memory
 from ser_pipeline.inference.forward import (
     POSTERIORS,
     _autocast,
@@ -57,7 +58,6 @@ from ser_pipeline.inference.forward import (
 )
 from ser_pipeline.metrics import unweighted_average_recall
 from ser_pipeline.training.config import OPTIMIZERS, PER_STEP_SCHEDULES, SCHEDULES, TrainConfig
-from ser_pipeline.heap import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
