@@ -511,14 +511,32 @@ def _main_left_alone() -> Iterator[None]:
             main.__dict__.update(saved)
 
 
+def _stop_helpers() -> None:
+    """At exit: stop and reap the fork server and multiprocessing's resource tracker, so that a
+    command leaves no process behind (they would otherwise end on their own a moment after it).
+    Their ``_stop`` is private to CPython; without it they end as they would anyway."""
+    from multiprocessing import forkserver, resource_tracker
+
+    for helper in (getattr(forkserver, "_forkserver", None), getattr(resource_tracker, "_resource_tracker", None)):
+        stop = getattr(helper, "_stop", None)
+        if stop is not None:
+            try:
+                stop()
+            except Exception:  # noqa: BLE001 - exiting anyway: a helper that is already gone is fine
+                pass
+
+
 def start_fork_server() -> None:
     """Start this process's fork server and wait until it can fork (once; later calls cost one fork):
     a clean process that has imported the compute path, from which :func:`_run_processes` forks its
     workers."""
+    import atexit
     import multiprocessing
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(FORK_SERVER_PRELOAD))
+    atexit.unregister(_stop_helpers)
+    atexit.register(_stop_helpers)
     probe = context.Process(target=_ready, name="featurize-fork-server-probe")
     with _main_left_alone():
         probe.start()
