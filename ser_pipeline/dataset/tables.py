@@ -14,7 +14,7 @@ import warnings
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -61,12 +61,13 @@ class DictSource:
         return [self.items[k] for k in keys]
 
 
-_RESIZED_BANDS: dict[int, dict[tuple[int, int], torch.Tensor]] = {}
-"""``id`` of a table's ``frames`` tensor -> its frequency-resized copies by ``(height, channels)``
-(:meth:`FeatureTable.view_frames`); an entry is dropped when its tensor is freed."""
+_RESIZED_BANDS: dict[int, dict[tuple[Any, ...], Any]] = {}
+"""``id`` of a table's ``frames`` tensor -> what is kept for it: its frequency-resized copies by
+``(height, channels)`` (:meth:`FeatureTable.view_frames`) and its whole ``sequence`` view
+(:meth:`FeatureTable.sequence_view`); an entry is dropped when its tensor is freed."""
 
 
-def _kept_bands(frames: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
+def _kept_bands(frames: torch.Tensor) -> dict[tuple[Any, ...], Any]:
     """The resized copies kept for ``frames`` (a new, empty entry the first time)."""
     key = id(frames)
     if key not in _RESIZED_BANDS:
@@ -137,6 +138,11 @@ class FeatureTable:
         only; the result says ``masked``, else the caller applies them).
         """
         device = torch.device(device) if device is not None else self.device
+        if device == self.device and spec.kind == "sequence" and spec.time_pool <= 1:
+            i = index.to(self.lengths.device)
+            whole = self.sequence_view(spec)
+            width = int(self.lengths[i].max())  # padded as a batch of these items alone would be
+            return ViewBatch(whole.x[i, :width], whole.mask[i, :width])
         if device == self.device:
             i = index.to(self.offsets.device)
             built = view_items(spec, self.view_frames(spec), self.offsets[i], self.lengths[i], train=train,
@@ -145,6 +151,18 @@ class FeatureTable:
                 return built
         x, lengths = self.batch(index)
         return apply_view(spec, x.to(device, non_blocking=True), lengths.to(device), train=train, generator=generator)
+
+    def sequence_view(self, spec: ViewSpec) -> ViewBatch:
+        """The ``sequence`` view of every item at once, ``x (N, S_max, C*F)`` and ``mask (N, S_max)``,
+        built once for this table and kept as long as its ``frames`` live: the view is deterministic
+        (no crop, no augmentation), so a batch is a row selection of it (stage-2 heads on stored
+        embeddings take steps of a few milliseconds, where building each batch again showed)."""
+        kept = _kept_bands(self.frames)
+        key = ("sequence", spec.kind)
+        if key not in kept:
+            x, lengths = self.batch(torch.arange(len(self), device=self.lengths.device))
+            kept[key] = apply_view(spec, x, lengths)
+        return kept[key]
 
     def view_frames(self, spec: ViewSpec) -> torch.Tensor:
         """The time-major frames a cropping view ``spec`` reads, ``(sum_T, C', H)``: the channels it

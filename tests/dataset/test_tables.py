@@ -12,6 +12,7 @@ from ser_pipeline.dataset.tables import (
     DictSource,
     SourceDataset,
     TableDataset,
+    _pack,
     build_fold_data,
     class_weights,
     collate_padded,
@@ -152,3 +153,21 @@ def test_concat_tables_keeps_every_item_in_order() -> None:
     other = load_table(source, by_id.loc[ids[5:9]], CLASSES, names[:1] + ["someone else"] + names[2:])
     with pytest.raises(ConfigError, match="speaker_names"):
         concat_tables(first, other)
+
+
+def test_sequence_batches_are_rows_of_the_kept_whole_view() -> None:
+    """The ``sequence`` view of any batch equals ``apply_view`` of its padded batch, bit for bit
+    (padded to the batch's own longest item), though it is a row selection of the view of the whole
+    table built once."""
+    from ser_pipeline.dataset.views import ViewSpec, apply_view
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((1, 6, int(n))).astype(np.float32) for n in rng.integers(1, 5, size=9)]
+    table = _pack(arrays, [0] * 9, [0] * 9, [f"u{i}" for i in range(9)], ["orig"] * 9, ["s"])
+    spec = ViewSpec(kind="sequence")
+    for index in (torch.tensor([3, 0, 7]), torch.tensor([1]), torch.arange(9), torch.tensor([8, 2, 2])):
+        got = table.view(index, spec)
+        x, lengths = table.batch(index)
+        want = apply_view(spec, x, lengths)
+        assert got.x.shape == want.x.shape and torch.equal(got.x, want.x) and torch.equal(got.mask, want.mask)
+    assert table.sequence_view(spec) is table.sequence_view(spec)  # built once
