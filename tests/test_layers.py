@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Lower layers first; a module may import its own layer or any layer before it.
 LAYERS = [
-    {"errors", "config", "registry", "workspace"},
+    {"errors", "config", "registry", "workspace", "heap"},
     {"audio", "augment", "features", "functionals", "torch_features", "ssl_features", "extractors", "manifest", "splits", "metrics", "corpora",
      "explore"},
     {"dataset"},
