@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -127,3 +128,34 @@ def test_worker_processes_give_the_same_bits_as_one_thread(store, make_corpus, t
         for a, b in zip(values(store, SPEC, good, variant), values(serial, SPEC, good, variant), strict=True):
             assert np.array_equal(a, b)
 
+
+
+def test_an_unguarded_script_can_featurize_on_worker_processes(make_corpus, tmp_path):
+    """A plain script without ``if __name__ == "__main__"`` calls ``materialise(processes=2)``: the
+    worker processes do not run the script again (multiprocessing would, and fail), every item is
+    computed, and no helper process outlives the script."""
+    import subprocess
+    import sys
+    import textwrap
+
+    frame = make_corpus(4)
+    frame.to_csv(tmp_path / "frame.csv", index=False)
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        import pandas as pd
+        from feature_store.materialise import materialise
+        from feature_store.store import FeatureStore
+        from ser_pipeline.features import feature_spec
+        frame = pd.read_csv({str(tmp_path / "frame.csv")!r})
+        report = materialise(frame, feature_spec("logmel64"), None, FeatureStore({str(tmp_path / "store")!r}),
+                             processes=2, batch_size=1)
+        print("computed", report.computed, "failed", len(report.failed))
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group: what it leaves behind is findable
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.split() == ["computed", "4", "failed", "0"]
+    assert "bootstrapping" not in err and "Traceback" not in err
+    with pytest.raises(ProcessLookupError):  # the fork server and resource tracker were reaped at exit
+        os.killpg(proc.pid, 0)
