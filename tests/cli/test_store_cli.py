@@ -127,11 +127,14 @@ def test_bench_featurize_on_a_folder(tmp_path, write_wav):
     assert figures["files"] == 3 and figures["store"]["computed"] == 3 and figures["noop_rerun"]["computed"] == 0
     assert figures["naive"]["audio_s_per_s"] > 0 and figures["ratio"] > 0 and figures["store"]["peak_rss_mb"] > 0
     naive, store = figures["naive"], figures["store"]
-    # Times are rounded to ms and the naive loop over 3 tiny files takes ~10 ms: allow rounding error.
-    assert figures["ratio"] == pytest.approx(naive["seconds"] / store["seconds"], rel=0.15)
-    cold = (naive["startup_s"] + naive["seconds"]) / (store["cluster_start_s"] + store["seconds"])
-    assert figures["ratio_cold"] == pytest.approx(cold, rel=0.02, abs=0.01)
-    assert naive["startup_s"] > 0 and store["cluster_start_s"] == 0.0  # 3 files: threads in process, no cluster
+    # The printed times are rounded to ms (half a ms each way, a ms for a sum) and the passes over 3
+    # tiny files take a few ms: the ratios recomputed from them are only known within these bounds.
+    def within(ratio: float, top: float, bottom: float) -> bool:
+        return (top - 0.001) / (bottom + 0.001) * 0.99 <= ratio <= (top + 0.001) / max(bottom - 0.001, 1e-4) * 1.01
+
+    assert within(figures["ratio"], naive["seconds"], store["seconds"])
+    assert within(figures["ratio_cold"], naive["startup_s"] + naive["seconds"], store["cluster_start_s"] + store["seconds"])
+    assert naive["startup_s"] > 0 and store["cluster_start_s"] == 0.0  # --workers 1: in this process, no start-up
     assert figures["repeats"] == 2 and len(naive["runs_s"]) == len(store["runs_s"]) == 2
     assert naive["seconds"] == pytest.approx(sum(naive["runs_s"]) / 2, abs=0.002)  # median of two
     assert figures["ratio_range"][0] <= figures["ratio_range"][1]
