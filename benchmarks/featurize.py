@@ -37,6 +37,7 @@ import soundfile as sf
 from feature_store.materialise import (
     DEFAULT_BATCH_SIZE,
     dask_client,
+    fork_server_available,
     materialise,
     start_fork_server,
     task_size,
@@ -266,7 +267,7 @@ def store_pass(
     executor = choose_executor(len(frame), workers=workers, dask_address=None, batch_size=batch_size)
     if executor.kind != "cluster":
         start = time.perf_counter()
-        if executor.kind == "processes":
+        if executor.kind == "processes" and fork_server_available():
             start_fork_server()
         startup_s = time.perf_counter() - start
         report, run = timed(lambda: materialise(frame, spec, None, FeatureStore(folder), processes=executor.processes,

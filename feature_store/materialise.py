@@ -412,8 +412,8 @@ def _run_tasks(
         for task, size in zip(tasks, sizes, strict=True):
             yield run_task(set_path, spec_dict, task, fault, backend), size
         return
-    if pool.kind == "processes" and fault is None:  # a fault hook (tests) need not pickle: threads then
-        yield from _run_processes(tasks, sizes, set_path, spec_dict, pool.size, backend)
+    if pool.kind == "processes" and fault is None and fork_server_available():  # a fault hook (tests) need
+        yield from _run_processes(tasks, sizes, set_path, spec_dict, pool.size, backend)  # not pickle: threads
         return
     if pool.kind != "dask":
         yield from _run_threads(tasks, sizes, set_path, spec_dict, pool.size, fault, backend)
@@ -509,6 +509,13 @@ def _main_left_alone() -> Iterator[None]:
         if main is not None:
             main.__dict__.pop("__spec__", None)
             main.__dict__.update(saved)
+
+
+def fork_server_available() -> bool:
+    """Whether this platform has multiprocessing's fork server (not on Windows: threads are used there)."""
+    import multiprocessing
+
+    return "forkserver" in multiprocessing.get_all_start_methods()
 
 
 def _stop_helpers() -> None:
