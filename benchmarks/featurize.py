@@ -283,7 +283,8 @@ def store_pass(
 
 
 def bench_featurize(
-    frame: pd.DataFrame, scratch: Path, *, workers: int | None = None, preset: str = "logmel64", scale: int = 4,
+    frame: pd.DataFrame, scratch: Path, *, workers: int | None = None, preset: str = "logmel64",
+    overrides: dict[str, Any] | None = None, scale: int = 4,
     naive_blas_threads: int | None = None, repeats: int = 3, stages: bool = True,
 ) -> dict[str, Any]:
     """Run the whole benchmark (see module docstring); returns the figures as a dict.
@@ -299,7 +300,7 @@ def bench_featurize(
     frame = frame[["utterance_id", "path", "sha256", "duration_s"]].reset_index(drop=True)
     paths = frame["path"].tolist()
     audio_s = float(frame["duration_s"].sum())
-    spec = feature_spec(preset)
+    spec = feature_spec(preset, **(overrides or {}))  # the store's side; the naive loop is fixed
     warm_page_cache(paths)
     naive_runs: list[Pass] = []
     store_runs: list[Pass] = []
@@ -323,7 +324,7 @@ def bench_featurize(
     # a fresh cluster per pass: the median start; the fork server starts in the first pass only: that start
     pool = choose_executor(len(frame), workers=workers, dask_address=None, batch_size=DEFAULT_BATCH_SIZE).kind
     cluster_s = cluster_starts[0] if pool == "processes" else _median(cluster_starts)
-    out: dict[str, Any] = {"files": len(frame), "audio_seconds": round(audio_s, 2), "preset": preset,
+    out: dict[str, Any] = {"files": len(frame), "audio_seconds": round(audio_s, 2), "preset": preset, "overrides": dict(overrides or {}),
                            "repeats": repeats, "memory_method": peak_memory_method()}
     out["naive"] = {"seconds": round(naive_s, 3), "audio_s_per_s": round(audio_s / naive_s, 1),
                     "peak_rss_mb": round(max(r.peak_mb for r in naive_runs), 1),

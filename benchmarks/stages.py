@@ -95,7 +95,7 @@ def _wave_timed(path: str, spec: FeatureSpec, clock: dict[str, float]) -> np.nda
     lap("hash")
     mono, rate = decode_mono(data, path)
     lap("decode")
-    wave = audio.resample(mono, rate, spec.sample_rate)
+    wave = audio.resample(mono, rate, spec.sample_rate, quality=spec.resample_quality)
     lap("resample")
     return wave
 

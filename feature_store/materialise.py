@@ -98,7 +98,7 @@ class MaterialiseReport:
         return out
 
 
-def load_checked(path: str, sha256: str, sample_rate: int) -> np.ndarray:
+def load_checked(path: str, sha256: str, sample_rate: int, *, quality: str = "VHQ") -> np.ndarray:
     """Mono wave ``(n,)`` float32 at ``sample_rate``; AudioError when missing, changed or unusable.
 
     The file's bytes are read once, hashed and compared with the manifest's sha256, then decoded:
@@ -114,7 +114,7 @@ def load_checked(path: str, sha256: str, sample_rate: int) -> np.ndarray:
     if sha256 and actual != sha256:
         raise AudioError(f"{path}: checksum mismatch, file changed since ingest (manifest {sha256[:12]}, now {actual[:12]})")
     mono, rate = decode_mono(data, path)
-    return audio.resample(mono, rate, sample_rate)
+    return audio.resample(mono, rate, sample_rate, quality=quality)
 
 
 def decode_mono(data: bytes, path: str) -> tuple[np.ndarray, int]:
@@ -171,7 +171,7 @@ def _compute_and_commit(set_path: Path, spec: FeatureSpec, work: Sequence[WorkIt
     pending: list[tuple[dict[str, Any], np.ndarray, str]] = []  # (meta, varied wave, path)
     for item in work:
         try:
-            wave = load_checked(item.path, item.sha256, spec.sample_rate)
+            wave = load_checked(item.path, item.sha256, spec.sample_rate, quality=spec.resample_quality)
         except AudioError as exc:
             result.failed.extend((item.utterance_id, v, str(exc)) for v in item.variants)
             continue

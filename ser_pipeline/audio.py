@@ -224,11 +224,11 @@ def to_mono(data: np.ndarray) -> np.ndarray:
     return data if data.ndim == 1 else data.mean(axis=1, dtype=np.float32)
 
 
-def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """High-quality (soxr VHQ) resampling of a mono ``(n,)`` signal."""
+def resample(wave: np.ndarray, orig_sr: int, target_sr: int, *, quality: str = "VHQ") -> np.ndarray:
+    """soxr resampling of a mono ``(n,)`` signal (``quality``: a soxr quality, e.g. ``VHQ``, ``HQ``)."""
     if orig_sr == target_sr:
         return wave.astype(np.float32, copy=False)
-    return soxr.resample(wave, orig_sr, target_sr, quality="VHQ").astype(np.float32, copy=False)
+    return soxr.resample(wave, orig_sr, target_sr, quality=quality).astype(np.float32, copy=False)
 
 
 def load(path: str | Path, *, sample_rate: int | None = None) -> tuple[np.ndarray, int]:

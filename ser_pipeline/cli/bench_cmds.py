@@ -47,6 +47,8 @@ def featurize(
     path: Annotated[Path | None, typer.Option("--path", help="Benchmark the audio files under DIR instead.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Dask workers (default: CPU count).")] = None,
     preset: Annotated[str, typer.Option("--preset")] = "logmel64",
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Override a FeatureSpec field of the store side: "
+                                                   "resample_quality=HQ, n_mels=48 ...")] = None,
     scale: Annotated[int, typer.Option("--scale", min=1, help="Corpus multiple for the memory run (1 = skip).")] = 4,
     no_scale: Annotated[bool, typer.Option("--no-scale", help="Skip the scaled-corpus memory run (= --scale 1).")] = False,
     naive_blas_threads: Annotated[
@@ -63,10 +65,16 @@ def featurize(
     from benchmarks.featurize import bench_featurize, frame_from_dir
     from ser_pipeline.manifest import read_manifest  # pandas: when the command runs
 
+    overrides: dict[str, Any] = {}
+    if sets:
+        from ser_pipeline.cli.train_cmds import apply_sets  # yaml: only when --set is given
+
+        overrides = apply_sets({}, sets)
     frame = frame_from_dir(path) if path is not None else read_manifest(name, workspace(root))
     folder = Path(tempfile.mkdtemp(prefix="ser-bench-", dir=scratch))
     try:
-        result = bench_featurize(frame, folder, workers=workers, preset=preset, scale=1 if no_scale else scale,
+        result = bench_featurize(frame, folder, workers=workers, preset=preset, overrides=overrides,
+                                 scale=1 if no_scale else scale,
                                  naive_blas_threads=naive_blas_threads, repeats=repeats, stages=stages)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -115,7 +123,8 @@ def extract(
 
     frame = read_manifest(name, workspace(root)).head(limit)
     spec = feature_spec(preset)
-    waves = [load_checked(p, s, spec.sample_rate) for p, s in zip(frame.path, frame.sha256, strict=True)]
+    waves = [load_checked(p, s, spec.sample_rate, quality=spec.resample_quality)
+             for p, s in zip(frame.path, frame.sha256, strict=True)]
     report: dict[str, Any] = {"manifest": name, "preset": preset, "files": len(waves),
                               "audio_seconds": round(sum(w.size for w in waves) / spec.sample_rate, 2), "repeats": repeats}
     report.update(bench_backends(waves, spec, repeats=repeats, batch=batch, torch_device=device))

@@ -87,7 +87,8 @@ def file_features(path: str | os.PathLike[str], spec: FeatureSpec, *,
         raise AudioError(f"{path}: not a file")
     try:
         data, rate = check_recording(path, min_duration_s=min_duration_s)
-        wave = resample(to_mono(data), rate, spec.sample_rate) if rate != spec.sample_rate else to_mono(data)
+        wave = (resample(to_mono(data), rate, spec.sample_rate, quality=spec.resample_quality)
+                if rate != spec.sample_rate else to_mono(data))
     except SerError:
         raise
     except Exception as exc:  # noqa: BLE001 - libsndfile raises several types
