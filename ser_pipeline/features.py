@@ -63,6 +63,7 @@ class FeatureSpec(Spec):
     """
 
     CODE_VERSION: ClassVar[str] = "1"
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {"resample_quality": "VHQ"}  # stop 24: older digests stay valid
 
     preset: str = "logmel64"
     kind: str = "logmel"
@@ -88,7 +89,7 @@ class FeatureSpec(Spec):
     # kind="functionals" only: the openSMILE set (:data:`ser_pipeline.functionals.FUNCTIONAL_SETS`).
     functional_set: str = "eGeMAPSv02"
     # soxr quality of the resampling to ``sample_rate`` (recordings at another rate): "VHQ" or "HQ"
-    # (stop 24; about half the cost, within a stated tolerance). Left out of the digest at "VHQ".
+    # (stop 24; about half the cost, within a stated tolerance). A LATER_FIELDS entry.
     resample_quality: str = "VHQ"
 
     def validate(self) -> None:
@@ -130,9 +131,7 @@ class FeatureSpec(Spec):
         """The fields that determine this kind's arrays (no ``preset``; the other kind's fields dropped)."""
         own = KIND_FIELDS[self.kind]
         drop = {"preset", *(f for fields in KIND_FIELDS.values() for f in fields if f not in own)}
-        if self.resample_quality == "VHQ":  # added at stop 24: specs from before keep their digests
-            drop.add("resample_quality")
-        return {k: v for k, v in self.to_dict().items() if k not in drop}
+        return {k: v for k, v in self.identity().items() if k not in drop}
 
     def digest(self) -> str:
         """sha256 of the parameters that determine the arrays (not ``preset``). For ``ssl`` the
@@ -148,7 +147,7 @@ class FeatureSpec(Spec):
     def legacy_digest(self) -> str:
         """The key stores used before the preset left the digest (preset name included): such sets stay
         readable and ``ser store gc`` reports them as superseded by :meth:`digest`."""
-        old = {k: v for k, v in self.to_dict().items() if k not in (*SSL_FIELDS, *FUNCTIONAL_FIELDS)}
+        old = {k: v for k, v in self.identity().items() if k not in (*SSL_FIELDS, *FUNCTIONAL_FIELDS)}
         return stable_digest(old, version=f"{type(self).__name__}:{self.CODE_VERSION}")
 
     @property

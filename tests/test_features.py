@@ -195,6 +195,7 @@ def test_resample_quality_hq_is_opt_in_and_within_its_stated_tolerance(tmp_path)
     from ser_pipeline.features import extract
 
     assert feature_spec("logmel64").digest() == "24f517291fa2e6f7"  # as before the field existed
+    assert feature_spec("logmel64").legacy_digest() == "d2bddb9141625a00"  # sets keyed the oldest way still found
     assert feature_spec("logmel64", resample_quality="VHQ").digest() == "24f517291fa2e6f7"
     assert feature_spec("logmel64", resample_quality="HQ").digest() != "24f517291fa2e6f7"
     with pytest.raises(ConfigError, match="resample_quality"):
