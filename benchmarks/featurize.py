@@ -34,14 +34,8 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from feature_store.materialise import (
-    DEFAULT_BATCH_SIZE,
-    dask_client,
-    fork_server_available,
-    materialise,
-    start_fork_server,
-    task_size,
-)
+from feature_store.materialise import DEFAULT_BATCH_SIZE, dask_client, materialise, task_size
+from feature_store.pools import fork_server_available, start_fork_server
 from feature_store.store import FeatureStore
 from ser_pipeline.audio import check_recording, file_sha256
 from ser_pipeline.errors import AudioError, ConfigError

@@ -16,8 +16,9 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from feature_store.cluster import (  # noqa: F401 - re-exported
     limit_threads,
 )
 from feature_store.layout import TMP, tmp_is_abandoned
+from feature_store.pools import fork_server_available, on_processes, on_threads
 from feature_store.store import FeatureStore
 from feature_store.writer import FaultHook, write_feature_batch
 from ser_pipeline import audio
@@ -346,7 +348,7 @@ def materialise(
     batches committed before stay readable). ``fault`` is passed to the writer (tests).
 
     Where tasks run: on ``client`` (Dask) when given; else on ``processes`` local worker processes
-    (:func:`_run_processes`) when more than one; else on ``threads`` threads of this process.
+    (:func:`feature_store.pools.on_processes`) when more than one; else on ``threads`` threads of this process.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r}: must be >= 1")
@@ -406,17 +408,29 @@ def _run_tasks(
     backend: str = "numpy",
 ) -> Iterator[tuple[TaskResult, int]]:
     """Yield ``(result, items in task)`` as tasks finish: in this process (one thread, or ``pool.size``
-    threads), on local worker processes, or on Dask with bounded flight."""
+    threads), on local worker processes forked from a fork server (:mod:`feature_store.pools`), or on
+    Dask with bounded flight."""
     sizes = [sum(len(w.variants) for w in t) for t in tasks]
     if pool.kind != "dask" and (pool.size <= 1 or len(tasks) <= 1):
         for task, size in zip(tasks, sizes, strict=True):
             yield run_task(set_path, spec_dict, task, fault, backend), size
         return
+    calls = [(set_path, spec_dict, task, fault, backend) for task in tasks]
     if pool.kind == "processes" and fault is None and fork_server_available():  # a fault hook (tests) need
-        yield from _run_processes(tasks, sizes, set_path, spec_dict, pool.size, backend)  # not pickle: threads
+        # not pickle: threads then. A StoreError in a worker comes back as TaskResult.error, raised here once.
+        with closing(on_processes(run_task_in_worker, calls, pool.size)) as done:
+            for i, result in done:
+                if result.error:
+                    raise StoreError(result.error)
+                yield result, sizes[i]
         return
-    if pool.kind != "dask":
-        yield from _run_threads(tasks, sizes, set_path, spec_dict, pool.size, fault, backend)
+    if pool.kind != "dask":  # BLAS limited to one thread for the whole pool (the limit is process-wide)
+        from threadpoolctl import threadpool_limits
+
+        load_compute_modules()
+        with threadpool_limits(limits=1), closing(on_threads(partial(run_task, limit_blas=False), calls, pool.size)) as done:
+            for i, result in done:
+                yield result, sizes[i]
         return
     parallel = pool.size
     from distributed import as_completed
@@ -445,140 +459,6 @@ def _run_tasks(
     except BaseException:
         cancel_quietly(client, [f for f in submitted if not f.done()])
         raise
-
-
-def _run_threads(
-    tasks: list[list[WorkItem]], sizes: list[int], set_path: str, spec_dict: dict[str, Any], threads: int,
-    fault: FaultHook | None, backend: str,
-) -> Iterator[tuple[TaskResult, int]]:
-    """Run tasks on a thread pool in this process (no cluster start-up): numpy's FFTs, ufuncs on
-    frame matrices, soxr and zlib/blosc release the GIL, so threads scale on small jobs. BLAS is
-    limited to one thread for the whole pool (the limit is process-wide); on error the tasks not
-    started are cancelled."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    from threadpoolctl import threadpool_limits
-
-    load_compute_modules()
-    with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="featurize") as pool:
-        futures = {pool.submit(run_task, set_path, spec_dict, task, fault, backend, limit_blas=False): size
-                   for task, size in zip(tasks, sizes, strict=True)}
-        try:
-            for fut in as_completed(futures):
-                yield fut.result(), futures[fut]
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
-
-
-# The compute path and the writer's imports, done once in the fork server instead of in every worker
-# (zarr alone costs a worker about 0.25 s of CPU on its first batch).
-FORK_SERVER_PRELOAD = ("feature_store.materialise", "scipy.fft", "zarr", "zarr.codecs", "threadpoolctl")
-
-
-def _init_worker() -> None:
-    """A worker process's set-up: one BLAS thread, and freed heap memory kept for the next item."""
-    from ser_pipeline.heap import keep_freed_memory
-
-    limit_threads()
-    keep_freed_memory()
-
-
-def _ready() -> None:
-    """A worker that does nothing: forking it proves the fork server has finished its imports."""
-
-
-@contextmanager
-def _main_left_alone() -> Iterator[None]:
-    """Processes started inside do not run the caller's ``__main__`` again.
-
-    multiprocessing re-imports the main script in every process it starts by fork server or spawn;
-    these workers only need this module, and an unguarded script (no ``if __name__ == "__main__"``)
-    would run again in each of them and fail. The main module's ``__file__`` and ``__spec__`` are
-    hidden while the processes start and put back afterwards.
-    """
-    main = sys.modules.get("__main__")
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
-    try:
-        if main is not None:
-            main.__dict__.pop("__file__", None)
-            main.__dict__["__spec__"] = None
-        yield
-    finally:
-        if main is not None:
-            main.__dict__.pop("__spec__", None)
-            main.__dict__.update(saved)
-
-
-def fork_server_available() -> bool:
-    """Whether this platform has multiprocessing's fork server (not on Windows: threads are used there)."""
-    import multiprocessing
-
-    return "forkserver" in multiprocessing.get_all_start_methods()
-
-
-def _stop_helpers() -> None:
-    """At exit: stop and reap the fork server and multiprocessing's resource tracker, so that a
-    command leaves no process behind (they would otherwise end on their own a moment after it).
-    Their ``_stop`` is private to CPython; without it they end as they would anyway."""
-    from multiprocessing import forkserver, resource_tracker
-
-    for helper in (getattr(forkserver, "_forkserver", None), getattr(resource_tracker, "_resource_tracker", None)):
-        stop = getattr(helper, "_stop", None)
-        if stop is not None:
-            try:
-                stop()
-            except Exception:  # noqa: BLE001 - exiting anyway: a helper that is already gone is fine
-                pass
-
-
-def start_fork_server() -> None:
-    """Start this process's fork server and wait until it can fork (once; later calls cost one fork):
-    a clean process that has imported the compute path, from which :func:`_run_processes` forks its
-    workers."""
-    import atexit
-    import multiprocessing
-
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(FORK_SERVER_PRELOAD))
-    atexit.unregister(_stop_helpers)
-    atexit.register(_stop_helpers)
-    probe = context.Process(target=_ready, name="featurize-fork-server-probe")
-    with _main_left_alone():
-        probe.start()
-    probe.join()
-
-
-def _run_processes(
-    tasks: list[list[WorkItem]], sizes: list[int], set_path: str, spec_dict: dict[str, Any], processes: int,
-    backend: str,
-) -> Iterator[tuple[TaskResult, int]]:
-    """Run tasks on ``processes`` worker processes forked from this process's fork server
-    (:func:`start_fork_server`): no Dask cluster to start, and unlike threads no shared GIL (on 2
-    cores two threads ran no faster than one: the Python between numpy calls and Zarr's writes hold
-    it). Each worker limits BLAS to one thread and writes its batches straight into the store, as a
-    Dask worker does; a StoreError comes back as ``TaskResult.error`` and is raised here once. On
-    error the tasks not started are cancelled."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    start_fork_server()
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init_worker) as pool:
-        with _main_left_alone():  # the workers start at the first submit
-            futures = {pool.submit(run_task_in_worker, set_path, spec_dict, task, None, backend): size
-                       for task, size in zip(tasks, sizes, strict=True)}
-        try:
-            for fut in as_completed(futures):
-                result = fut.result()
-                if result.error:
-                    raise StoreError(result.error)
-                yield result, futures[fut]
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
 
 
 def _take(it: Iterator[Any], n: int) -> list[Any]:
