@@ -1,0 +1,46 @@
+"""The batch writer's own chunk encoding must store exactly what Zarr would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from feature_store.writer import compressor, write_chunks
+from ser_pipeline.errors import StoreError
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks", "dtype"),
+    [((3, 8, 1000), (3, 8, 256), "float16"),  # an edge chunk of 232 frames, padded
+     ((1, 5, 512), (1, 5, 256), "float32"),  # no edge chunk
+     ((700,), (256,), "float32")],  # a flat derived batch
+)
+def test_chunk_files_are_the_bytes_zarr_writes(tmp_path, shape, chunks, dtype):
+    data = (np.random.default_rng(1).standard_normal(shape) * 4).astype(dtype)
+    ours = zarr.open_group(str(tmp_path / "ours"), mode="w", zarr_format=3)
+    array = ours.create_array("data", shape=shape, dtype=dtype, chunks=chunks, fill_value=0,
+                              compressors=compressor(data.dtype.itemsize))
+    write_chunks(tmp_path / "ours" / "data", data, chunks, array.metadata.encode_chunk_key)
+    theirs = zarr.open_group(str(tmp_path / "theirs"), mode="w", zarr_format=3)
+    theirs.create_array("data", data=data, chunks=chunks, fill_value=0, compressors=compressor(data.dtype.itemsize),
+                        config={"write_empty_chunks": True})
+
+    ours_files, theirs_files = _files(tmp_path / "ours" / "data"), _files(tmp_path / "theirs" / "data")
+    assert sorted(ours_files) == sorted(theirs_files)
+    assert len([k for k in ours_files if k != "zarr.json"]) == -(-shape[-1] // chunks[-1])
+    for key, blob in theirs_files.items():
+        assert ours_files[key] == blob, key
+    read_back = zarr.open_group(str(tmp_path / "ours"), mode="r")["data"][...]
+    assert read_back.dtype == data.dtype and np.array_equal(read_back, data)
+
+
+def test_chunking_more_than_the_last_axis_is_refused(tmp_path):
+    with pytest.raises(StoreError, match=r"chunks \(3, 4, 16\)"):
+        write_chunks(tmp_path, np.zeros((3, 8, 32), np.float32), (3, 4, 16), lambda c: "/".join(map(str, c)))
