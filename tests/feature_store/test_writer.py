@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
-from feature_store.writer import compressor, write_chunks
+from feature_store.writer import compressor, write_chunks, write_feature_batch
 from ser_pipeline.errors import StoreError
 
 
@@ -44,3 +45,22 @@ def test_chunk_files_are_the_bytes_zarr_writes(tmp_path, shape, chunks, dtype):
 def test_chunking_more_than_the_last_axis_is_refused(tmp_path):
     with pytest.raises(StoreError, match=r"chunks \(3, 4, 16\)"):
         write_chunks(tmp_path, np.zeros((3, 8, 32), np.float32), (3, 4, 16), lambda c: "/".join(map(str, c)))
+
+
+def test_a_batch_reads_back_with_zarr_as_zarr_would_have_written_it(tmp_path):
+    rng = np.random.default_rng(2)
+    entries = [({"sha256": f"{i:064x}", "variant": "orig", "utterance_id": f"u{i}", "duration_s": np.float64(0.5 + i)},
+                rng.standard_normal((3, 4, 50 + 100 * i)).astype(np.float32)) for i in range(3)]
+    batch_id = write_feature_batch(tmp_path, entries, dtype="float16")
+    group = zarr.open_group(str(tmp_path / "batches" / batch_id), mode="r")
+    items = group.attrs["items"]
+    assert [(it["utterance_id"], it["offset"], it["frames"], it["duration_s"]) for it in items] == [
+        ("u0", 0, 50, 0.5), ("u1", 50, 150, 1.5), ("u2", 200, 250, 2.5)]
+    data = group["data"][...]
+    for item, (_, features) in zip(items, entries, strict=True):
+        assert np.array_equal(data[:, :, item["offset"] : item["offset"] + item["frames"]], features.astype(np.float16))
+    # the array document is the one Zarr writes for the same array
+    reference = zarr.open_group(str(tmp_path / "reference"), mode="w", zarr_format=3)
+    reference.create_array("data", data=data, chunks=group["data"].chunks, fill_value=0, compressors=compressor(2))
+    ours = json.loads((tmp_path / "batches" / batch_id / "data" / "zarr.json").read_text())
+    assert ours == json.loads((tmp_path / "reference" / "data" / "zarr.json").read_text())
