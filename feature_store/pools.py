@@ -11,6 +11,7 @@ heap memory between items, and the server is stopped and reaped when the process
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, as_completed
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -52,6 +53,7 @@ def on_processes(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], proce
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    _wait_prestart()
     start_fork_server()
     context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_init_worker) as pool:
@@ -105,6 +107,7 @@ def _stop_helpers() -> None:
     Their ``_stop`` is private to CPython; without it they end as they would anyway."""
     from multiprocessing import forkserver, resource_tracker
 
+    _wait_prestart()  # a server still starting would be left behind
     for helper in (getattr(forkserver, "_forkserver", None), getattr(resource_tracker, "_resource_tracker", None)):
         stop = getattr(helper, "_stop", None)
         if stop is not None:
@@ -112,6 +115,41 @@ def _stop_helpers() -> None:
                 stop()
             except Exception:  # noqa: BLE001 - exiting anyway: a helper that is already gone is fine
                 pass
+
+
+_PRESTART: list[threading.Thread] = []  # the background start of :func:`prestart_fork_server`, if any
+
+
+def prestart_fork_server() -> None:
+    """Start the fork server on a background thread and return at once, so that its imports (about
+    0.4 s) run on another core while the caller imports and plans; :func:`on_processes` waits for it.
+
+    For a command that will probably fork workers (``ser featurize --workers N``): when it computes
+    nothing after all, the server is stopped at exit as usual (after its start has finished).
+    Nothing happens where there is no fork server, or when one was started already. A failed start
+    is not reported here: :func:`on_processes` starts it again and raises.
+    """
+    if _PRESTART or not fork_server_available():
+        return
+    import atexit
+
+    atexit.unregister(_stop_helpers)
+    atexit.register(_stop_helpers)  # also when the caller fails before its workers start
+
+    def start_quietly() -> None:
+        try:
+            start_fork_server()
+        except Exception:  # noqa: BLE001 - on_processes starts it again and reports the error
+            pass
+
+    thread = threading.Thread(target=start_quietly, name="fork-server-start", daemon=True)
+    _PRESTART.append(thread)
+    thread.start()
+
+
+def _wait_prestart() -> None:
+    for thread in _PRESTART:
+        thread.join()
 
 
 def start_fork_server() -> None:

@@ -14,6 +14,7 @@ read as missing, so ``materialise`` recomputes them.
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import hashlib
 import importlib.metadata
 import platform
@@ -326,7 +327,7 @@ class FeatureSet(_BatchedItems):
         """
         if not name:
             return
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+        safe = manifest_record_stem(name)
         doc = {"name": name, "digest": digest, "variants": list(variants), "served_at": now_iso()}
         variants_key = hashlib.sha256("\n".join(sorted(variants)).encode()).hexdigest()[:8]
         create_if_absent(self.path / MANIFESTS / f"{safe}.{digest or 'nodigest'}.{variants_key}.json", doc)
@@ -386,6 +387,11 @@ class DerivedSet(_BatchedItems):
         return flat.astype(np.float32).reshape(item["shape"])
 
 
+def manifest_record_stem(name: str) -> str:
+    """A manifest name as the stem of its served-manifest records (no dots: ``<stem>.<digest>...``)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
 class FeatureStore:
     """The store rooted at ``path`` (normally ``workspace.features``)."""
 
@@ -398,6 +404,12 @@ class FeatureStore:
 
     def set_path(self, digest: str) -> Path:
         return self.sets_dir / digest
+
+    def has_served(self, spec: FeatureSpec, manifest_name: str) -> bool:
+        """Whether the set for ``spec`` records serving manifest ``manifest_name`` (at any digest):
+        read before the manifest itself, a hint that featurizing it again computes little."""
+        folder = self.set_path(spec.digest()) / MANIFESTS
+        return folder.is_dir() and any(folder.glob(f"{glob.escape(manifest_record_stem(manifest_name))}.*.json"))
 
     def ensure_writable(self) -> None:
         """StoreError before any work when the store folder cannot be written."""

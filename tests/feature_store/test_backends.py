@@ -159,3 +159,36 @@ def test_an_unguarded_script_can_featurize_on_worker_processes(make_corpus, tmp_
     assert "bootstrapping" not in err and "Traceback" not in err
     with pytest.raises(ProcessLookupError):  # the fork server and resource tracker were reaped at exit
         os.killpg(proc.pid, 0)
+
+
+@pytest.mark.parametrize("then", ["featurize", "exit"])
+def test_a_prestarted_fork_server_serves_the_workers_and_is_reaped_even_unused(make_corpus, tmp_path, then):
+    """``ser featurize`` starts the fork server before it imports and plans; used or not (a run with
+    nothing to compute), no process outlives the command."""
+    import subprocess
+    import sys
+    import textwrap
+
+    frame = make_corpus(4)
+    frame.to_csv(tmp_path / "frame.csv", index=False)
+    work = textwrap.dedent(f"""
+        import pandas as pd
+        from feature_store.materialise import materialise
+        from feature_store.store import FeatureStore
+        from ser_pipeline.features import feature_spec
+        frame = pd.read_csv({str(tmp_path / "frame.csv")!r})
+        report = materialise(frame, feature_spec("logmel64"), None, FeatureStore({str(tmp_path / "store")!r}),
+                             processes=2, batch_size=1)
+        print("computed", report.computed, "failed", len(report.failed))
+    """) if then == "featurize" else "print('exit')\n"
+    script = tmp_path / "prestarted.py"
+    script.write_text("from feature_store.pools import prestart_fork_server, _PRESTART\nprestart_fork_server()\n"
+                      "assert len(_PRESTART) == 1\n" + work)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.split() == (["computed", "4", "failed", "0"] if then == "featurize" else ["exit"])
+    assert "Traceback" not in err
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)

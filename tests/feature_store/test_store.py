@@ -73,7 +73,9 @@ def test_read_many_equals_read_and_missing_key_is_named(store, make_corpus):
 
 def test_lineage_records_spec_versions_and_manifests(store, make_corpus):
     frame = make_corpus(2)
+    assert not store.has_served(SPEC, "tiny")
     materialise(frame, SPEC, None, store, manifest_name="tiny", manifest_digest="d1")
+    assert store.has_served(SPEC, "tiny") and not store.has_served(SPEC, "tin") and not store.has_served(SPEC, "other")
     materialise(frame, SPEC, None, store, manifest_name="other", manifest_digest="d2")
     (entry,) = store.list_sets()
     assert entry["digest"] == SPEC.digest() and entry["spec"] == SPEC.to_dict()
