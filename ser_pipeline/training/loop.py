@@ -223,8 +223,9 @@ def fit(
     last_epoch = config.epochs if stop_epoch is None else min(stop_epoch, config.epochs)
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     last_path = ckdir / "last.pt" if ckdir else None
-    digest = (config.digest() + view.digest() + (spec_augment.digest() if spec_augment else "")
-              + ("" if val is not None else f"refit{last_epoch}"))
+    digest = "" if ckdir is None else (  # names what last.pt resumes; only needed with a checkpoint folder
+        config.digest() + view.digest() + (spec_augment.digest() if spec_augment else "")
+        + ("" if val is not None else f"refit{last_epoch}"))
 
     history: list[dict[str, float]] = []
     refit = val is None  # the last weights are kept: no copy of the best ones to take
