@@ -116,13 +116,15 @@ def _features_present(resolved: Resolved, manifest: Any, workspace: Workspace, c
 
 
 def prepare_bench(model: str, corpus: str, workspace: Workspace, *, preset: str = "cpu", seed: int = 0,
-                  device: str = "cpu", steps: int | None = None) -> BenchSetup:
-    """Resolve ``model`` on ``corpus`` as ``ser train --preset PRESET`` does and load its first fold.
+                  device: str = "cpu", steps: int | None = None, config: ExperimentConfig | None = None) -> BenchSetup:
+    """Resolve ``model`` on ``corpus`` as ``ser train --preset PRESET`` does and load its first fold
+    (``config``: the whole experiment config instead, as ``ser train --set ...`` builds it).
 
     Errors (exit 2 on the CLI): ConfigError for an unknown or non-neural model, a preset the model
     lacks; ManifestError for a corpus that is not ingested; StoreError for missing features.
     """
-    config = ExperimentConfig(model=model, corpus=corpus, preset=preset, seed=seed)
+    config = config or ExperimentConfig(model=model, corpus=corpus, preset=preset, seed=seed)
+    model, corpus, preset, seed = config.model, config.corpus, config.preset, config.seed
     resolved = resolve(config)
     if not resolved.trainer.uses_view:
         raise ConfigError(f"model {model!r}: trainer {resolved.trainer.name!r} has no training step to benchmark "

@@ -147,6 +147,8 @@ def train(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch threads (default: torch's).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Also write the JSON document to this file.")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Override a config field as in `ser train`: "
+                                                   "feature_overrides.checkpoint=DIR, hparams.width=16 ...")] = None,
     root: RootOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -155,10 +157,14 @@ def train(
     import json
 
     from benchmarks.train import bench_text, bench_train, prepare_bench  # outside the library's import graph
+    from ser_pipeline.cli.train_cmds import apply_sets
+    from ser_pipeline.experiments.config import ExperimentConfig
     from ser_pipeline.training.config import check_device
 
     check_device(device)
-    setup = prepare_bench(model, corpus, workspace(root), preset=preset, seed=seed, device=device, steps=steps)
+    config = ExperimentConfig.from_dict(apply_sets({"model": model, "corpus": corpus, "preset": preset, "seed": seed},
+                                                   sets))
+    setup = prepare_bench(model, corpus, workspace(root), device=device, steps=steps, config=config)
     result = bench_train(setup, epochs=epochs, repeats=repeats, threads=threads)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -300,7 +300,21 @@ def _sequence(spec: ViewSpec, x, lengths, train, generator) -> ViewBatch:
     return ViewBatch(seq, mask)
 
 
+def _full_items(spec: ViewSpec, frames, offsets, lengths, train, generator, draw) -> ViewBatch:
+    """:func:`_full` read straight from ``frames (sum_T, C', F)``: each item's frames copied once
+    into the zero-padded ``(B, C', F, W)`` (no padded batch, pad and mask product: three passes fewer
+    over a batch that is hundreds of MB for stored SSL layers). No draws; span masks are the
+    caller's (not ``masked``)."""
+    longest = int(lengths.max()) if len(lengths) else 0
+    width = max(spec.frames, longest) if spec.frames else longest
+    x = frames.new_zeros((len(lengths), frames.shape[1], frames.shape[2], width))
+    for b, (start, n) in enumerate(zip(offsets.tolist(), lengths.tolist(), strict=True)):
+        x[b, :, :, :n] = frames[start : start + n].permute(1, 2, 0)
+    return ViewBatch(_finish(x, spec), time_mask(lengths, width))
+
+
 ITEM_BUILDERS: dict[str, Callable[..., ViewBatch]] = {
+    "full": _full_items,
     "fixed": _fixed_items,
     "segments": _segments_items,
     "windows": _windows_items,
@@ -350,7 +364,7 @@ def view_items(spec: ViewSpec, frames: torch.Tensor, offsets: torch.Tensor, leng
     ``offsets``/``lengths (B,)``: the same tensors as :func:`apply_view` of their padded batch, and
     the same draws from ``generator``, without building that batch (only the frames each crop,
     segment or window reads are gathered, and only the channels the view uses). None for the kinds
-    and time pooling that need the padded batch (``full``, ``sequence``, ``time_pool > 1``).
+    and time pooling that need the padded batch (``sequence``, ``time_pool > 1``).
 
     ``span_draw`` (:func:`~ser_pipeline.dataset.spec_augment.span_draw`): SpecAugment's span masks
     are drawn after the view's own draws and applied while the images are built (into the gather's

@@ -30,6 +30,33 @@ def masked_mean(y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return (y * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
+def pooled_layers(x: torch.Tensor, mask: torch.Tensor | None, *, layer_norm: bool, eps: float = 1e-5) -> torch.Tensor:
+    """Masked time means ``(B, L, H)`` of every layer of ``x`` ``(B, L, H, T)``, each frame's ``H``
+    values layer-normalised first when ``layer_norm`` (no affine, ``eps`` as ``F.layer_norm``).
+
+    Parameter-free (computed without autograd): with mean pooling and no sequence model the probe is
+    ``sum_l w_l mean_t LN(x_l)[t]``, and the weighted sum and the time mean commute, so only these
+    means need the frames. The normalised frames are never built: with ``mu, r`` the mean and
+    reciprocal std of each frame (two passes, as ``F.layer_norm``), ``mean_t LN(x)[t] = sum_t a_t x_t - sum_t a_t mu_t`` with
+    ``a_t = r_t m_t / n`` (``m`` the mask, ``n`` its count): one pass for the statistics and one
+    batched matrix-vector product.
+    """
+    with torch.no_grad():
+        frames = x.shape[3]
+        if mask is None:
+            share = x.new_full((x.shape[0], frames), 1.0 / max(frames, 1))
+        else:
+            real = mask.to(x.dtype)
+            share = real / real.sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, T)
+        if not layer_norm:
+            return torch.einsum("blht,bt->blh", x, share)
+        mu = x.mean(dim=2)  # (B, L, T)
+        # two passes, item by item (a small temporary); torch.var_mean over a middle axis is 2-3x slower
+        var = torch.stack([(xb - mb[:, None, :]).square().mean(dim=1) for xb, mb in zip(x, mu, strict=True)])
+        a = share[:, None, :] * torch.rsqrt(var + eps)
+        return torch.einsum("blht,blt->blh", x, a) - (a * mu).sum(dim=2, keepdim=True)
+
+
 class AttentivePooling(nn.Module):
     """``alpha_t = softmax_t(v^T tanh(W y_t))`` over real frames; ``(B, T, D) -> (B, D)``."""
 
@@ -92,6 +119,10 @@ class SslProbe(nn.Module):
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, L, H, T) -> (B, D)`` pooled utterance embedding (padding ignored)."""
+        if self.lstm is None and self.pool is None:  # mean pooling: the layer sum of per-layer means
+            require(x.shape[1] == self.layer_logits.numel(), "layers", x.shape[1],
+                    f"the probe was built for {self.layer_logits.numel()} layers")
+            return torch.einsum("l,blh->bh", self.layer_weights(), pooled_layers(x, mask, layer_norm=self.layer_norm))
         y = self.combine(x)
         if self.lstm is not None:
             lengths = mask.sum(dim=1).clamp_min(1).cpu() if mask is not None else torch.full((y.shape[0],), y.shape[1])

@@ -85,6 +85,18 @@ def test_a_model_that_never_trains_stage1_is_benched_on_stage2(root: str, capsys
     assert code == 0 and "stage 2: its recipe never trains stage 1" in human
 
 
+def test_set_overrides_the_config_as_in_ser_train(root: str, capsys) -> None:
+    """``--set`` changes the benched experiment as ``ser train --set`` would (here the view's crop
+    width), and a misspelled key is one error line naming it."""
+    code, out, err = call(capsys, "bench", "train", "cnn", "demo", "--steps", "1", "--repeats", "1", "--threads", "1",
+                          "--root", root, "--json", "--set", "view.frames=48")
+    assert code == 0, err
+    assert json.loads(out)["input_shape"] == [3, 64, 48]
+    code, out, err = call(capsys, "bench", "train", "cnn", "demo", "--steps", "1", "--repeats", "1", "--root", root,
+                          "--set", "view.framez=48")
+    assert code == 2 and out == "" and "framez" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("args, named", [
     (["nope", "demo"], "unknown model 'nope'"),
     (["svm", "demo"], "model 'svm'"),

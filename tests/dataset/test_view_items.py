@@ -182,11 +182,22 @@ def test_a_single_stored_channel_is_repeated_as_before(kind: str) -> None:
     assert direct.x.shape[-3] == 3
 
 
+@pytest.mark.parametrize("frames", [0, 5, 200])  # no minimum width; shorter than the longest item; wider
+@pytest.mark.parametrize("channels", [0, 1, 3])
+def test_the_full_view_from_items_equals_the_padded_batch_view(frames: int, channels: int) -> None:
+    table = random_table(LENGTHS)
+    idx = torch.tensor([4, 0, 9, 2])
+    x, lengths = table.batch(idx)
+    spec = ViewSpec(kind="full", frames=frames, channels=channels)
+    direct = view_items(spec, table.frames, table.offsets[idx], table.lengths[idx], train=True)
+    _same(apply_view(spec, x, lengths, train=True), direct, f"full {spec}")
+    assert direct.x.shape[-1] == max(frames, int(lengths.max())) and not direct.masked
+
+
 def test_views_that_need_the_padded_batch_are_not_built_from_items() -> None:
     table = random_table(LENGTHS)
     idx = torch.arange(3)
-    for spec in (ViewSpec(kind="full", frames=0), ViewSpec(kind="sequence", frames=0),
-                 ViewSpec(kind="fixed", frames=8, time_pool=2)):
+    for spec in (ViewSpec(kind="sequence", frames=0), ViewSpec(kind="fixed", frames=8, time_pool=2)):
         assert view_items(spec, table.frames, table.offsets[idx], table.lengths[idx]) is None
 
 

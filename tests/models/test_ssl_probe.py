@@ -50,3 +50,24 @@ def test_bad_arguments_are_named():
         SslProbe(4, 3, pooling="max")
     with pytest.raises(ConfigError, match="layers"):
         SslProbe(4, 3, feature_dim=16)(batch(layers=5))
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_mean_pooling_from_layer_means_equals_pooling_the_weighted_sum(layer_norm, torch_one_thread):
+    """The mean-pooling probe never builds the normalised frames (``pooled_layers``): its output and
+    its layer-weight gradient equal pooling the weighted layer sum frame by frame (``combine``)."""
+    from ser_pipeline.models.ssl_probe import masked_mean
+
+    torch.manual_seed(0)
+    probe = SslProbe(4, 4, feature_dim=16, layer_norm=layer_norm).eval()
+    with torch.no_grad():
+        probe.layer_logits.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+    x = batch() * 4 + 2  # offset and scale, so the normalisation matters
+    mask = torch.arange(20)[None] < torch.tensor([20, 9, 1])[:, None]
+    fast = probe.embed(x, mask)
+    reference = masked_mean(probe.combine(x), mask)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    (grad_fast,) = torch.autograd.grad(fast.square().sum(), probe.layer_logits)
+    (grad_reference,) = torch.autograd.grad(reference.square().sum(), probe.layer_logits)
+    torch.testing.assert_close(grad_fast, grad_reference, atol=1e-4, rtol=1e-4)
+    assert grad_fast.abs().sum() > 0
