@@ -301,16 +301,24 @@ def _sequence(spec: ViewSpec, x, lengths, train, generator) -> ViewBatch:
 
 
 def _full_items(spec: ViewSpec, frames, offsets, lengths, train, generator, draw) -> ViewBatch:
-    """:func:`_full` read straight from ``frames (sum_T, C', F)``: each item's frames copied once
-    into the zero-padded ``(B, C', F, W)`` (no padded batch, pad and mask product: three passes fewer
-    over a batch that is hundreds of MB for stored SSL layers). No draws; span masks are the
-    caller's (not ``masked``)."""
+    """:func:`_full` read straight from ``frames (sum_T, C', F)``: each item's frames written once,
+    time-major as they lie, into a padded batch returned as its ``(B, C', F, W)`` view (the same
+    values, not contiguous: a copy in place of a transpose), times its span masks when ``draw`` is given and the view does
+    not resize (the draws of ``span_masks`` on the finished view: the view itself draws nothing). No
+    padded batch, pad, mask product or masking pass: four passes fewer over a batch that is hundreds
+    of MB for stored SSL layers."""
     longest = int(lengths.max()) if len(lengths) else 0
     width = max(spec.frames, longest) if spec.frames else longest
-    x = frames.new_zeros((len(lengths), frames.shape[1], frames.shape[2], width))
+    keep = draw_keep(draw, len(lengths), (frames.shape[2], width), lengths, frames) if spec.resize is None else None
+    x = frames.new_empty((len(lengths), width, frames.shape[1], frames.shape[2]))  # time-major, as stored
     for b, (start, n) in enumerate(zip(offsets.tolist(), lengths.tolist(), strict=True)):
-        x[b, :, :, :n] = frames[start : start + n].permute(1, 2, 0)
-    return ViewBatch(_finish(x, spec), time_mask(lengths, width))
+        item = frames[start : start + n]  # (n, C', F)
+        if keep is None:
+            x[b, :n] = item
+        else:
+            torch.mul(item, keep[1][b, :n, None, None] * keep[0][b, None, None, :], out=x[b, :n])
+        x[b, n:] = 0
+    return ViewBatch(_finish(x.permute(0, 2, 3, 1), spec), time_mask(lengths, width), masked=keep is not None)
 
 
 ITEM_BUILDERS: dict[str, Callable[..., ViewBatch]] = {

@@ -48,6 +48,9 @@ def pooled_layers(x: torch.Tensor, mask: torch.Tensor | None, *, layer_norm: boo
         else:
             real = mask.to(x.dtype)
             share = real / real.sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, T)
+        if x.permute(0, 3, 1, 2).is_contiguous():  # time-major memory (the full view's): read in place
+            return torch.stack([_pooled_time_major(xb, sb, layer_norm, eps)
+                                for xb, sb in zip(x.permute(0, 3, 1, 2), share, strict=True)])
         if not layer_norm:
             return torch.einsum("blht,bt->blh", x, share)
         mu = x.mean(dim=2)  # (B, L, T)
@@ -55,6 +58,18 @@ def pooled_layers(x: torch.Tensor, mask: torch.Tensor | None, *, layer_norm: boo
         var = torch.stack([(xb - mb[:, None, :]).square().mean(dim=1) for xb, mb in zip(x, mu, strict=True)])
         a = share[:, None, :] * torch.rsqrt(var + eps)
         return torch.einsum("blht,blt->blh", x, a) - (a * mu).sum(dim=2, keepdim=True)
+
+
+def _pooled_time_major(x: torch.Tensor, share: torch.Tensor, layer_norm: bool, eps: float) -> torch.Tensor:
+    """:func:`pooled_layers` of one item whose frames lie time-major, ``x (T, L, H)`` contiguous and
+    ``share (T,)`` -> ``(L, H)``: the statistics reduce the contiguous axis, and the time sum is one
+    batched matrix-vector product over the layers, reading ``x`` where it lies."""
+    if not layer_norm:
+        return (share @ x.reshape(x.shape[0], -1)).reshape(x.shape[1:])
+    mu = x.mean(dim=2)  # (T, L)
+    var = (x - mu[..., None]).square().mean(dim=2)
+    a = share[:, None] * torch.rsqrt(var + eps)  # (T, L)
+    return torch.bmm(a.t().unsqueeze(1), x.transpose(0, 1)).squeeze(1) - (a * mu).sum(dim=0)[:, None]
 
 
 class AttentivePooling(nn.Module):
@@ -141,7 +156,10 @@ class SslProbe(nn.Module):
     reference=("probe on frozen self-supervised layers (SUPERB emotion task; EmoBox): softmax-weighted sum of every "
                "hidden layer, length-masked mean (or attentive) pooling, MLP head; optional BiLSTM over frames"),
     feature_preset="ssl",
-    view={"kind": "full", "channels": 0, "normalise": "none", "floor_db": 0.0},  # hidden states, not log energies
+    # hidden states, not log energies; frames 0: a batch is padded to its longest item only (every pooling
+    # and the BiLSTM ignore padded frames, and SpecAugment's time masks fall inside each item's length,
+    # so a wider pad changes no output and only moves more memory: 300 frames are 6 s of 50 Hz layers)
+    view={"kind": "full", "frames": 0, "channels": 0, "normalise": "none", "floor_db": 0.0},
     recipe={"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 30, "patience": 8},
     defaults={"feature_dim": 768, "pooling": "mean", "sequence": "none", "head": (256,), "dropout": 0.2,
               "layer_norm": True, "lstm_hidden": 128},

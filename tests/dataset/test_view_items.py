@@ -190,8 +190,17 @@ def test_the_full_view_from_items_equals_the_padded_batch_view(frames: int, chan
     x, lengths = table.batch(idx)
     spec = ViewSpec(kind="full", frames=frames, channels=channels)
     direct = view_items(spec, table.frames, table.offsets[idx], table.lengths[idx], train=True)
-    _same(apply_view(spec, x, lengths, train=True), direct, f"full {spec}")
+    padded = apply_view(spec, x, lengths, train=True)
+    _same(padded, direct, f"full {spec}")
     assert direct.x.shape[-1] == max(frames, int(lengths.max())) and not direct.masked
+    # SpecAugment's span masks applied while the items are copied: the masks and draws of span_masks
+    augment = SpecAugmentSpec(freq_masks=2, freq_width=3, time_masks=2, time_width=4)
+    gens = [torch.Generator().manual_seed(3) for _ in range(2)]
+    masked = view_items(spec, table.frames, table.offsets[idx], table.lengths[idx], train=True,
+                        span_draw=span_draw(augment, gens[0]))
+    reference = span_masks(padded.x.clone(), augment, mask=padded.mask, generator=gens[1])
+    assert masked.masked and torch.equal(masked.x, reference) and not torch.equal(masked.x, direct.x)
+    assert torch.equal(torch.rand(3, generator=gens[0]), torch.rand(3, generator=gens[1]))
 
 
 def test_views_that_need_the_padded_batch_are_not_built_from_items() -> None:

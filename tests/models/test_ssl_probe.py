@@ -52,8 +52,9 @@ def test_bad_arguments_are_named():
         SslProbe(4, 3, feature_dim=16)(batch(layers=5))
 
 
+@pytest.mark.parametrize("time_major", [False, True])  # the full view's batches lie time-major in memory
 @pytest.mark.parametrize("layer_norm", [True, False])
-def test_mean_pooling_from_layer_means_equals_pooling_the_weighted_sum(layer_norm, torch_one_thread):
+def test_mean_pooling_from_layer_means_equals_pooling_the_weighted_sum(layer_norm, time_major, torch_one_thread):
     """The mean-pooling probe never builds the normalised frames (``pooled_layers``): its output and
     its layer-weight gradient equal pooling the weighted layer sum frame by frame (``combine``)."""
     from ser_pipeline.models.ssl_probe import masked_mean
@@ -63,6 +64,9 @@ def test_mean_pooling_from_layer_means_equals_pooling_the_weighted_sum(layer_nor
     with torch.no_grad():
         probe.layer_logits.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
     x = batch() * 4 + 2  # offset and scale, so the normalisation matters
+    if time_major:
+        x = x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
+        assert not x.is_contiguous()
     mask = torch.arange(20)[None] < torch.tensor([20, 9, 1])[:, None]
     fast = probe.embed(x, mask)
     reference = masked_mean(probe.combine(x), mask)
