@@ -36,6 +36,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import fmean
 from typing import Any, Protocol
 
 import numpy as np
@@ -315,9 +316,9 @@ def fit(
 def _timing(history: list[dict[str, float]]) -> dict[str, float]:
     if not history:
         return {}
-    return {
-        "utt_per_s": float(np.mean([h["utt_per_s"] for h in history])),
-        "data_share": float(np.mean([h["data_share"] for h in history])),
-        "epoch_seconds": float(np.mean([h["seconds"] for h in history])),
+    return {  # statistics.fmean: a few floats, where np.mean's array set-up shows in a millisecond-step fit
+        "utt_per_s": fmean(h["utt_per_s"] for h in history),
+        "data_share": fmean(h["data_share"] for h in history),
+        "epoch_seconds": fmean(h["seconds"] for h in history),
     }
 
