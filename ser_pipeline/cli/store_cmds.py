@@ -45,7 +45,8 @@ def run_featurize(
     ws = workspace(root)
     spec = resolve_feature_spec(model, preset, {**overrides, **({"dtype": "float32"} if float32 else {})})
     store = FeatureStore(ws.features)
-    if _will_probably_fork(workers, dask_address, backend) and (force or not store.has_served(spec, name)):
+    if (_will_probably_fork(workers, dask_address, backend) and ws.manifest_path(name).exists()
+            and (force or not store.has_served(spec, name))):
         from feature_store.pools import prestart_fork_server
 
         prestart_fork_server()  # its imports overlap the ones below and the planning (about 0.4 s of wall)
