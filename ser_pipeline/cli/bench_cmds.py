@@ -82,6 +82,35 @@ def featurize(
     emit(result, as_json, _bench_text)
 
 
+@bench_app.command("process")
+def process(
+    name: Annotated[str, typer.Argument(help="Manifest name (default: demo).")] = "demo",
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Workers of `ser featurize` "
+                                                "(default: CPU count).")] = None,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs of each side, alternating.")] = 3,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs of each side first.")] = 1,
+    scratch: Annotated[Path | None, typer.Option("--scratch", help="Scratch folder (default: a temp dir, removed).")] = None,
+    root: RootOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Whole processes, as a user waits: `ser featurize` into an empty scratch store vs a plain
+    librosa script over the same files; wall and CPU seconds, ratio. The user's store is not written."""
+    import os
+
+    from benchmarks.process import bench_process, process_text  # outside the library's import graph
+    from ser_pipeline.manifest import read_manifest  # pandas: when the command runs
+
+    ws = workspace(root)
+    frame = read_manifest(name, ws)
+    folder = Path(tempfile.mkdtemp(prefix="ser-bench-process-", dir=scratch))
+    try:
+        result = bench_process(ws, name, frame["path"].tolist(), float(frame["duration_s"].sum()), folder,
+                               workers=workers or os.cpu_count() or 1, runs=runs, warmup=warmup)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    emit(result, as_json, process_text)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``bench`` group to the ser app."""
     app.add_typer(bench_app, name="bench")
