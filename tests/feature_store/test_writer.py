@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from feature_store.writer import compressor, write_chunks, write_feature_batch
+from feature_store.writer import compressor, write_chunks, write_derived_batch, write_feature_batch
 from ser_pipeline.errors import StoreError
 
 
@@ -64,3 +64,20 @@ def test_a_batch_reads_back_with_zarr_as_zarr_would_have_written_it(tmp_path):
     reference.create_array("data", data=data, chunks=group["data"].chunks, fill_value=0, compressors=compressor(2))
     ours = json.loads((tmp_path / "batches" / batch_id / "data" / "zarr.json").read_text())
     assert ours == json.loads((tmp_path / "reference" / "data" / "zarr.json").read_text())
+
+
+def test_derived_batches_of_any_size_read_back_with_zarr_documents(tmp_path):
+    """Derived batches are flat float32 arrays chunked by their size: one template per dtype and
+    rank serves every size, and each document equals Zarr's for that shape and chunking."""
+    rng = np.random.default_rng(3)
+    for n in (3, 1000):
+        entries = [({"utterance_id": f"u{i}", "variant": "orig"}, rng.standard_normal((n, 4)).astype(np.float32))
+                   for i in range(2)]
+        base = tmp_path / f"derived{n}"
+        batch_id = write_derived_batch(base, entries)
+        array = zarr.open_group(str(base / "batches" / batch_id), mode="r")["data"]
+        assert np.array_equal(array[...], np.concatenate([a.reshape(-1) for _, a in entries]))
+        reference = zarr.open_group(str(tmp_path / f"reference{n}"), mode="w", zarr_format=3)
+        reference.create_array("data", data=array[...], chunks=array.chunks, fill_value=0, compressors=compressor(4))
+        ours = json.loads((base / "batches" / batch_id / "data" / "zarr.json").read_text())
+        assert ours == json.loads((tmp_path / f"reference{n}" / "data" / "zarr.json").read_text())
