@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from bench_cli import call
 
 from ser_pipeline.cli import main
 from ser_pipeline.corpora import ingest
@@ -14,17 +15,6 @@ from ser_pipeline.corpora.demo import generate_demo_corpus
 from ser_pipeline.workspace import Workspace
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
