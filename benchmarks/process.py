@@ -8,7 +8,9 @@ Both sides are fresh processes over the same files, run in turn (store, script, 
 - script: ``benchmarks/plain_librosa.py`` over the manifest's files, BLAS limited to one thread;
 - wall seconds of each run and CPU seconds of the process and every child it reaped (user + system,
   ``resource.getrusage(RUSAGE_CHILDREN)``, as ``/usr/bin/time`` counts them);
-- medians, and the ratio script wall / store wall per pair (its median: the figure to quote).
+- medians, and the ratio script wall / store wall per pair (its median: the figure to quote);
+- then ``runs`` no-op re-runs of the store side (every item stored: nothing to compute), as a user
+  re-running the command waits.
 """
 
 from __future__ import annotations
@@ -92,9 +94,11 @@ def bench_process(source: Workspace, name: str, paths: list[str], audio_seconds:
         if i >= warmup:
             store_runs.append(store)
             plain_runs.append(plain)
+    noop_runs = [timed_run(store_cmd, env) for _ in range(runs)]  # the store now holds every item
     ratios = [p.wall_s / s.wall_s for s, p in zip(store_runs, plain_runs, strict=True)]
     return {"manifest": name, "files": len(paths), "audio_seconds": round(audio_seconds, 2), "workers": workers,
             "runs": runs, "warmup": warmup, "store": _summary(store_runs), "plain": _summary(plain_runs),
+            "noop": _summary(noop_runs),
             "ratio": round(statistics.median(ratios), 3), "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
             "store_command": " ".join(["ser", *store_cmd[3:]]), "plain_command": "python plain_librosa.py LIST OUT"}
 
@@ -109,4 +113,5 @@ def process_text(r: dict[str, Any]) -> str:
         f"plain librosa script (one BLAS thread)  : {p['wall_s']:.2f} s wall, {p['cpu_s']:.2f} s CPU",
         f"ratio script / store (wall)              : {r['ratio']:.2f}x (runs {r['ratio_range'][0]:.2f}-"
         f"{r['ratio_range'][1]:.2f}x)",
+        f"no-op re-run of ser featurize            : {r['noop']['wall_s']:.2f} s wall, {r['noop']['cpu_s']:.2f} s CPU",
     ])

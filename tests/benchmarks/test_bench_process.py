@@ -30,7 +30,7 @@ def test_both_sides_run_on_the_manifest_files_and_the_store_is_left_alone(root: 
     assert code == 0, err
     r = json.loads(out)
     assert r["files"] == 16 and r["runs"] == 2 and r["workers"] == 2
-    for side in (r["store"], r["plain"]):
+    for side in (r["store"], r["plain"], r["noop"]):
         assert len(side["runs_wall_s"]) == 2 and all(w > 0 for w in side["runs_wall_s"])
         assert side["wall_s"] == pytest.approx(float(np.median(side["runs_wall_s"])), abs=1e-3)
         assert all(c > 0 for c in side["runs_cpu_s"])  # the children's CPU is counted
@@ -41,7 +41,7 @@ def test_both_sides_run_on_the_manifest_files_and_the_store_is_left_alone(root: 
     assert list(scratch.iterdir()) == []  # and the scratch folder was removed
     code, human, _ = call(capsys, "bench", "process", "demo", "--runs", "1", "--warmup", "0", "--workers", "1",
                           "--root", str(root))
-    assert code == 0 and "ratio script / store" in human
+    assert code == 0 and "ratio script / store" in human and "no-op re-run" in human
 
 
 def test_a_missing_manifest_is_one_error_line(root: Path, capsys) -> None:
