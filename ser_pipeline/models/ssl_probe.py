@@ -123,21 +123,25 @@ class SslProbe(nn.Module):
         """``(L,)`` softmax weights of the layers."""
         return torch.softmax(self.layer_logits, dim=0)
 
-    def combine(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, L, H, T) -> (B, T, H)``: the weighted sum of (normalised) layers."""
+    def weights_for(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`layer_weights` for a batch ``x (B, L, H, T)``; ConfigError when ``L`` is not the
+        layer count the probe was built for."""
         require(x.shape[1] == self.layer_logits.numel(), "layers", x.shape[1],
                 f"the probe was built for {self.layer_logits.numel()} layers")
+        return self.layer_weights()
+
+    def combine(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, L, H, T) -> (B, T, H)``: the weighted sum of (normalised) layers."""
+        weights = self.weights_for(x)
         y = x.transpose(2, 3)  # (B, L, T, H)
         if self.layer_norm:
             y = F.layer_norm(y, y.shape[-1:])
-        return torch.einsum("l,bltd->btd", self.layer_weights(), y)
+        return torch.einsum("l,bltd->btd", weights, y)
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, L, H, T) -> (B, D)`` pooled utterance embedding (padding ignored)."""
         if self.lstm is None and self.pool is None:  # mean pooling: the layer sum of per-layer means
-            require(x.shape[1] == self.layer_logits.numel(), "layers", x.shape[1],
-                    f"the probe was built for {self.layer_logits.numel()} layers")
-            return torch.einsum("l,blh->bh", self.layer_weights(), pooled_layers(x, mask, layer_norm=self.layer_norm))
+            return torch.einsum("l,blh->bh", self.weights_for(x), pooled_layers(x, mask, layer_norm=self.layer_norm))
         y = self.combine(x)
         if self.lstm is not None:
             lengths = mask.sum(dim=1).clamp_min(1).cpu() if mask is not None else torch.full((y.shape[0],), y.shape[1])
