@@ -117,6 +117,14 @@ def _stop_helpers() -> None:
                 pass
 
 
+def _stop_helpers_at_exit() -> None:
+    """Run :func:`_stop_helpers` at exit, once however often this is called."""
+    import atexit
+
+    atexit.unregister(_stop_helpers)
+    atexit.register(_stop_helpers)
+
+
 _PRESTART: list[threading.Thread] = []  # the background start of :func:`prestart_fork_server`, if any
 
 
@@ -131,10 +139,7 @@ def prestart_fork_server() -> None:
     """
     if _PRESTART or not fork_server_available():
         return
-    import atexit
-
-    atexit.unregister(_stop_helpers)
-    atexit.register(_stop_helpers)  # also when the caller fails before its workers start
+    _stop_helpers_at_exit()  # also when the caller fails before its workers start
 
     def start_quietly() -> None:
         try:
@@ -156,13 +161,11 @@ def start_fork_server() -> None:
     """Start this process's fork server and wait until it can fork (once; later calls cost one fork):
     a clean process that has imported the compute path, from which :func:`on_processes` forks its
     workers."""
-    import atexit
     import multiprocessing
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(FORK_SERVER_PRELOAD))
-    atexit.unregister(_stop_helpers)
-    atexit.register(_stop_helpers)
+    _stop_helpers_at_exit()
     probe = context.Process(target=_ready, name="featurize-fork-server-probe")
     with _main_left_alone():
         probe.start()
