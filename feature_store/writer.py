@@ -32,6 +32,9 @@ def checksum(array: np.ndarray) -> str:
     return f"crc32:{zlib.crc32(data.data) & 0xFFFFFFFF:08x}"
 
 
+BLOSC_CNAME, BLOSC_LEVEL = "lz4", 5  # the one codec setting of both functions below
+
+
 def compressor(typesize: int) -> Any:
     """LZ4 through Blosc with bit shuffle.
 
@@ -40,22 +43,22 @@ def compressor(typesize: int) -> Any:
     """
     from zarr.codecs import BloscCodec  # zarr: only when a batch is written (see store.py)
 
-    return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=typesize)
+    return BloscCodec(cname=BLOSC_CNAME, clevel=BLOSC_LEVEL, shuffle="bitshuffle", blocksize=0, typesize=typesize)
 
 
 def blosc_encoder(typesize: int) -> Any:
     """The numcodecs Blosc that :func:`compressor` configures inside Zarr (same bytes out)."""
     from numcodecs import Blosc
 
-    return Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE, blocksize=0, typesize=typesize)
+    return Blosc(cname=BLOSC_CNAME, clevel=BLOSC_LEVEL, shuffle=Blosc.BITSHUFFLE, blocksize=0, typesize=typesize)
 
 
 def write_chunks(array_dir: Path, data: np.ndarray, chunks: tuple[int, ...], chunk_key: Callable[[tuple[int, ...]], str]) -> None:
     """Encode and write every chunk of ``data`` as the Zarr v3 array at ``array_dir`` stores it.
 
-    The array's metadata (``bytes`` little-endian + :func:`compressor`, fill value 0) is written by
-    Zarr; this writes the chunk files themselves: the same bytes Zarr's own ``create_array(data=...)``
-    writes (a test compares them file by file), at about a quarter of its CPU. Zarr writes each chunk
+    The array's metadata (``bytes`` little-endian + :func:`compressor`, fill value 0) comes from
+    :func:`zarr_template`; this writes the chunk files themselves: the same bytes Zarr's own
+    ``create_array(data=...)`` writes (a test compares them file by file), at about a quarter of its CPU. Zarr writes each chunk
     through its event loop, a thread hand-off and a temp-file-plus-rename of its own; the batch is
     already written under ``tmp/`` and committed by one rename, so that per-chunk atomicity buys
     nothing here. Only the last axis may be chunked (``chunks[:-1] == data.shape[:-1]``); the edge
