@@ -77,10 +77,7 @@ class BenchSetup:
 
     @property
     def config(self) -> TrainConfig:
-        p = self.resolved.plan
-        recipe = p.stage2_train if self.stage == "stage2" else p.train
-        assert recipe is not None
-        return recipe.replace(seed=self.run.seed)
+        return stage_recipe(self.resolved, self.stage).replace(seed=self.run.seed)
 
     @property
     def spec_augment(self) -> SpecAugmentSpec | None:
@@ -115,15 +112,21 @@ def _features_present(resolved: Resolved, manifest: Any, workspace: Workspace, c
     return fset, manifest[has].reset_index(drop=True)
 
 
-def prepare_bench(model: str, corpus: str, workspace: Workspace, *, preset: str = "cpu", seed: int = 0,
-                  device: str = "cpu", steps: int | None = None, config: ExperimentConfig | None = None) -> BenchSetup:
-    """Resolve ``model`` on ``corpus`` as ``ser train --preset PRESET`` does and load its first fold
-    (``config``: the whole experiment config instead, as ``ser train --set ...`` builds it).
+def stage_recipe(resolved: Resolved, stage: str) -> TrainConfig:
+    """The training recipe of what the bench trains: ``stage2``'s or the network's."""
+    recipe = resolved.plan.stage2_train if stage == "stage2" else resolved.plan.train
+    assert recipe is not None
+    return recipe
+
+
+def prepare_bench(config: ExperimentConfig, workspace: Workspace, *, device: str = "cpu",
+                  steps: int | None = None) -> BenchSetup:
+    """Resolve ``config`` as ``ser train`` does (``ser bench train`` builds it from its model, corpus,
+    ``--preset``, ``--seed`` and ``--set`` options) and load its first fold.
 
     Errors (exit 2 on the CLI): ConfigError for an unknown or non-neural model, a preset the model
     lacks; ManifestError for a corpus that is not ingested; StoreError for missing features.
     """
-    config = config or ExperimentConfig(model=model, corpus=corpus, preset=preset, seed=seed)
     model, corpus, preset, seed = config.model, config.corpus, config.preset, config.seed
     resolved = resolve(config)
     if not resolved.trainer.uses_view:
@@ -141,9 +144,7 @@ def prepare_bench(model: str, corpus: str, workspace: Workspace, *, preset: str 
     run = FoldRun(fold.name, 0, resolved.plan, usable, train_ids, val_ids, tuple(fold.test), classes,
                   resolve_device(device), workspace.root / "bench-unused", [], fset)
     view, data = prepare(run)
-    recipe = resolved.plan.stage2_train if stage == "stage2" else resolved.plan.train
-    assert recipe is not None
-    train = _subset(data, steps * recipe.batch_size, seed) if steps else data.train
+    train = _subset(data, steps * stage_recipe(resolved, stage).batch_size, seed) if steps else data.train
     if stage == "stage2":
         train, view = stage2_inputs(run, view, data.train, train), STAGE2_VIEW
     return BenchSetup(model, corpus, preset, resolved, run, view, train, len(classes), len(manifest) - len(usable),

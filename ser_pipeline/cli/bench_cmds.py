@@ -193,7 +193,7 @@ def train(
     check_device(device)
     config = ExperimentConfig.from_dict(apply_sets({"model": model, "corpus": corpus, "preset": preset, "seed": seed},
                                                    sets))
-    setup = prepare_bench(model, corpus, workspace(root), device=device, steps=steps, config=config)
+    setup = prepare_bench(config, workspace(root), device=device, steps=steps)
     result = bench_train(setup, epochs=epochs, repeats=repeats, threads=threads)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
