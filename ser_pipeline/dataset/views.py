@@ -303,10 +303,10 @@ def _sequence(spec: ViewSpec, x, lengths, train, generator) -> ViewBatch:
 def _full_items(spec: ViewSpec, frames, offsets, lengths, train, generator, draw) -> ViewBatch:
     """:func:`_full` read straight from ``frames (sum_T, C', F)``: each item's frames written once,
     time-major as they lie, into a padded batch returned as its ``(B, C', F, W)`` view (the same
-    values, not contiguous: a copy in place of a transpose), times its span masks when ``draw`` is given and the view does
-    not resize (the draws of ``span_masks`` on the finished view: the view itself draws nothing). No
-    padded batch, pad, mask product or masking pass: four passes fewer over a batch that is hundreds
-    of MB for stored SSL layers."""
+    values, not contiguous: a copy in place of a transpose), times its span masks when ``draw`` is
+    given and the view does not resize (the draws of ``span_masks`` on the finished view: the view
+    itself draws nothing). No padded batch, pad, mask product or masking pass: four passes fewer
+    over a batch that is hundreds of MB for stored SSL layers."""
     longest = int(lengths.max()) if len(lengths) else 0
     width = max(spec.frames, longest) if spec.frames else longest
     keep = draw_keep(draw, len(lengths), (frames.shape[2], width), lengths, frames) if spec.resize is None else None
