@@ -201,6 +201,13 @@ def horizontal_mixup(x1: torch.Tensor, x2: torch.Tensor, *, a: float = 0.05, b: 
     return mixed, f1.mean().expand(n).to(x1.dtype), f2.mean().expand(n).to(x1.dtype)
 
 
+def changes_batch(spec: SpecAugmentSpec, *, masked: bool = False) -> bool:
+    """Whether :func:`augment_batch` would change a batch (False: it returns it as it is, so a view
+    batch need not be built as a tensor for it). ``masked``: the view applied the span masks."""
+    return bool((spec.freq_masks or spec.time_masks) and not masked) or spec.cutout > 0 or spec.salt_pepper > 0 \
+        or spec.mixing
+
+
 def augment_batch(
     x: torch.Tensor,
     targets: torch.Tensor,

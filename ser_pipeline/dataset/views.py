@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ser_pipeline.config import Spec, require
+from ser_pipeline.dataset.items import ItemFrames
 from ser_pipeline.dataset.resample import (
     Keep,
     apply_keep,
@@ -129,14 +130,27 @@ class ViewSpec(Spec):
         return self.kind in ("segments", "windows")
 
 
-@dataclass
 class ViewBatch:
     """A view's output: ``x`` (see the module table) and ``mask`` (bool) or None; ``masked``: the
-    SpecAugment span masks are already applied to ``x`` (see :func:`view_items`)."""
+    SpecAugment span masks are already applied to ``x`` (see :func:`view_items`).
 
-    x: torch.Tensor
-    mask: torch.Tensor | None
-    masked: bool = False
+    ``items``: the batch as rows of a preloaded table (:class:`~ser_pipeline.dataset.items.ItemFrames`,
+    the ``full`` view read straight from a table), for models that read items in place
+    (``forward_items``); ``x`` is then built from them on first use, the same tensor as before."""
+
+    __slots__ = ("_x", "mask", "masked", "items")
+
+    def __init__(self, x: torch.Tensor | None, mask: torch.Tensor | None, masked: bool = False,
+                 items: ItemFrames | None = None) -> None:
+        require(x is not None or items is not None, "view batch", None, "needs x or items")
+        self._x, self.mask, self.masked, self.items = x, mask, masked, items
+
+    @property
+    def x(self) -> torch.Tensor:
+        if self._x is None:
+            assert self.items is not None
+            self._x = self.items.padded()
+        return self._x
 
 
 def select_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -301,24 +315,21 @@ def _sequence(spec: ViewSpec, x, lengths, train, generator) -> ViewBatch:
 
 
 def _full_items(spec: ViewSpec, frames, offsets, lengths, train, generator, draw) -> ViewBatch:
-    """:func:`_full` read straight from ``frames (sum_T, C', F)``: each item's frames written once,
-    time-major as they lie, into a padded batch returned as its ``(B, C', F, W)`` view (the same
-    values, not contiguous: a copy in place of a transpose), times its span masks when ``draw`` is
-    given and the view does not resize (the draws of ``span_masks`` on the finished view: the view
-    itself draws nothing). No padded batch, pad, mask product or masking pass: four passes fewer
-    over a batch that is hundreds of MB for stored SSL layers."""
+    """:func:`_full` read straight from ``frames (sum_T, C', F)``. Without a resize or a channel
+    repeat, the batch is the items where they lie (:class:`ItemFrames`, with its span masks when
+    ``draw`` is given: the draws of ``span_masks`` on the finished view; the view itself draws
+    nothing), padded only when ``x`` is read: each item's frames are then written once, time-major
+    as they lie, with the masks applied in the copy. No padded batch, pad, mask product or masking
+    pass: four passes fewer over a batch that is hundreds of MB for stored SSL layers, and none at
+    all for a model that reads the items in place."""
     longest = int(lengths.max()) if len(lengths) else 0
     width = max(spec.frames, longest) if spec.frames else longest
     keep = draw_keep(draw, len(lengths), (frames.shape[2], width), lengths, frames) if spec.resize is None else None
-    x = frames.new_empty((len(lengths), width, frames.shape[1], frames.shape[2]))  # time-major, as stored
-    for b, (start, n) in enumerate(zip(offsets.tolist(), lengths.tolist(), strict=True)):
-        item = frames[start : start + n]  # (n, C', F)
-        if keep is None:
-            x[b, :n] = item
-        else:
-            torch.mul(item, keep[1][b, :n, None, None] * keep[0][b, None, None, :], out=x[b, :n])
-        x[b, n:] = 0
-    return ViewBatch(_finish(x.permute(0, 2, 3, 1), spec), time_mask(lengths, width), masked=keep is not None)
+    items = ItemFrames(frames, offsets, lengths, width, keep)
+    mask = time_mask(lengths, width)
+    if spec.resize is None and spec.channels in (0, frames.shape[1]):  # _finish would change nothing
+        return ViewBatch(None, mask, masked=keep is not None, items=items)
+    return ViewBatch(_finish(items.padded(), spec), mask, masked=keep is not None)
 
 
 ITEM_BUILDERS: dict[str, Callable[..., ViewBatch]] = {

@@ -16,6 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ser_pipeline.config import require
+from ser_pipeline.dataset.items import ItemFrames
+from ser_pipeline.dataset.views import time_mask
 from ser_pipeline.models import register_model
 
 POOLINGS = ("mean", "attentive")
@@ -58,6 +60,25 @@ def pooled_layers(x: torch.Tensor, mask: torch.Tensor | None, *, layer_norm: boo
         var = torch.stack([(xb - mb[:, None, :]).square().mean(dim=1) for xb, mb in zip(x, mu, strict=True)])
         a = share[:, None, :] * torch.rsqrt(var + eps)
         return torch.einsum("blht,blt->blh", x, a) - (a * mu).sum(dim=2, keepdim=True)
+
+
+def pooled_items(items: ItemFrames, *, layer_norm: bool, eps: float = 1e-5) -> torch.Tensor:
+    """:func:`pooled_layers` of the padded batch ``items.padded()``, ``(B, L, H)``, read from the
+    table's rows in place: item by item, each one's frames ``(T_b, L, H)`` where they lie. Span
+    masks are folded in without copying the item: a masked frame (all zeros in the padded batch,
+    whose normalised frame is zero) gets no weight, and masked hidden units are zeroed in a
+    temporary copy of the item only when the draw masks any."""
+    with torch.no_grad():
+        pooled = []
+        for b in range(len(items)):
+            rows, band, frame = items.item(b)
+            share = rows.new_full((rows.shape[0],), 1.0 / max(rows.shape[0], 1))
+            if frame is not None:
+                share = share * frame
+            if band is not None and bool((band == 0).any()):
+                rows = rows * band
+            pooled.append(_pooled_time_major(rows, share, layer_norm, eps))
+        return torch.stack(pooled)
 
 
 def _pooled_time_major(x: torch.Tensor, share: torch.Tensor, layer_norm: bool, eps: float) -> torch.Tensor:
@@ -124,7 +145,7 @@ class SslProbe(nn.Module):
         return torch.softmax(self.layer_logits, dim=0)
 
     def weights_for(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`layer_weights` for a batch ``x (B, L, H, T)``; ConfigError when ``L`` is not the
+        """:meth:`layer_weights` for a batch ``x (B, L, ...)``; ConfigError when ``L`` is not the
         layer count the probe was built for."""
         require(x.shape[1] == self.layer_logits.numel(), "layers", x.shape[1],
                 f"the probe was built for {self.layer_logits.numel()} layers")
@@ -153,6 +174,15 @@ class SslProbe(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, L, H, T)`` and ``(B, T)`` -> ``(B, n_classes)`` logits."""
         return self.head(self.embed(x, mask))
+
+    def forward_items(self, items: ItemFrames) -> torch.Tensor:
+        """:meth:`forward` of ``items.padded()`` and its frame mask, ``(B, n_classes)`` logits. With
+        mean pooling and no sequence model the items are read where the table keeps them
+        (:func:`pooled_items`); otherwise the padded batch is built."""
+        if self.lstm is not None or self.pool is not None:
+            return self(items.padded(), time_mask(items.lengths, items.width))
+        pooled = pooled_items(items, layer_norm=self.layer_norm)  # (B, L, H)
+        return self.head(torch.einsum("l,blh->bh", self.weights_for(pooled), pooled))
 
 
 @register_model(

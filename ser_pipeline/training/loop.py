@@ -45,7 +45,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ser_pipeline.config import require
-from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, augment_batch, soft_cross_entropy, span_draw
+from ser_pipeline.dataset.spec_augment import (
+    SpecAugmentSpec,
+    augment_batch,
+    changes_batch,
+    soft_cross_entropy,
+    span_draw,
+)
 from ser_pipeline.dataset.tables import FeatureTable, class_weights, index_batches
 from ser_pipeline.dataset.views import ViewBatch, ViewSpec
 from ser_pipeline.errors import TrainingError
@@ -150,7 +156,7 @@ def _train_epoch(model, opt, table, view, config, weights, spec_aug, gen, device
         t0 = time.perf_counter()
         vb = table.view(idx, view, device=device, train=True, generator=gen, span_draw=span_draw(spec_aug, gen))
         targets = F.one_hot(table.labels[idx.to(table.device)].to(device), n_classes).float()
-        if spec_aug is not None:
+        if spec_aug is not None and changes_batch(spec_aug, masked=vb.masked):
             # the view is built for this step alone (views gather into new tensors): masked in place
             xs, targets, mask = augment_batch(vb.x, targets, spec_aug, mask=vb.mask, generator=gen, owned=True,
                                               masked=vb.masked)

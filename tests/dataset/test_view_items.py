@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ser_pipeline.dataset import tables as tables_module
 from ser_pipeline.dataset.resample import linear_taps
-from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, augment_batch, span_draw, span_masks
+from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, augment_batch, changes_batch, span_draw, span_masks
 from ser_pipeline.dataset.tables import _pack
 from ser_pipeline.dataset.views import (
     ViewBatch,
@@ -193,6 +193,11 @@ def test_the_full_view_from_items_equals_the_padded_batch_view(frames: int, chan
     padded = apply_view(spec, x, lengths, train=True)
     _same(padded, direct, f"full {spec}")
     assert direct.x.shape[-1] == max(frames, int(lengths.max())) and not direct.masked
+    # without a resize or channel repeat the batch is the table's rows, padded only when x is read
+    assert direct.items is not None and direct.items.frames.shape[1] == (channels or 3)
+    repeated = view_items(ViewSpec(kind="full", frames=frames, channels=3), table.frames[:, :1],
+                          table.offsets[idx], table.lengths[idx])
+    assert repeated.items is None and repeated.x.shape[1] == 3
     # SpecAugment's span masks applied while the items are copied: the masks and draws of span_masks
     augment = SpecAugmentSpec(freq_masks=2, freq_width=3, time_masks=2, time_width=4)
     gens = [torch.Generator().manual_seed(3) for _ in range(2)]
@@ -323,3 +328,7 @@ def test_the_loop_does_not_mask_a_masked_view_again() -> None:
     out, _, _ = augment_batch(x, y, SPANS, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(out, x)
     assert span_draw(SpecAugmentSpec(), None) is None  # nothing to draw: the view masks nothing
+    # so the loop need not build a masked view's tensor for augment_batch, unless more is asked
+    assert not changes_batch(SPANS, masked=True) and changes_batch(SPANS, masked=False)
+    for more in ({"cutout": 1}, {"salt_pepper": 0.1}, {"mixup": 0.2}):
+        assert changes_batch(SpecAugmentSpec(**more), masked=True), more

@@ -75,3 +75,40 @@ def test_mean_pooling_from_layer_means_equals_pooling_the_weighted_sum(layer_nor
     (grad_reference,) = torch.autograd.grad(reference.square().sum(), probe.layer_logits)
     torch.testing.assert_close(grad_fast, grad_reference, atol=1e-4, rtol=1e-4)
     assert grad_fast.abs().sum() > 0
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+@pytest.mark.parametrize("masks", [False, True])
+def test_items_read_in_place_give_the_padded_batchs_logits_and_gradients(layer_norm, masks, torch_one_thread):
+    """Read from a table, the full view is the table's rows (``ItemFrames``); the mean-pooling probe
+    reads them in place, span masks folded in, and never builds the padded batch. Its logits and
+    layer-weight gradient equal those of the padded batch with the masks applied."""
+    from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, span_draw
+    from ser_pipeline.dataset.tables import _pack
+    from ser_pipeline.dataset.views import ViewSpec
+    from ser_pipeline.inference.forward import forward_batch
+
+    g = torch.Generator().manual_seed(1)
+    lengths = [20, 9, 1, 33]
+    table = _pack([torch.randn(4, 16, n, generator=g) * 3 + 1 for n in lengths], [0, 1, 2, 3], [0, 0, 1, 1],
+                  [f"u{i}" for i in range(4)], ["orig"] * 4, ["a", "b"])
+    spec = ViewSpec(kind="full", frames=0, channels=0, normalise="none")
+    augment = SpecAugmentSpec(freq_masks=3, freq_width=6, time_masks=2, time_width=8)
+    draw = span_draw(augment, torch.Generator().manual_seed(5)) if masks else None
+    vb = table.view(torch.tensor([3, 0, 2, 1]), spec, train=True, span_draw=draw)
+    assert vb.items is not None and vb.masked == masks
+    torch.manual_seed(0)
+    probe = SslProbe(4, 4, feature_dim=16, layer_norm=layer_norm).eval()  # no dropout draws
+    with torch.no_grad():
+        probe.layer_logits.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+    fast, _ = forward_batch(probe, vb, spec)
+    assert vb._x is None  # the padded batch was never built
+    padded = vb.items.padded()
+    if masks:
+        assert int((padded == 0).sum()) > sum(33 - n for n in lengths) * 4 * 16  # zeros beyond the padding
+    reference = probe(padded, vb.mask)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    (grad_fast,) = torch.autograd.grad(fast.square().sum(), probe.layer_logits)
+    (grad_reference,) = torch.autograd.grad(reference.square().sum(), probe.layer_logits)
+    torch.testing.assert_close(grad_fast, grad_reference, atol=1e-4, rtol=1e-4)
+    assert grad_fast.abs().sum() > 0
