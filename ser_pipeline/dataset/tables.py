@@ -225,8 +225,11 @@ def _pack(
     *,
     device: torch.device | str = "cpu",
 ) -> FeatureTable:
-    tensors = [torch.as_tensor(np.asarray(a, dtype=np.float32)) if not torch.is_tensor(a) else a.float().cpu()
-               for a in arrays]
+    """One table of items ``(C, F, T_i)`` (any float dtype, as stored): each item is converted to
+    float32 while it is written time-major into the table's frames, so loading holds the stored
+    arrays and the table, and no float32 copy of every item besides (for stored SSL layers that
+    was 1.5 GB per 1,000 CASIA utterances)."""
+    tensors = [torch.as_tensor(np.asarray(a)) if not torch.is_tensor(a) else a.cpu() for a in arrays]
     require(len(tensors) > 0, "split", 0, "no utterances to load")
     shapes = {tuple(t.shape[:2]) for t in tensors}
     if len(shapes) != 1:
@@ -236,7 +239,9 @@ def _pack(
     if bad:
         raise StoreError(f"feature items with zero frames: {bad[:5]}")
     offsets = torch.cumsum(lengths, 0) - lengths
-    frames = torch.cat([t.permute(2, 0, 1) for t in tensors], dim=0).contiguous()  # (sum_T, C, F)
+    frames = torch.empty((int(lengths.sum()), *shapes.pop()), dtype=torch.float32)  # (sum_T, C, F)
+    for t, start, n in zip(tensors, offsets.tolist(), lengths.tolist(), strict=True):
+        frames[start : start + n] = t.permute(2, 0, 1)
     return FeatureTable(
         frames=frames.to(device), offsets=offsets.to(device), lengths=lengths.to(device),
         labels=torch.as_tensor(labels, dtype=torch.long).to(device),
