@@ -60,10 +60,12 @@ def test_stored_dtypes_are_converted_to_float32_time_major_frames(dtype) -> None
     table's float32 frames as ``np.asarray(item, float32)`` would convert it, time-major."""
     rng = np.random.default_rng(0)
     arrays = [(rng.standard_normal((2, 3, n)) * 100).astype(dtype) for n in (5, 1, 7)]
-    table = _pack(arrays, [0, 1, 0], [0, 0, 1], ["a", "b", "c"], ["orig"] * 3, ["s1", "s2"])
+    handed = list(arrays)
+    table = _pack(handed, [0, 1, 0], [0, 0, 1], ["a", "b", "c"], ["orig"] * 3, ["s1", "s2"])
     assert table.frames.dtype == torch.float32 and table.frames.is_contiguous() and table.frames.shape == (13, 2, 3)
     for i, a in enumerate(arrays):
         assert np.array_equal(table.item(i).numpy(), a.astype(np.float32))
+    assert handed == [None] * 3  # consumed: each stored array is freed once written into the table
     with pytest.raises(StoreError, match="disagree"):
         _pack([arrays[0], np.zeros((2, 4, 3), dtype)], [0, 1], [0, 0], ["a", "b"], ["orig"] * 2, ["s1"])
 
