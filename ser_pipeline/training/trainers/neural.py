@@ -120,6 +120,7 @@ class StandardTrainer:
         if not p.refit or result.best_epoch < 1:
             return _outcome(model, data, result, p, view=view, extra={"refit": False, "n_fit": len(data.train)})
         epochs = refit_epoch_count(p.train, result.best_epoch, len(result.history))
+        del model, data  # the refit loads every non-test speaker again: the fold's tables go first
         model, full, refit = refit_on_all(fold, epochs, view)
         out = _outcome(model, full, result, p, view=view,
                        extra={"refit": True, "refit_epochs": epochs, "refit_epoch_choice": p.train.refit_epochs,
@@ -185,6 +186,7 @@ class SpeakerPretrainTrainer(NoFinalModel):
                                  "refit": False, "n_fit": len(data.train)}
         if p.refit and result.best_epoch >= 1:
             epochs = refit_epoch_count(p.train, result.best_epoch, len(result.history))
+            del data  # the refit loads every non-test speaker again: the fold's tables go first
             _, data = pooled(view.replace(time_pool=p.view.time_pool), fold.fold_data(with_val=True))
             model.load_state_dict(start)
             refit = _fit(fold, model, data.train, None, view=view, config=p.train, spec_aug=p.spec_augment,
