@@ -20,6 +20,7 @@ from ser_pipeline.dataset.views import (
     flatten_segments,
     mean_segment_posteriors,
 )
+from ser_pipeline.models import ReadsItems
 
 T = TypeVar("T")
 
@@ -36,7 +37,7 @@ def _accepts_mask(model: nn.Module) -> bool:
 
 def forward_batch(model: nn.Module, batch: ViewBatch, view: ViewSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits for a view batch: ``(B, K)``, or ``(B, S, K)`` with the segment mask for segment views."""
-    if batch.items is not None and hasattr(model, "forward_items"):  # reads the table's rows in place
+    if batch.items is not None and isinstance(model, ReadsItems):  # reads the table's rows in place
         return model.forward_items(batch.items), None
     if view.segmented:
         xs, mask = flatten_segments(batch)

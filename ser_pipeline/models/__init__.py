@@ -83,6 +83,16 @@ class LayerWeighted(Protocol):
     def layer_weights(self) -> Any: ...
 
 
+@runtime_checkable
+class ReadsItems(Protocol):
+    """A model that reads a ``full`` view's items where the preloaded table keeps them
+    (``ssl_probe``): ``forward_items(items: ItemFrames) -> (B, K)`` logits, equal to its forward
+    of ``items.padded()`` and the frame mask. :func:`~ser_pipeline.inference.forward.forward_batch`
+    calls it when a view batch carries items, so the padded batch is never built."""
+
+    def forward_items(self, items: Any) -> Any: ...
+
+
 MODELS: Registry[ModelEntry] = Registry("model")
 
 # Modules that register models when imported; one file per family.

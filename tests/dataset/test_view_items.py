@@ -12,7 +12,13 @@ import torch.nn.functional as F
 
 from ser_pipeline.dataset import tables as tables_module
 from ser_pipeline.dataset.resample import linear_taps
-from ser_pipeline.dataset.spec_augment import SpecAugmentSpec, augment_batch, changes_batch, span_draw, span_masks
+from ser_pipeline.dataset.spec_augment import (
+    SpecAugmentSpec,
+    augment_batch,
+    changes_batch,
+    span_draw,
+    span_masks,
+)
 from ser_pipeline.dataset.tables import _pack
 from ser_pipeline.dataset.views import (
     ViewBatch,
