@@ -146,6 +146,11 @@ class ViewBatch:
         self._x, self.mask, self.masked, self.items = x, mask, masked, items
 
     @property
+    def built(self) -> bool:
+        """Whether ``x`` exists (False: only ``items`` so far, nothing was padded)."""
+        return self._x is not None
+
+    @property
     def x(self) -> torch.Tensor:
         if self._x is None:
             assert self.items is not None

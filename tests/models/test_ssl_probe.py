@@ -96,13 +96,13 @@ def test_items_read_in_place_give_the_padded_batchs_logits_and_gradients(layer_n
     augment = SpecAugmentSpec(freq_masks=3, freq_width=6, time_masks=2, time_width=8)
     draw = span_draw(augment, torch.Generator().manual_seed(5)) if masks else None
     vb = table.view(torch.tensor([3, 0, 2, 1]), spec, train=True, span_draw=draw)
-    assert vb.items is not None and vb.masked == masks
+    assert vb.items is not None and vb.masked == masks and not vb.built
     torch.manual_seed(0)
     probe = SslProbe(4, 4, feature_dim=16, layer_norm=layer_norm).eval()  # no dropout draws
     with torch.no_grad():
         probe.layer_logits.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
     fast, _ = forward_batch(probe, vb, spec)
-    assert vb._x is None  # the padded batch was never built
+    assert not vb.built  # the padded batch was never built
     padded = vb.items.padded()
     if masks:
         assert int((padded == 0).sum()) > sum(33 - n for n in lengths) * 4 * 16  # zeros beyond the padding
