@@ -26,8 +26,9 @@ import numpy as np
 from feature_store.store import FeatureSet, FeatureStore
 
 
-def unchecked_read_many(fset: FeatureSet, keys: list[tuple[str, str]]) -> list[np.ndarray]:
-    """The bulk read without checksums (baseline): ``(C, F, T_i)`` float32 each."""
+def unchecked_read_many(fset: FeatureSet, keys: list[tuple[str, str]], *, as_stored: bool = False) -> list[np.ndarray]:
+    """The bulk read without checksums (baseline): ``(C, F, T_i)`` float32 each (``as_stored``: as
+    :meth:`FeatureSet.read_many`, the stored dtype)."""
     items = [fset._item(sha, variant) for sha, variant in keys]
     by_batch: dict[str, list[int]] = defaultdict(list)
     for pos, item in enumerate(items):
@@ -36,7 +37,7 @@ def unchecked_read_many(fset: FeatureSet, keys: list[tuple[str, str]]) -> list[n
     for batch, positions in by_batch.items():
         lo = min(items[p]["offset"] for p in positions)
         hi = max(items[p]["offset"] + items[p]["frames"] for p in positions)
-        block = np.asarray(fset._array(batch)[:, :, lo:hi], dtype=np.float32)
+        block = np.asarray(fset._array(batch)[:, :, lo:hi], dtype=None if as_stored else np.float32)
         for p in positions:
             start = items[p]["offset"] - lo
             out[p] = block[:, :, start : start + items[p]["frames"]].copy()
@@ -49,8 +50,8 @@ class UncheckedSource:
     def __init__(self, fset: FeatureSet) -> None:
         self.fset = fset
 
-    def read_many(self, keys: list[tuple[str, str]]) -> list[np.ndarray]:
-        return unchecked_read_many(self.fset, keys)
+    def read_many(self, keys: list[tuple[str, str]], *, as_stored: bool = False) -> list[np.ndarray]:
+        return unchecked_read_many(self.fset, keys, as_stored=as_stored)
 
 
 def _load_rows(fset: FeatureSet) -> Any:

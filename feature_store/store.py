@@ -306,12 +306,15 @@ class FeatureSet(_BatchedItems):
         (part,) = self._read_checked([self._item(sha256, variant)], np.float32)
         return part
 
-    def read_many(self, keys: list[tuple[str, str]]) -> list[np.ndarray]:
-        """Bulk read, in ``keys`` order: one contiguous read per batch. Each ``(C, F, T_i)`` float32.
+    def read_many(self, keys: list[tuple[str, str]], *, as_stored: bool = False) -> list[np.ndarray]:
+        """Bulk read, in ``keys`` order: one contiguous read per batch. Each ``(C, F, T_i)`` float32,
+        or in the stored dtype (float16 for most sets) with ``as_stored``, for a caller that converts
+        while it copies anyway (the training tables: no float32 copy of every item in between).
 
         Every item is checked against its recorded checksum; StoreError names the first bad one.
         """
-        return self._read_checked([self._item(sha, variant) for sha, variant in keys], np.float32)
+        return self._read_checked([self._item(sha, variant) for sha, variant in keys],
+                                  None if as_stored else np.float32)
 
     def lineage(self) -> dict[str, Any]:
         """Set attributes (spec, code and library versions, created) plus the manifests served."""

@@ -43,9 +43,10 @@ FeatureKey = tuple[str, str]  # (audio sha256, variant)
 
 
 class FeatureSource(Protocol):
-    """Anything that returns stored ``(C, F, T)`` arrays for ``(sha256, variant)`` keys."""
+    """Anything that returns stored ``(C, F, T)`` arrays for ``(sha256, variant)`` keys: float32,
+    or with ``as_stored`` in whatever float dtype they are kept (the reader converts)."""
 
-    def read_many(self, keys: Sequence[FeatureKey]) -> list[np.ndarray]: ...
+    def read_many(self, keys: Sequence[FeatureKey], *, as_stored: bool = False) -> list[np.ndarray]: ...
 
 
 class DictSource:
@@ -54,7 +55,8 @@ class DictSource:
     def __init__(self, items: Mapping[FeatureKey, np.ndarray]) -> None:
         self.items = dict(items)
 
-    def read_many(self, keys: Sequence[FeatureKey]) -> list[np.ndarray]:
+    def read_many(self, keys: Sequence[FeatureKey], *, as_stored: bool = False) -> list[np.ndarray]:
+        """The arrays of ``keys`` as they are held (``as_stored`` changes nothing here)."""
         missing = [k for k in keys if k not in self.items]
         if missing:
             raise StoreError(f"feature item(s) not stored: {missing[:5]}")
@@ -278,7 +280,7 @@ def load_table(
             speakers.append(speaker_index.get(row.speaker, -1))
             uids.append(row.utterance_id)
             vars_.append(variant)
-    arrays = source.read_many(keys)
+    arrays = source.read_many(keys, as_stored=True)  # _pack converts while it fills the table
     return _pack(arrays, labels, speakers, uids, vars_, list(speaker_names), device=device)
 
 

@@ -65,7 +65,12 @@ def test_read_many_equals_read_and_missing_key_is_named(store, make_corpus):
     fset = store.open_set(SPEC)
     keys = [(s, "orig") for s in reversed(frame.sha256.tolist())]
     for (sha, var), arr in zip(keys, fset.read_many(keys), strict=True):
-        assert np.array_equal(arr, fset.read(sha, var))
+        assert np.array_equal(arr, fset.read(sha, var)) and arr.dtype == np.float32
+    # as stored (float16 here), for the table loader that converts while it copies: the same values
+    stored = fset.read_many(keys, as_stored=True)
+    assert {a.dtype for a in stored} == {np.dtype(SPEC.dtype)} != {np.dtype(np.float32)}
+    for (sha, var), arr in zip(keys, stored, strict=True):
+        assert np.array_equal(arr.astype(np.float32), fset.read(sha, var))
     assert fset.has(frame.sha256[0]) and not fset.has(frame.sha256[0], "speed=0.9")
     with pytest.raises(StoreError, match="speed=0.9"):
         fset.read(frame.sha256[0], "speed=0.9")
