@@ -290,18 +290,20 @@ def load_table(
 
 @dataclass
 class FoldData:
-    """A fold's preloaded tables (``train`` may hold augmentation variants) and its label space."""
+    """A fold's preloaded tables (``train`` may hold augmentation variants) and its label space;
+    ``val`` is None in a refit's data (train holds the validation speakers; nothing is validated)."""
 
     name: str
     train: FeatureTable
-    val: FeatureTable
+    val: FeatureTable | None
     test: FeatureTable
     classes: list[str]
     speaker_names: list[str]
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # global training mean/std (C, F)
 
     def tables(self) -> dict[str, FeatureTable]:
-        return {"train": self.train, "val": self.val, "test": self.test}
+        both = {"train": self.train, "val": self.val, "test": self.test}
+        return {split: table for split, table in both.items() if table is not None}
 
 
 def build_fold_data(
@@ -310,7 +312,7 @@ def build_fold_data(
     *,
     name: str,
     train_ids: Sequence[str],
-    val_ids: Sequence[str],
+    val_ids: Sequence[str] | None,
     test_ids: Sequence[str],
     classes: Sequence[str],
     train_variants: Sequence[str] = (ORIG,),
@@ -319,13 +321,14 @@ def build_fold_data(
     device: torch.device | str = "cpu",
 ) -> FoldData:
     """Preload one fold onto ``device``; train items use ``train_variants``, val/test only ``orig``.
+    ``val_ids`` None: no validation table (a refit's data, whose ``train_ids`` hold them).
 
     ``floor_db`` > 0 floors each item's silence (:func:`floor_silence`) before ``normalise``
     (``speaker`` by default: see :func:`normalise_tables`)."""
     require(len(train_ids) > 0, "fold.train", name, "has no training utterances")
-    require(len(val_ids) > 0, "fold.val", name, "has no validation utterances")
+    require(val_ids is None or len(val_ids) > 0, "fold.val", name, "has no validation utterances")
     require(len(test_ids) > 0, "fold.test", name, "has no test utterances")
-    overlap = (set(train_ids) | set(val_ids)) & set(test_ids)
+    overlap = (set(train_ids) | set(val_ids or ())) & set(test_ids)
     require(not overlap, "fold.test", name, f"shares utterances with train/val: {sorted(overlap)[:3]}")
     speaker_names = sorted(manifest["speaker"].unique())
     by_id = manifest.set_index("utterance_id", drop=False)
@@ -335,12 +338,13 @@ def build_fold_data(
 
     tables = {
         "train": load_table(source, rows(train_ids), classes, speaker_names, variants=train_variants, device=device),
-        "val": load_table(source, rows(val_ids), classes, speaker_names, device=device),
         "test": load_table(source, rows(test_ids), classes, speaker_names, device=device),
     }
+    if val_ids is not None:
+        tables["val"] = load_table(source, rows(val_ids), classes, speaker_names, device=device)
     warn_missing_classes(tables["train"], classes, fold=name)
     tables, stats = prepare_tables(tables, normalise=normalise, floor_db=floor_db)
-    return FoldData(name, tables["train"], tables["val"], tables["test"], list(classes), speaker_names, stats)
+    return FoldData(name, tables["train"], tables.get("val"), tables["test"], list(classes), speaker_names, stats)
 
 
 def prepare_tables(tables: Mapping[str, FeatureTable], *, normalise: str, floor_db: float

@@ -89,7 +89,8 @@ def test_refit_trains_on_every_non_test_speaker_and_is_recorded(ws: Workspace) -
 
 def test_the_folds_tables_are_freed_before_the_refit_loads_its_own(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     """Memory: the refit loads every non-test speaker again, so the fold's tables must be gone by
-    then, or a fold of stored SSL layers holds both (peak RSS 12.7 GB -> 7.9 GB on CASIA)."""
+    then, or a fold of stored SSL layers holds both (peak RSS 12.7 GB -> 7.9 GB on CASIA); and it
+    loads no validation table, which it never reads."""
     import gc
     import weakref
 
@@ -105,6 +106,8 @@ def test_the_folds_tables_are_freed_before_the_refit_loads_its_own(ws: Workspace
             alive_at_refit.append(sum(ref() is not None for ref in loaded))
         data = original(self, with_val=with_val)
         loaded.extend(weakref.ref(t.frames) for t in data.tables().values())
+        if with_val:  # the refit's data: train holds the validation speakers, and no validation table is loaded
+            assert data.val is None and len(data.train) == len(self.train_ids) + len(self.val_ids)
         return data
 
     monkeypatch.setattr(FoldRun, "fold_data", watched)

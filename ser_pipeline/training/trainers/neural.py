@@ -57,7 +57,8 @@ def pooled(view: ViewSpec, data: FoldData) -> tuple[ViewSpec, FoldData]:
     k = view.time_pool
     if k <= 1:
         return view, data
-    data = FoldData(data.name, pool_table(data.train, k), pool_table(data.val, k), pool_table(data.test, k),
+    val = pool_table(data.val, k) if data.val is not None else None
+    data = FoldData(data.name, pool_table(data.train, k), val, pool_table(data.test, k),
                     data.classes, data.speaker_names, data.stats)
     return view.replace(time_pool=1), data
 
