@@ -10,6 +10,7 @@ tensor is built only when something asks for it (:meth:`ItemFrames.padded`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -36,26 +37,32 @@ class ItemFrames:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def item(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Item ``b``'s frames ``(T_b, C, F)`` (the table's rows, not a copy), and its band keep
-        ``(F,)`` and frame keep ``(T_b,)`` (None without span masks)."""
-        start, n = int(self.offsets[b]), int(self.lengths[b])
-        rows = self.frames[start : start + n]
+    def each(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
+        """Every item's rows ``(T_b, C, F)`` (the table's, not a copy), its band keep ``(F,)`` when
+        its draw masks any band (else None), and its frame keep ``(T_b,)`` (None without span
+        masks). Offsets, lengths and which items mask bands are read once per batch (on a GPU,
+        reading them item by item would wait for the device each time)."""
+        spans = zip(self.offsets.tolist(), self.lengths.tolist(), strict=True)
         if self.keep is None:
-            return rows, None, None
-        return rows, self.keep[0][b], self.keep[1][b, :n]
+            for start, n in spans:
+                yield self.frames[start : start + n], None, None
+            return
+        bands, frames = self.keep
+        masks_bands = (bands == 0).any(dim=1).tolist()
+        for b, (start, n) in enumerate(spans):
+            yield self.frames[start : start + n], bands[b] if masks_bands[b] else None, frames[b, :n]
 
     def padded(self) -> torch.Tensor:
         """The padded batch ``(B, C, F, width)``: every item's frames written once, time-major as they
         lie (so the result is a permuted view of a contiguous ``(B, width, C, F)`` tensor), times its
         span masks; zeros after each item's length."""
         x = self.frames.new_empty((len(self), self.width, *self.frames.shape[1:]))
-        for b in range(len(self)):
-            rows, band, frame = self.item(b)
+        for b, (rows, band, frame) in enumerate(self.each()):
             n = rows.shape[0]
-            if band is None:
+            if frame is None:
                 x[b, :n] = rows
             else:
-                torch.mul(rows, frame[:, None, None] * band[None, None, :], out=x[b, :n])
+                keep = frame[:, None, None] if band is None else frame[:, None, None] * band[None, None, :]
+                torch.mul(rows, keep, out=x[b, :n])
             x[b, n:] = 0
         return x.permute(0, 2, 3, 1)

@@ -70,12 +70,11 @@ def pooled_items(items: ItemFrames, *, layer_norm: bool, eps: float = 1e-5) -> t
     temporary copy of the item only when the draw masks any."""
     with torch.no_grad():
         pooled = []
-        for b in range(len(items)):
-            rows, band, frame = items.item(b)
+        for rows, band, frame in items.each():
             share = rows.new_full((rows.shape[0],), 1.0 / max(rows.shape[0], 1))
             if frame is not None:
                 share = share * frame
-            if band is not None and bool((band == 0).any()):
+            if band is not None:
                 rows = rows * band
             pooled.append(_pooled_time_major(rows, share, layer_norm, eps))
         return torch.stack(pooled)
