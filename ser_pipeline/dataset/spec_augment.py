@@ -204,8 +204,8 @@ def horizontal_mixup(x1: torch.Tensor, x2: torch.Tensor, *, a: float = 0.05, b: 
 def changes_batch(spec: SpecAugmentSpec, *, masked: bool = False) -> bool:
     """Whether :func:`augment_batch` would change a batch (False: it returns it as it is, so a view
     batch need not be built as a tensor for it). ``masked``: the view applied the span masks."""
-    return bool((spec.freq_masks or spec.time_masks) and not masked) or spec.cutout > 0 or spec.salt_pepper > 0 \
-        or spec.mixing
+    spans_left = bool(spec.freq_masks or spec.time_masks) and not masked
+    return spans_left or spec.cutout > 0 or spec.salt_pepper > 0 or spec.mixing
 
 
 def augment_batch(

@@ -161,7 +161,7 @@ class SslProbe(nn.Module):
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, L, H, T) -> (B, D)`` pooled utterance embedding (padding ignored)."""
         if self.lstm is None and self.pool is None:  # mean pooling: the layer sum of per-layer means
-            return torch.einsum("l,blh->bh", self.weights_for(x), pooled_layers(x, mask, layer_norm=self.layer_norm))
+            return self._layer_sum(pooled_layers(x, mask, layer_norm=self.layer_norm))
         y = self.combine(x)
         if self.lstm is not None:
             lengths = mask.sum(dim=1).clamp_min(1).cpu() if mask is not None else torch.full((y.shape[0],), y.shape[1])
@@ -180,8 +180,11 @@ class SslProbe(nn.Module):
         (:func:`pooled_items`); otherwise the padded batch is built."""
         if self.lstm is not None or self.pool is not None:
             return self(items.padded(), time_mask(items.lengths, items.width))
-        pooled = pooled_items(items, layer_norm=self.layer_norm)  # (B, L, H)
-        return self.head(torch.einsum("l,blh->bh", self.weights_for(pooled), pooled))
+        return self.head(self._layer_sum(pooled_items(items, layer_norm=self.layer_norm)))
+
+    def _layer_sum(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``(B, L, H) -> (B, H)``: per-layer time means summed with the layer weights."""
+        return torch.einsum("l,blh->bh", self.weights_for(pooled), pooled)
 
 
 @register_model(
