@@ -204,7 +204,7 @@ def feature_spec(preset: str = "logmel64", *, where: str = "", **overrides: Any)
     if preset not in PRESETS:
         raise ConfigError(f"{where + '.' if where else ''}preset={preset!r}: unknown preset; "
                           f"valid: {', '.join(PRESETS.names())}")
-    valid = sorted(set(FeatureSpec.__dataclass_fields__) - {"preset"})
+    valid = sorted({f.name for f in dataclasses.fields(FeatureSpec)} - {"preset"})  # no ClassVars
     check_fields(f"{where}.overrides" if where else "FeatureSpec", overrides, valid)
     return FeatureSpec.from_dict({**PRESETS.get(preset), **overrides, "preset": preset}, where=where)
 

@@ -153,8 +153,12 @@ def test_unknown_preset_and_field():
         feature_spec("logmel99")
     with pytest.raises(ConfigError, match="preset"):
         FeatureSpec(preset="nope")
-    with pytest.raises(ConfigError, match="n_bands"):
+    with pytest.raises(ConfigError, match="n_bands") as refused:
         feature_spec("logmel64", n_bands=3)
+    # the valid names listed are the fields, not the class constants
+    assert "n_mels" in str(refused.value) and "CODE_VERSION" not in str(refused.value)
+    with pytest.raises(ConfigError, match="CODE_VERSION"):
+        feature_spec("logmel64", CODE_VERSION="2")
 
 
 @pytest.mark.parametrize("bad", [np.zeros((10, 2), np.float32), np.array([], np.float32), np.array([0.1, np.nan] * 300)])
