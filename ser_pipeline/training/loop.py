@@ -146,8 +146,12 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 # The training loop
 
 
-def _train_epoch(model, opt, table, view, config, weights, spec_aug, gen, device, *, fold, epoch,
-                 step_sched=None) -> dict[str, float]:
+def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, table: FeatureTable, view: ViewSpec,
+                 config: TrainConfig, weights: torch.Tensor, spec_aug: SpecAugmentSpec | None, gen: torch.Generator,
+                 device: torch.device, *, fold: str, epoch: int, step_sched: Any = None) -> dict[str, float]:
+    """One pass over ``table`` in shuffled batches; ``weights`` ``(K,)`` are the class weights of the
+    loss. Returns ``train_loss`` (mean per utterance), ``data_s`` and ``step_s`` (batch preparation
+    and whole-step seconds) and ``items`` (utterances seen)."""
     model.train()
     n_classes = int(weights.shape[0])
     total, seen, data_s, step_s = 0.0, 0, 0.0, 0.0
@@ -190,6 +194,118 @@ def _train_epoch(model, opt, table, view, config, weights, spec_aug, gen, device
     return {"train_loss": total / max(seen, 1), "data_s": data_s, "step_s": step_s, "items": seen}
 
 
+@dataclass
+class _Selection:
+    """Where a fit stands: the epoch rows so far and the validation choice (best weights, UA and
+    epoch, epochs without improvement, whether patience ran out). ``last.pt`` stores these fields."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+    best_ua: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped: bool = False
+
+    def record(self, row: dict[str, float], model: nn.Module, *, keep_best: bool, patience: int | None) -> None:
+        """Add an epoch's row; a higher ``val_ua`` becomes the choice (its weights copied when
+        ``keep_best``), otherwise one more bad epoch counts towards ``patience``."""
+        self.history.append(row)
+        if row["val_ua"] > self.best_ua:
+            self.best_ua, self.best_epoch, self.bad_epochs = row["val_ua"], int(row["epoch"]), 0
+            if keep_best:
+                self.best_state = _cpu_state(model)
+        else:
+            self.bad_epochs += 1
+        if patience is not None and self.bad_epochs >= patience:
+            self.stopped = True
+
+    def fields(self) -> dict[str, Any]:
+        """The checkpoint entries (not copied: ``torch.save`` writes them as they are)."""
+        return {"history": self.history, "best_state": self.best_state, "best_ua": self.best_ua,
+                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "stopped": self.stopped}
+
+    @classmethod
+    def from_checkpoint(cls, ck: dict[str, Any]) -> _Selection:
+        return cls(ck["history"], ck["best_state"], ck["best_ua"], ck["best_epoch"], ck["bad_epochs"], ck["stopped"])
+
+
+@dataclass
+class _Optimisation:
+    """What one fit steps and draws from: optimiser, schedule (stepped per batch or per epoch) and
+    the generator behind shuffling, crops and augmentation."""
+
+    opt: torch.optim.Optimizer
+    sched: Any
+    per_step: bool
+    gen: torch.Generator
+
+    def state(self) -> dict[str, Any]:
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict() if self.sched else None,
+                "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def load(self, ck: dict[str, Any]) -> None:
+        self.opt.load_state_dict(ck["optimizer"])
+        if self.sched is not None and ck.get("scheduler") is not None:
+            self.sched.load_state_dict(ck["scheduler"])
+        self.gen.set_state(ck["generator"])
+        torch.set_rng_state(ck["torch_rng"])
+
+    def end_epoch(self, val_ua: float, schedule: str) -> None:
+        """Step an epoch-wise schedule (``plateau`` on the validation UA)."""
+        if self.sched is None or self.per_step:
+            return
+        if schedule == "plateau":
+            self.sched.step(val_ua)
+        else:
+            self.sched.step()
+
+
+def _optimisation(model: nn.Module, config: TrainConfig, n_train: int) -> _Optimisation:
+    params = [p for p in model.parameters() if p.requires_grad]
+    require(len(params) > 0, "model", type(model).__name__, "has no trainable parameters")
+    opt = OPTIMIZERS.get(config.optimizer)(params, config)
+    steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
+    sched = SCHEDULES.get(config.schedule)(opt, config, steps_per_epoch)
+    return _Optimisation(opt, sched, config.schedule in PER_STEP_SCHEDULES, torch.Generator().manual_seed(config.seed))
+
+
+def _resume(path: Path | None, digest: str, fold: str, model: nn.Module, optimisation: _Optimisation
+            ) -> tuple[_Selection, int] | None:
+    """The selection and next epoch stored in ``path`` when it was written by this fit (same
+    digest and fold), with the model, optimiser, schedule and generators restored; else None."""
+    if path is None or not path.exists():
+        return None
+    ck = load_checkpoint(path)
+    if ck.get("digest") != digest or ck.get("fold") != fold:
+        log.warning("fold %s: ignoring checkpoint %s (different config or fold)", fold, path)
+        return None
+    model.load_state_dict(ck["model"])
+    optimisation.load(ck)
+    log.info("fold %s: resumed from %s at epoch %d", fold, path, ck["epoch"] + 1)
+    return _Selection.from_checkpoint(ck), ck["epoch"] + 1
+
+
+def _validate(model: nn.Module, train: FeatureTable, val: FeatureTable | None, view: ViewSpec, config: TrainConfig,
+              epoch: int) -> dict[str, float]:
+    """``val_loss`` and ``val_ua`` on ``val``; a refit (``val=None``) scores each epoch by its
+    number, so the last one is kept. Precise-BN first when the model keeps trained statistics."""
+    if val is None:
+        return {"val_loss": float("nan"), "val_ua": float(epoch)}
+    if config.precise_bn and config.bn_statistics == "train":  # AdaBN recomputes them per speaker anyway
+        precise_bn(model, train, eval_view(view), batch_size=config.eval_batch_size, bf16=config.bf16)
+    return evaluate_table(model, val, view, batch_size=config.eval_batch_size, bf16=config.bf16,
+                          bn_statistics=config.bn_statistics)
+
+
+def _epoch_row(epoch: int, stats: dict[str, float], val_metrics: dict[str, float], lr: float, seconds: float
+               ) -> dict[str, float]:
+    """One history row: losses, validation UA, learning rate, wall seconds and the step timers."""
+    step_s = max(stats["step_s"], 1e-9)
+    return {"epoch": epoch, "train_loss": stats["train_loss"], **val_metrics, "lr": lr, "seconds": seconds,
+            "utt_per_s": stats["items"] / step_s, "data_share": stats["data_s"] / step_s,
+            "items": stats["items"], "data_s": stats["data_s"], "step_s": stats["step_s"]}
+
+
 def fit(
     model: nn.Module,
     train: FeatureTable,
@@ -217,106 +333,55 @@ def fit(
     """
     keep_freed_memory()
     device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(config.seed)
     weights = (class_weights(train.labels, n_classes) if config.class_weighted else torch.ones(n_classes)).to(device)
     if spec_augment is not None and spec_augment.random_cut and view.crop != "random":
         view = view.replace(crop="random")
-    params = [p for p in model.parameters() if p.requires_grad]
-    require(len(params) > 0, "model", type(model).__name__, "has no trainable parameters")
-    opt = OPTIMIZERS.get(config.optimizer)(params, config)
-    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
-    sched = SCHEDULES.get(config.schedule)(opt, config, steps_per_epoch)
-    per_step = config.schedule in PER_STEP_SCHEDULES
+    optimisation = _optimisation(model, config, len(train))
     last_epoch = config.epochs if stop_epoch is None else min(stop_epoch, config.epochs)
+    refit = val is None  # the last weights are kept: no copy of the best ones to take
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     last_path = ckdir / "last.pt" if ckdir else None
     digest = "" if ckdir is None else (  # names what last.pt resumes; only needed with a checkpoint folder
         config.digest() + view.digest() + (spec_augment.digest() if spec_augment else "")
-        + ("" if val is not None else f"refit{last_epoch}"))
+        + (f"refit{last_epoch}" if refit else ""))
 
-    history: list[dict[str, float]] = []
-    refit = val is None  # the last weights are kept: no copy of the best ones to take
-    best_state: dict[str, torch.Tensor] | None = None if refit else _cpu_state(model)
-    best_ua, best_epoch, start, bad_epochs, stopped = -math.inf, 0, 1, 0, False
-    if resume and last_path is not None and last_path.exists():
-        ck = load_checkpoint(last_path)
-        if ck.get("digest") == digest and ck.get("fold") == fold:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            if sched is not None and ck.get("scheduler") is not None:
-                sched.load_state_dict(ck["scheduler"])
-            gen.set_state(ck["generator"])
-            torch.set_rng_state(ck["torch_rng"])
-            history, best_state = ck["history"], ck["best_state"]
-            best_ua, best_epoch, bad_epochs, stopped = ck["best_ua"], ck["best_epoch"], ck["bad_epochs"], ck["stopped"]
-            start = ck["epoch"] + 1
-            log.info("fold %s: resumed from %s at epoch %d", fold, last_path, start)
-        else:
-            log.warning("fold %s: ignoring checkpoint %s (different config or fold)", fold, last_path)
-
+    resumed = _resume(last_path, digest, fold, model, optimisation) if resume else None
+    selection, start = resumed or (_Selection(best_state=None if refit else _cpu_state(model)), 1)
     for epoch in range(start, last_epoch + 1):
-        if stopped:
+        if selection.stopped:
             break
         t0 = time.perf_counter()
         try:
-            stats = _train_epoch(model, opt, train, view, config, weights, spec_augment, gen, device, fold=fold,
-                                 epoch=epoch, step_sched=sched if per_step else None)
+            stats = _train_epoch(model, optimisation.opt, train, view, config, weights, spec_augment, optimisation.gen,
+                                 device, fold=fold, epoch=epoch,
+                                 step_sched=optimisation.sched if optimisation.per_step else None)
         except TrainingError as exc:
             kept = f"; last good checkpoint kept: {last_path}" if last_path and last_path.exists() else ""
             raise TrainingError(f"{exc}{kept}") from None
-        if val is None:
-            val_metrics = {"val_loss": float("nan"), "val_ua": float(epoch)}  # refit: the last epoch is kept
-        else:
-            if config.precise_bn and config.bn_statistics == "train":  # AdaBN recomputes them per speaker anyway
-                precise_bn(model, train, eval_view(view), batch_size=config.eval_batch_size, bf16=config.bf16)
-            val_metrics = evaluate_table(model, val, view, batch_size=config.eval_batch_size, bf16=config.bf16,
-                                         bn_statistics=config.bn_statistics)
-        seconds = time.perf_counter() - t0
-        row = {
-            "epoch": epoch,
-            "train_loss": stats["train_loss"],
-            **val_metrics,
-            "lr": float(opt.param_groups[0]["lr"]),
-            "seconds": seconds,
-            "utt_per_s": stats["items"] / max(stats["step_s"], 1e-9),
-            "data_share": stats["data_s"] / max(stats["step_s"], 1e-9),
-            "items": stats["items"], "data_s": stats["data_s"], "step_s": stats["step_s"],
-        }
-        history.append(row)
-        if val_metrics["val_ua"] > best_ua:
-            best_ua, best_epoch, bad_epochs = val_metrics["val_ua"], epoch, 0
-            if not refit:
-                best_state = _cpu_state(model)
-        else:
-            bad_epochs += 1
-        if sched is not None and not per_step:
-            sched.step(val_metrics["val_ua"]) if config.schedule == "plateau" else sched.step()
-        if config.patience is not None and bad_epochs >= config.patience:
-            stopped = True
+        val_metrics = _validate(model, train, val, view, config, epoch)
+        row = _epoch_row(epoch, stats, val_metrics, float(optimisation.opt.param_groups[0]["lr"]),
+                         time.perf_counter() - t0)
+        selection.record(row, model, keep_best=not refit, patience=config.patience)
+        optimisation.end_epoch(val_metrics["val_ua"], config.schedule)
         for cb in callbacks:
             cb(fold, epoch, dict(row))
         if last_path is not None:
-            _atomic_save({
-                "digest": digest, "fold": fold, "epoch": epoch, "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
-                "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
-                "best_state": best_state, "best_ua": best_ua, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                "stopped": stopped,
-            }, last_path)
-    if best_state is not None:
-        model.load_state_dict(best_state)
+            _atomic_save({"digest": digest, "fold": fold, "epoch": epoch, "model": model.state_dict(),
+                          **optimisation.state(), **selection.fields()}, last_path)
+    if selection.best_state is not None:
+        model.load_state_dict(selection.best_state)
     best_path = None
     if ckdir is not None:
         best_path = ckdir / "best.pt"
-        kept = best_state if best_state is not None else _cpu_state(model)
-        _atomic_save({"model": kept, "epoch": best_epoch, "val_ua": best_ua}, best_path)
-    timing = _timing(history)
-    if val is None:
+        kept = selection.best_state if selection.best_state is not None else _cpu_state(model)
+        _atomic_save({"model": kept, "epoch": selection.best_epoch, "val_ua": selection.best_ua}, best_path)
+    history, best_ua = selection.history, selection.best_ua
+    if refit:
         best_ua = float("nan")
         for row in history:
             row["val_ua"] = float("nan")
-    return FitResult(history, best_epoch, float(best_ua) if history else float("nan"), stopped,
-                     str(best_path) if best_path else None, timing)
+    return FitResult(history, selection.best_epoch, float(best_ua) if history else float("nan"), selection.stopped,
+                     str(best_path) if best_path else None, _timing(history))
 
 
 def _timing(history: list[dict[str, float]]) -> dict[str, float]:

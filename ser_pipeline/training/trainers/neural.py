@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from torch import nn
@@ -102,16 +102,38 @@ def refit_on_all(run: FoldRun, chosen_epoch: int, view: ViewSpec) -> tuple[nn.Mo
     return model, full, result
 
 
+def refit_record(config: TrainConfig, epochs: int, n_fit: int, refit: FitResult, *, stage: str | None = None
+                 ) -> dict[str, Any]:
+    """What the experiment record says of a refit: that it ran, for how many epochs and how they
+    were chosen (``config.refit_epochs``), on how many items, its last training loss, and which
+    stage it trained (two-stage and speaker pre-training models refit stage 2 only)."""
+    record: dict[str, Any] = {"refit": True, "refit_epochs": epochs, "refit_epoch_choice": config.refit_epochs,
+                              "n_fit": n_fit,
+                              "refit_train_loss": refit.history[-1]["train_loss"] if refit.history else None}
+    if stage is not None:
+        record["refit_stage"] = stage
+    return record
+
+
+class NeuralTrainer:
+    """What every neural trainer kind can do (the :class:`~ser_pipeline.training.trainers.base.Trainer`
+    flags): it reads its feature set, takes the entry's view and the requested device, refits on
+    the training and validation speakers, and trains a final model on every speaker unless it says
+    otherwise (:class:`NoFinalModel`)."""
+
+    name: ClassVar[str]
+    reads_features: ClassVar[bool] = True
+    uses_view: ClassVar[bool] = True
+    uses_device: ClassVar[bool] = True
+    refits: ClassVar[bool] = True
+    fits_final: ClassVar[bool] = True
+
+
 @dataclass(frozen=True)
-class StandardTrainer:
+class StandardTrainer(NeuralTrainer):
     """One network end to end on the view."""
 
-    name: str = "standard"
-    reads_features: bool = True
-    refits: bool = True
-    fits_final: bool = True
-    uses_view: bool = True
-    uses_device: bool = True
+    name: ClassVar[str] = "standard"
 
     def run(self, fold: FoldRun) -> FoldOutcome:
         p = fold.plan
@@ -123,10 +145,7 @@ class StandardTrainer:
         epochs = refit_epoch_count(p.train, result.best_epoch, len(result.history))
         del model, data  # the refit loads every non-test speaker again: the fold's tables go first
         model, full, refit = refit_on_all(fold, epochs, view)
-        out = _outcome(model, full, result, p, view=view,
-                       extra={"refit": True, "refit_epochs": epochs, "refit_epoch_choice": p.train.refit_epochs,
-                              "n_fit": len(full.train),
-                              "refit_train_loss": refit.history[-1]["train_loss"] if refit.history else None})
+        out = _outcome(model, full, result, p, view=view, extra=refit_record(p.train, epochs, len(full.train), refit))
         out.timing = {**result.timing, "refit_epoch_seconds": refit.timing.get("epoch_seconds", 0.0)}
         return out
 
@@ -146,12 +165,11 @@ class StandardTrainer:
                            extra={**_view_extra(view, p), "n_fit": len(data.train)})
 
 
-class NoFinalModel:
+class NoFinalModel(NeuralTrainer):
     """For trainer kinds that cannot train one model on every speaker (``final_model=best_fold``
     only; :func:`ser_pipeline.experiments.config.resolve` refuses the other value up front)."""
 
-    name: str
-    fits_final = False
+    fits_final: ClassVar[bool] = False
 
     def fit_final(self, run: FoldRun, epochs: int) -> FoldOutcome:
         raise TrainingError(f"trainer {self.name!r}: no final model on every speaker (final_model=best_fold)")
@@ -168,11 +186,7 @@ class SpeakerPretrainTrainer(NoFinalModel):
     epochs, and that model is tested. Stage 1 is not repeated: it never sees the validation speakers.
     """
 
-    name: str = "speaker_pretrain"
-    reads_features: bool = True
-    refits: bool = True
-    uses_view: bool = True
-    uses_device: bool = True
+    name: ClassVar[str] = "speaker_pretrain"
 
     def run(self, fold: FoldRun) -> FoldOutcome:
         p = fold.plan
@@ -192,9 +206,7 @@ class SpeakerPretrainTrainer(NoFinalModel):
             model.load_state_dict(start)
             refit = _fit(fold, model, data.train, None, view=view, config=p.train, spec_aug=p.spec_augment,
                          tag="/refit", stop_epoch=epochs)
-            extra.update(refit=True, refit_epochs=epochs, refit_epoch_choice=p.train.refit_epochs,
-                         refit_stage="stage2", n_fit=len(data.train),
-                         refit_train_loss=refit.history[-1]["train_loss"] if refit.history else None)
+            extra.update(refit_record(p.train, epochs, len(data.train), refit, stage="stage2"))
         return _outcome(model, data, result, p, view=view, stage1_history=stage1.history, extra=extra)
 
 
@@ -211,11 +223,7 @@ class TwoStageTrainer(NoFinalModel):
     embeddings look to stage 2 as the unseen test speaker's do.
     """
 
-    name: str = "two_stage"
-    reads_features: bool = True
-    refits: bool = True
-    uses_view: bool = True
-    uses_device: bool = True
+    name: ClassVar[str] = "two_stage"
 
     def run(self, fold: FoldRun) -> FoldOutcome:
         p = fold.plan
@@ -236,9 +244,7 @@ class TwoStageTrainer(NoFinalModel):
             epochs = refit_epoch_count(p.stage2_train, result.best_epoch, len(result.history))
             everyone = concat_tables(seq["train"], seq["val"])
             head, refit = _fit_stage2(fold, dim, everyone, None, tag="/refit", stop_epoch=epochs)
-            extra.update(refit=True, refit_epochs=epochs, refit_epoch_choice=p.stage2_train.refit_epochs,
-                         refit_stage="stage2", n_fit=len(everyone),
-                         refit_train_loss=refit.history[-1]["train_loss"] if refit.history else None)
+            extra.update(refit_record(p.stage2_train, epochs, len(everyone), refit, stage="stage2"))
         probs = predict_proba(head, seq["test"], STAGE2_VIEW, batch_size=p.stage2_train.eval_batch_size,
                               bf16=p.train.bf16)
         return FoldOutcome(probs, result.history, result.best_epoch, result.best_val_ua, model=model, stage2=head,
