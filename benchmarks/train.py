@@ -51,7 +51,8 @@ from ser_pipeline.experiments.corpora import experiment_manifest
 from ser_pipeline.experiments.runner import fold_validation
 from ser_pipeline.features import feature_label
 from ser_pipeline.heap import keep_freed_memory
-from ser_pipeline.inference.forward import STAGE2_VIEW, precise_bn
+from ser_pipeline.inference.forward import STAGE2_VIEW, accepts_mask, precise_bn
+from ser_pipeline.models import ReadsSegmentSequences
 from ser_pipeline.splits import make_folds
 from ser_pipeline.training.config import OPTIMIZERS, TrainConfig, resolve_device, seed_everything
 from ser_pipeline.training.loop import fit
@@ -241,8 +242,9 @@ def plain_pass(setup: BenchSetup, data: Preloaded, epochs: int) -> Pass:
     model = setup.build()
     config = setup.config
     device = setup.run.device
-    segmented = setup.view.segmented
-    takes_mask = not segmented and data.mask is not None and _accepts_mask(model)
+    sequences = setup.view.segmented and isinstance(model, ReadsSegmentSequences)  # one logit row per utterance
+    segmented = setup.view.segmented and not sequences
+    takes_mask = not segmented and data.mask is not None and accepts_mask(model)
     weights = (class_weights(data.labels, setup.n_classes) if config.class_weighted
                else torch.ones(setup.n_classes)).to(device)
     opt = OPTIMIZERS.get(config.optimizer)([p for p in model.parameters() if p.requires_grad], config)
@@ -276,15 +278,6 @@ def plain_pass(setup: BenchSetup, data: Preloaded, epochs: int) -> Pass:
             items += len(idx)
             loss.item()
     return Pass(items, time.perf_counter() - start, time.process_time() - cpu0, data_s, step_s)
-
-
-def _accepts_mask(model: nn.Module) -> bool:
-    import inspect
-
-    try:
-        return "mask" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _median(values: list[float]) -> float:

@@ -104,6 +104,24 @@ def check_fields(where: str, data: Any, valid: Any) -> None:
         raise ConfigError(f"{where}: unknown {what} {listed}; valid: {', '.join(names)}")
 
 
+_EXPONENT_FLOAT = r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"
+"""Floats in exponent form without a dot (``3e-4``, ``1E5``): YAML 1.1 reads them as strings."""
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that reads ``3e-4`` as the float a user means (YAML 1.2, like JSON),
+    not as the string YAML 1.1 makes of it. Raises ``yaml.YAMLError`` on invalid YAML."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_EXPONENT_FLOAT), list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 _SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ser_pipeline.cli.common import JsonOption, RootOption, emit, say, table, workspace
+from ser_pipeline.config import load_yaml
 from ser_pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ def parse_value(text: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text
 

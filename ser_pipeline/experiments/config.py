@@ -240,7 +240,14 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
             else ViewSpec())
     if not trainer.uses_view:
         check_fields(f"{where}view", config.view, ())
-    hparams = check_hparams(f"{where}hparams", {**cpu.get("hparams", {}), **config.hparams}, entry.build,
+    given_hparams = {**cpu.get("hparams", {}), **config.hparams}
+    scratch = _scratch_variant(entry, paper, given_hparams, where=where)
+    if scratch:
+        changed = [f"{section}.{k}={v}" for section, fields in scratch.items() for k, v in fields.items()]
+        notes.append(f"no pretrained weights given (hparams.weights): from-scratch {', '.join(changed)}; "
+                     "--preset paper or the weights keep the paper's")
+        warnings.warn(f"{entry.name}: {notes[-1]}", stacklevel=2)
+    hparams = check_hparams(f"{where}hparams", {**scratch.get("hparams", {}), **given_hparams}, entry.build,
                             entry.defaults)
     features = (resolve_feature_spec(config.model, config.features, config.feature_overrides, where=f"{where}features")
                 if trainer.reads_features else None)
@@ -248,6 +255,7 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
         hparams = {**hparams, "feature_dim": features.bands}  # builders sized by F take it from the spec
 
     base, note = _base_recipe(entry, paper, hparams, neural)
+    base.update(scratch.get("train", {}))
     if note:
         notes.append(note)
         warnings.warn(f"{entry.name}: {note}", stacklevel=2)
@@ -327,6 +335,18 @@ def _view_fields(entry: ModelEntry, paper: bool, cpu: dict[str, Any], given: dic
     fields.update(cpu.get("view", {}))
     fields.update(given)
     return fields
+
+
+def _scratch_variant(entry: ModelEntry, paper: bool, given: dict[str, Any], *, where: str) -> dict[str, Any]:
+    """The entry's from-scratch settings (``ModelEntry.scratch``: ``hparams`` and ``train`` fields)
+    that apply: outside the paper preset, when no pretrained weights are given; the hparams the
+    user (or the cpu recipe) sets are left out. The train fields go over the from-scratch recipe
+    (:func:`_base_recipe`), under the cpu recipe's and the user's."""
+    if paper or given.get("weights") or not entry.scratch:
+        return {}
+    check_fields(f"{where}scratch", entry.scratch, ("hparams", "train"))
+    hparams = {k: v for k, v in entry.scratch.get("hparams", {}).items() if k not in given}
+    return {k: v for k, v in (("hparams", hparams), ("train", entry.scratch.get("train", {}))) if v}
 
 
 def _base_recipe(entry: ModelEntry, paper: bool, hparams: dict[str, Any], neural: bool) -> tuple[dict[str, Any], str]:

@@ -20,7 +20,7 @@ from ser_pipeline.dataset.views import (
     flatten_segments,
     mean_segment_posteriors,
 )
-from ser_pipeline.models import ReadsItems
+from ser_pipeline.models import ReadsItems, ReadsSegmentSequences
 
 T = TypeVar("T")
 
@@ -28,7 +28,8 @@ STAGE2_VIEW = ViewSpec(kind="sequence", normalise="none", frames=0, channels=0)
 """The view stage 2 of a two-stage model reads: ``(B, S, D)`` sequences of stage-1 embeddings."""
 
 
-def _accepts_mask(model: nn.Module) -> bool:
+def accepts_mask(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes a ``mask`` keyword (the view's valid frames or steps)."""
     try:
         return "mask" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
@@ -39,11 +40,13 @@ def forward_batch(model: nn.Module, batch: ViewBatch, view: ViewSpec) -> tuple[t
     """Logits for a view batch: ``(B, K)``, or ``(B, S, K)`` with the segment mask for segment views."""
     if batch.items is not None and isinstance(model, ReadsItems):  # reads the table's rows in place
         return model.forward_items(batch.items), None
+    if view.segmented and isinstance(model, ReadsSegmentSequences):  # one logit row per utterance
+        return model.forward_segments(batch.x, batch.mask), None
     if view.segmented:
         xs, mask = flatten_segments(batch)
         B, S = batch.x.shape[:2]
         return model(xs).reshape(B, S, -1), mask.reshape(B, S)
-    if batch.mask is not None and _accepts_mask(model):
+    if batch.mask is not None and accepts_mask(model):
         return model(batch.x, mask=batch.mask), None
     return model(batch.x), None
 

@@ -54,6 +54,9 @@ class ModelEntry:
     augment: str = ""  # the paper's waveform augmentation, in `ser featurize --augment` syntax
     spec_augment: dict[str, Any] = field(default_factory=dict)
     cpu: dict[str, Any] = field(default_factory=dict)  # preset cpu: {"hparams", "view", "train", "stage2_*", "augment"}
+    # the from-scratch variant's {"hparams", "train"} over the default and cpu recipes when the paper's
+    # pretrained weights (hparam ``weights``) are not given; the user's settings still win
+    scratch: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description for ``ser models --json``."""
@@ -72,6 +75,7 @@ class ModelEntry:
             "augment": self.augment,
             "spec_augment": self.spec_augment,
             "cpu": self.cpu,
+            "scratch": self.scratch,
         }
 
 
@@ -91,6 +95,16 @@ class ReadsItems(Protocol):
     calls it when a view batch carries items, so the padded batch is never built."""
 
     def forward_items(self, items: Any) -> Any: ...
+
+
+@runtime_checkable
+class ReadsSegmentSequences(Protocol):
+    """A model that reads all of an utterance's segments at once (``dcnn_blstm_att_no_pretrain``):
+    ``forward_segments(x (B, S, C, H, W), mask (B, S) bool or None) -> (B, K)`` logits, one per
+    utterance. :func:`~ser_pipeline.inference.forward.forward_batch` calls it for segment views
+    instead of scoring each segment and averaging the posteriors."""
+
+    def forward_segments(self, x: Any, mask: Any) -> Any: ...
 
 
 MODELS: Registry[ModelEntry] = Registry("model")

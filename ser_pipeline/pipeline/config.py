@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from ser_pipeline.config import Spec, check_fields, require, stable_digest
+from ser_pipeline.config import Spec, check_fields, load_yaml, require, stable_digest
 from ser_pipeline.corpora import check_entry_options
 from ser_pipeline.errors import ConfigError
 from ser_pipeline.experiments.config import AUTO_PRESET, ExperimentConfig, Resolved, resolve
@@ -197,7 +197,7 @@ def load_config(path: str | Path) -> PipelineConfig:
     if not path.is_file():
         raise ConfigError(f"experiment config {path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"experiment config {path}: not valid YAML ({exc})") from None
     try:

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A reduced demo corpus (3 speakers x 4 emotions x 4 utterances) with logmel64, spectrogram and
-    logmel64_norm features (cnn, att_res, dcnn_blstm_att_no_pretrain); logmel60 (alexnet_sru) is left
+    logmel64_norm features (cnn, att_res, dcnn_blstm_att_no_pretrain, alexnet_sru_sru_only); logmel60 (alexnet_sru) is left
     out on purpose."""
     ws = Workspace.resolve(tmp_path_factory.mktemp("bench") / "root")
     ingest("csv", generate_demo_corpus(ws.demo, seed=0, n_speakers=3, per_class=4), "demo", ws)
@@ -59,20 +59,32 @@ def test_bench_train_figures_are_consistent(root: str, model: str, kind: str, tm
 
 
 def test_a_model_that_never_trains_stage1_is_benched_on_stage2(root: str, capsys) -> None:
-    """``dcnn_blstm_att_no_pretrain`` runs no stage-1 epoch, so both loops train its stage-2 head on
-    the training utterances' stage-1 embeddings (sequence view, stage-2 batch size, no SpecAugment)."""
+    """``alexnet_sru_sru_only`` runs no stage-1 epoch (its embedding is pooling), so both loops train
+    its stage-2 head on the training utterances' stage-1 embeddings (sequence view, stage-2 batch
+    size, no SpecAugment). Read from the logmel64_norm set the fixture has."""
+    args = ["bench", "train", "alexnet_sru_sru_only", "demo", "--steps", "1", "--repeats", "1", "--threads", "1",
+            "--root", root, "--set", "features=logmel64_norm"]
+    code, out, err = call(capsys, *args, "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["stage"] == "stage2" and r["view"]["kind"] == "sequence" and r["spec_augment"] is None
+    assert r["optimizer"] == "adamw"  # the stage-2 recipe at --preset cpu
+    assert 0 < r["train_items"] <= r["batch_size"] and r["steps_per_epoch"] == 1
+    assert r["project"]["items"] == r["plain"]["items"] == r["train_items"]
+    code, human, _ = call(capsys, *args)
+    assert code == 0 and "stage 2: its recipe never trains stage 1" in human
+
+
+def test_a_segment_sequence_model_is_benched_end_to_end(root: str, capsys) -> None:
+    """``dcnn_blstm_att_no_pretrain`` (from scratch: the AlexNet and the BLSTM head trained
+    together) is benched on its windows view; the plain loop feeds it whole utterances too."""
     code, out, err = call(capsys, "bench", "train", "dcnn_blstm_att_no_pretrain", "demo", "--steps", "1",
                           "--repeats", "1", "--threads", "1", "--root", root, "--json")
     assert code == 0, err
     r = json.loads(out)
-    assert r["stage"] == "stage2" and r["view"]["kind"] == "sequence" and r["spec_augment"] is None
-    assert r["batch_size"] == 16 and r["optimizer"] == "adamw"  # the stage-2 recipe at --preset cpu
-    assert r["train_items"] == 16 and r["steps_per_epoch"] == 1  # one training speaker x 16 utterances
-    assert r["input_shape"][-1] == 1024  # FC7 of the quarter-width AlexNet (cpu preset)
-    assert r["project"]["items"] == r["plain"]["items"] == r["train_items"]
-    code, human, _ = call(capsys, "bench", "train", "dcnn_blstm_att_no_pretrain", "demo", "--steps", "1",
-                          "--repeats", "1", "--threads", "1", "--root", root)
-    assert code == 0 and "stage 2: its recipe never trains stage 1" in human
+    assert r["stage"] == "network" and r["view"]["kind"] == "windows" and r["batch_size"] == 16
+    assert r["optimizer"] == "adamw" and r["input_shape"] == [4, 3, 96, 96]  # (S, C, H, W): 4 windows of 150 frames
+    assert r["project"]["items"] == r["plain"]["items"] == r["train_items"] > 0  # utterances, not windows
 
 
 def test_set_overrides_the_config_as_in_ser_train(root: str, capsys) -> None:

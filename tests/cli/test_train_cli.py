@@ -77,3 +77,21 @@ def test_apply_sets_parses_nested_yaml_values() -> None:
     assert out["max_folds"] == 2 and out["augment"] == "speed=0.9"
     with pytest.raises(ConfigError, match="not a mapping"):
         apply_sets({"model": "cnn"}, ["model.x=1"])
+
+
+@pytest.mark.parametrize("text, value", [("3e-4", 3e-4), ("1E5", 1e5), ("-2e+3", -2000.0), (".5e-3", 5e-4),
+                                         ("0.1", 0.1), ("8", 8), ("1e", "1e"), ("e5", "e5"), ("abc", "abc")])
+def test_set_values_in_exponent_form_are_floats(text: str, value: object) -> None:
+    """``--set train.lr=3e-4`` means the float (YAML 1.1 alone would read the string '3e-4' and
+    the recipe would refuse it); words and half-numbers stay strings."""
+    out = apply_sets({}, [f"train.lr={text}"])["train"]["lr"]
+    assert out == value and type(out) is type(value)
+
+
+def test_a_yaml_config_reads_exponent_floats(tmp_path) -> None:
+    from ser_pipeline.pipeline.config import load_config
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: e\ncorpora: [demo]\nmodels:\n  - name: cnn\n    options:\n      train: {lr: 3e-4, weight_decay: 1e-2}\n")
+    train = load_config(path).models[0].options["train"]
+    assert train == {"lr": 3e-4, "weight_decay": 1e-2} and isinstance(train["lr"], float)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ser_pipeline.dataset.views import ViewSpec, apply_view, flatten_segments
 from ser_pipeline.errors import ConfigError
-from ser_pipeline.models import MODELS, ModelEntry, build_model, load_all
+from ser_pipeline.models import MODELS, ModelEntry, ReadsSegmentSequences, build_model, load_all
 from ser_pipeline.models.alexnet import AlexNet, load_imagenet_weights
 from ser_pipeline.models.baselines import CNNLSTM, PlainCNN
 from ser_pipeline.models.blocks import BasicBlock, SqueezeExcitation
@@ -59,20 +59,23 @@ def tiny_view(entry: ModelEntry) -> ViewSpec:
     return view.replace(**changes)
 
 
-def tiny_batch(view: ViewSpec, batch: int = 2) -> torch.Tensor:
+def tiny_batch(view: ViewSpec, batch: int = 2, *, sequences: bool = False) -> torch.Tensor:
+    """A view batch of random features: ``(B, C, H, W)``, segments flattened to ``(B*S, C, H, W)``
+    unless the model reads whole sequences of them (``sequences``: ``(B, S, C, H, W)``)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, 64, 50, generator=g)
     out = apply_view(view, x, torch.tensor([50, 37][:batch]))
-    return flatten_segments(out)[0] if view.segmented else out.x
+    return flatten_segments(out)[0] if view.segmented and not sequences else out.x
 
 
 @pytest.mark.parametrize("name", NEURAL)
 def test_every_model_forward_and_backward(name: str) -> None:
     entry = MODELS.get(name)
     view = tiny_view(entry)
-    x = tiny_batch(view)
     torch.manual_seed(0)
-    model = build_model(name, N_CLASSES, x.shape[1], **tiny_hparams(entry))
+    model = build_model(name, N_CLASSES, view.channels or 3, **tiny_hparams(entry))
+    x = tiny_batch(view, sequences=isinstance(model, ReadsSegmentSequences))
+    assert x.shape[-3] == (view.channels or 3)
     model.train()
     logits = model(x)
     assert logits.shape == (x.shape[0], N_CLASSES)

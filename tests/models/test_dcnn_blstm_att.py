@@ -74,19 +74,95 @@ def test_registration_recipe_and_ablations() -> None:
     assert get_model("dcnn_blstm_att_no_pretrain").defaults["finetune"] is False
 
 
-def test_no_pretrain_freezes_everything_up_to_fc7() -> None:
+def test_no_pretrain_frozen_trains_only_the_blstm_head_and_keeps_fc7() -> None:
+    """``finetune=False`` (the paper's ablation, with ImageNet weights): the AlexNet is frozen, so
+    a step changes the BLSTM, attention and DNN only and every window's FC7 stays as loaded."""
     torch.manual_seed(0)
-    cnn = build_model("dcnn_blstm_att_no_pretrain", 4, 3, width_mult=0.02)
-    trainable = [n for n, p in cnn.named_parameters() if p.requires_grad]
-    assert trainable == ["classifier.6.weight", "classifier.6.bias"]
-    x = torch.randn(2, 3, 67, 67)
-    before = cnn.eval().embed(x)
-    opt = torch.optim.SGD([p for p in cnn.parameters() if p.requires_grad], lr=1.0)
-    cnn.train()
-    torch.nn.functional.cross_entropy(cnn(x), torch.tensor([0, 1])).backward()
+    model = build_model("dcnn_blstm_att_no_pretrain", 4, 3, width_mult=0.02, hidden=4, dnn=(8, 8, 8))
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"head"}
+    x = torch.randn(2, 3, 3, 67, 67)  # (B, S, C, H, W)
+    before = model.eval().dcnn.embed(x.reshape(6, 3, 67, 67))
+    head_before = model.head.dnn[0].weight.detach().clone()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    model.train()
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1])).backward()
     opt.step()
-    torch.testing.assert_close(cnn.eval().embed(x), before)
+    torch.testing.assert_close(model.eval().dcnn.embed(x.reshape(6, 3, 67, 67)), before)
+    assert not torch.equal(model.head.dnn[0].weight, head_before)
+    scratch = build_model("dcnn_blstm_att_no_pretrain", 4, 3, width_mult=0.02, finetune=True)
+    assert all(p.requires_grad for p in scratch.parameters())  # the from-scratch variant trains it all
     assert all(p.requires_grad for p in build_model("dcnn_blstm_att", 4, 3, width_mult=0.02).parameters())
+
+
+def test_no_pretrain_ignores_padded_windows() -> None:
+    """Masked windows never reach the AlexNet or the BLSTM: an utterance gives the same logits
+    alone and padded with extra windows of any content."""
+    torch.manual_seed(0)
+    model = build_model("dcnn_blstm_att_no_pretrain", 3, 3, width_mult=0.02, hidden=4, dnn=(8, 8, 8),
+                        batch_norm=True, finetune=True).eval()
+    real = torch.randn(1, 2, 3, 67, 67)
+    padded = torch.cat([real, 5 * torch.randn(1, 3, 3, 67, 67)], dim=1)  # 3 padding windows after it
+    other = torch.randn(1, 5, 3, 67, 67)
+    batch = torch.cat([padded, other])
+    mask = torch.tensor([[True, True, False, False, False], [True] * 5])
+    out = model.forward_segments(batch, mask)
+    assert out.shape == (2, 3)
+    torch.testing.assert_close(out[0], model.forward_segments(real, None)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1], model.forward_segments(other, None)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_segment_sequence_model_gets_one_logit_row_per_utterance() -> None:
+    """``forward_batch`` hands a ``ReadsSegmentSequences`` model the whole ``(B, S, ...)`` windows
+    with their mask (no per-segment logits, no segment mask back); other segment models still
+    score each segment."""
+    from ser_pipeline.dataset.views import ViewBatch, ViewSpec
+    from ser_pipeline.inference.forward import forward_batch
+    from ser_pipeline.models import ReadsSegmentSequences
+
+    torch.manual_seed(0)
+    view = ViewSpec(kind="windows", frames=96, window=32, shift=16, resize=(67, 67))
+    joint = build_model("dcnn_blstm_att_no_pretrain", 3, 3, width_mult=0.02, hidden=4, dnn=(8, 8, 8)).eval()
+    assert isinstance(joint, ReadsSegmentSequences)
+    x, mask = torch.randn(2, 5, 3, 67, 67), torch.tensor([[True] * 3 + [False] * 2, [True] * 5])
+    logits, seg_mask = forward_batch(joint, ViewBatch(x, mask), view)
+    assert logits.shape == (2, 3) and seg_mask is None
+    torch.testing.assert_close(logits, joint.forward_segments(x, mask))
+    cnn = build_model("dcnn_blstm_att", 3, 3, width_mult=0.02).eval()
+    assert not isinstance(cnn, ReadsSegmentSequences)
+    logits, seg_mask = forward_batch(cnn, ViewBatch(x, mask), view)
+    assert logits.shape == (2, 5, 3) and torch.equal(seg_mask, mask)
+
+
+def test_no_pretrain_switches_to_its_from_scratch_variant_without_weights(tmp_path) -> None:
+    """Without ImageNet weights the default and cpu presets train the AlexNet with the head
+    (``finetune=True``) at AdamW 3e-4, and say so; the paper preset keeps the frozen network and
+    NAdam 5e-6; the user's ``finetune`` wins; with weights given nothing switches."""
+    import warnings
+
+    from ser_pipeline.experiments.config import resolve
+
+    def resolved(**kw):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return resolve(ExperimentConfig(model="dcnn_blstm_att_no_pretrain", corpus="c", **kw))
+
+    for preset in ("cpu", "default"):
+        r = resolved(preset=preset)
+        assert r.plan.hparams["finetune"] is True and r.plan.train.lr == 3e-4 and r.plan.train.optimizer == "adamw"
+        assert any("from-scratch hparams.finetune=True, train.lr=0.0003" in n for n in r.plan.notes)
+    assert resolved(preset="cpu").plan.train.epochs == 30
+    paper = resolved(preset="paper")
+    assert paper.plan.hparams["finetune"] is False and (paper.plan.train.optimizer, paper.plan.train.lr) == ("nadam", 5e-6)
+    assert not any("finetune" in n for n in paper.plan.notes)
+    frozen = resolved(preset="cpu", hparams={"finetune": False})
+    assert frozen.plan.hparams["finetune"] is False and frozen.plan.train.lr == 3e-4
+    assert resolved(preset="cpu", train={"lr": 1e-3}).plan.train.lr == 1e-3  # the user's rate wins too
+    weights = tmp_path / "alexnet.pt"
+    weights.write_bytes(b"")  # resolve never reads it; building the model would
+    given = resolved(preset="cpu", hparams={"weights": str(weights), "batch_norm": False})
+    assert given.plan.hparams["finetune"] is False and given.plan.train.optimizer == "nadam"
+    assert not any("from-scratch" in n for n in given.plan.notes)
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3])
@@ -210,19 +286,29 @@ def test_stage2_refit_trains_on_every_non_test_speaker(tiny_ws: Workspace, refit
         assert fold["n_fit"] == folds["n_train"] == 12 and "refit_epochs" not in fold
 
 
-def test_no_pretrain_runs_no_stage1_epoch(tiny_ws: Workspace) -> None:
-    """``dcnn_blstm_att_no_pretrain``: stage 1 trains nothing the FC7 embeddings use, so it runs no
-    epoch (recorded as ``epochs: 0``); stage 2 still gets the embeddings, through the store."""
-    from feature_store import FeatureStore
+def test_no_pretrain_trains_end_to_end_and_serves(tiny_ws: Workspace) -> None:
+    """``dcnn_blstm_att_no_pretrain`` without weights: the standard trainer fits the AlexNet and the
+    BLSTM head together on each utterance's windows (no stage 1, no stored embeddings), refits on
+    every non-test speaker, records why, and its model folder predicts from features."""
+    import warnings
 
-    config = ExperimentConfig(model="dcnn_blstm_att_no_pretrain", corpus="tiny", max_folds=1, refit=False,
-                              hparams={"width_mult": 0.02}, view={"resize": (67, 67), "frames": 96},
-                              stage2={"hparams": {"hidden": 8, "dnn": (16, 8, 8)}, "recipe": {"epochs": 1}})
-    result = run_experiment(config, tiny_ws, device="cpu")
+    import numpy as np
+
+    from ser_pipeline.inference.predictor import load_predictor, posteriors
+
+    config = ExperimentConfig(model="dcnn_blstm_att_no_pretrain", corpus="tiny", epochs=2, max_folds=1,
+                              hparams={"width_mult": 0.02, "hidden": 4, "dnn": (8, 8, 8)},
+                              view={"resize": (67, 67), "frames": 96})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run_experiment(config, tiny_ws, device="cpu")
     fold = result.metrics["folds"][0]
-    stage1 = result.folder / "history_stage1.json"  # written when some fold has stage-1 epochs
-    assert not stage1.exists() or json.loads(stage1.read_text()).get(fold["fold"], []) == []
+    assert 0.0 <= fold["ua"] <= 1.0 and fold["refit"] is True and fold["refit_epochs"] == 2
+    assert "stage1_checkpoint_digest" not in fold and not (result.folder / "history_stage1.json").exists()
     cfg = json.loads((result.folder / "config.json").read_text())
-    assert cfg["resolved"]["train"]["epochs"] == 0
-    derived = FeatureStore(tiny_ws.features).derived(cfg["digests"]["features"], fold["stage1_checkpoint_digest"])
-    assert derived.read(*next(iter(derived.keys()))).shape[1] == fold["embed_dim"]
+    assert cfg["resolved"]["hparams"]["finetune"] is True
+    assert any("from-scratch hparams.finetune=True" in n for n in cfg["resolved"]["notes"])
+    predictor = load_predictor(result.folder / "model")
+    assert predictor.stage2 is None
+    probs = posteriors(predictor, [np.random.default_rng(0).standard_normal((3, 64, 150)).astype(np.float32)])
+    assert probs.shape == (1, 2) and abs(float(probs.sum()) - 1.0) < 1e-5
