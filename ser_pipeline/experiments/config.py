@@ -218,7 +218,8 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
 
     ``where`` prefixes error paths (``models[cnn].``). Errors: ConfigError naming the field path,
     the value and the valid names (unknown model, hparams, view, train, stage2, spec_augment,
-    feature and protocol fields; values of the wrong type or out of range).
+    feature and protocol fields; values of the wrong type or out of range). Recipe decisions worth
+    knowing (a from-scratch variant, an unfrozen backbone) are warned and kept in ``plan.notes``.
     """
     entry = get_model(config.model)
     trainer = TRAINERS.get(entry.trainer)
@@ -244,9 +245,8 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
     scratch = _scratch_variant(entry, paper, given_hparams, where=where)
     if scratch:
         changed = [f"{section}.{k}={v}" for section, fields in scratch.items() for k, v in fields.items()]
-        notes.append(f"no pretrained weights given (hparams.weights): from-scratch {', '.join(changed)}; "
-                     "--preset paper or the weights keep the paper's")
-        warnings.warn(f"{entry.name}: {notes[-1]}", stacklevel=2)
+        _note(notes, entry, f"no pretrained weights given (hparams.weights): from-scratch {', '.join(changed)}; "
+                            "--preset paper or the weights keep the paper's")
     hparams = check_hparams(f"{where}hparams", {**scratch.get("hparams", {}), **given_hparams}, entry.build,
                             entry.defaults)
     features = (resolve_feature_spec(config.model, config.features, config.feature_overrides, where=f"{where}features")
@@ -257,17 +257,40 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
     base, note = _base_recipe(entry, paper, hparams, neural)
     base.update(scratch.get("train", {}))
     if note:
-        notes.append(note)
-        warnings.warn(f"{entry.name}: {note}", stacklevel=2)
+        _note(notes, entry, note)
+    recipe, speaker = _main_recipe(entry, config, base, cpu.get("train", {}), where=where)
+    train = _train_config(recipe, where=f"{where}train", seed=config.seed)
+    require(train.bn_statistics == "train" or trainer.name in SPEAKER_BN_TRAINERS, f"{where}train.bn_statistics",
+            train.bn_statistics, f"per-speaker BatchNorm statistics are built for the "
+            f"{', '.join(SPEAKER_BN_TRAINERS)} trainers only (model {entry.name!r} uses {trainer.name!r}); use train")
+    stage2_hparams, stage2_train = _stage2(entry, config, cpu, paper, where=where)
+    speaker_train, freeze = _speaker_recipe(trainer.name, train, speaker, where=where)
+    if speaker_train is not None and not freeze:
+        _note(notes, entry, "stage 2 fine-tunes the speaker-pretrained backbone (train.speaker_freeze=false); "
+                            "the paper freezes it (--preset paper or --set train.speaker_freeze=true)")
+    plan = TrainingPlan(entry, hparams, view, train, spec_aug, stage2_hparams, stage2_train, speaker_train,
+                        speaker_freeze=freeze, refit=config.refit, notes=tuple(notes))
+    return Resolved(entry, trainer, protocol, features, augment, plan)
+
+
+def _note(notes: list[str], entry: ModelEntry, text: str) -> None:
+    """Keep a recipe decision for the record and warn about it now."""
+    notes.append(text)
+    warnings.warn(f"{entry.name}: {text}", stacklevel=3)
+
+
+def _main_recipe(entry: ModelEntry, config: ExperimentConfig, base: dict[str, Any], cpu_train: dict[str, Any], *,
+                 where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The main network's recipe fields (base, then the cpu recipe's, then the user's ``train`` and
+    ``epochs``) and, apart, the speaker pre-training fields (:data:`SPEAKER_KEYS`). An entry without
+    speaker pre-training drops those of a shared recipe and refuses them from the user."""
     if entry.trainer != "speaker_pretrain":  # an entry sharing a speaker recipe (res_trans_single_stage)
         base = {k: v for k, v in base.items() if k not in SPEAKER_KEYS}
-        cpu_train = {k: v for k, v in cpu.get("train", {}).items() if k not in SPEAKER_KEYS}
+        cpu_train = {k: v for k, v in cpu_train.items() if k not in SPEAKER_KEYS}
         given = [k for k in config.train if k in SPEAKER_KEYS]
         if given:
             raise ConfigError(f"{where}train: unknown field {given[0]!r} for model {entry.name!r}; "
                               f"{', '.join(SPEAKER_KEYS)} set speaker pre-training (trainer speaker_pretrain, e.g. res_trans)")
-    else:
-        cpu_train = cpu.get("train", {})
     recipe = {**base, **cpu_train, **config.train}
     speaker = {k: recipe.pop(k) for k in SPEAKER_KEYS if k in recipe}
     if config.epochs is not None:  # the shorthand of train.epochs (the main network only)
@@ -276,36 +299,38 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
         recipe["epochs"] = config.epochs
     if entry.recipe.get("epochs") == 0 and "epochs" not in config.train:
         recipe["epochs"] = 0  # an ablation that never trains this stage stays untrained
-    train = _train_config(recipe, where=f"{where}train", seed=config.seed)
-    require(train.bn_statistics == "train" or trainer.name in SPEAKER_BN_TRAINERS, f"{where}train.bn_statistics",
-            train.bn_statistics, f"per-speaker BatchNorm statistics are built for the "
-            f"{', '.join(SPEAKER_BN_TRAINERS)} trainers only (model {entry.name!r} uses {trainer.name!r}); use train")
+    return recipe, speaker
 
-    stage2_train = None
-    stage2_hparams: dict[str, Any] = {}
-    if entry.stage2 is not None:
-        stage2_hparams = check_hparams(f"{where}stage2.hparams",
-                                       {**cpu.get("stage2_hparams", {}), **dict(config.stage2.get("hparams") or {})},
-                                       entry.stage2, entry.stage2_defaults)
-        s2_base = entry.stage2_recipe if paper else {**entry.stage2_recipe, **STAGE2_MODERN}
-        s2 = {**s2_base, **cpu.get("stage2_train", {}), **dict(config.stage2.get("recipe") or {})}
-        stage2_train = _train_config(s2, where=f"{where}stage2.recipe", seed=config.seed)
-    elif config.stage2:
-        raise ConfigError(f"{where}stage2: model {entry.name!r} has no stage 2")
+
+def _stage2(entry: ModelEntry, config: ExperimentConfig, cpu: dict[str, Any], paper: bool, *,
+            where: str) -> tuple[dict[str, Any], TrainConfig | None]:
+    """Stage-2 hparams and recipe of a two-stage entry (the paper's, or :data:`STAGE2_MODERN` over
+    it; then the cpu recipe's and the user's ``stage2``); ``({}, None)`` for any other entry, which
+    refuses a ``stage2`` section."""
+    if entry.stage2 is None:
+        if config.stage2:
+            raise ConfigError(f"{where}stage2: model {entry.name!r} has no stage 2")
+        return {}, None
+    hparams = check_hparams(f"{where}stage2.hparams",
+                            {**cpu.get("stage2_hparams", {}), **dict(config.stage2.get("hparams") or {})},
+                            entry.stage2, entry.stage2_defaults)
+    base = entry.stage2_recipe if paper else {**entry.stage2_recipe, **STAGE2_MODERN}
+    recipe = {**base, **cpu.get("stage2_train", {}), **dict(config.stage2.get("recipe") or {})}
+    return hparams, _train_config(recipe, where=f"{where}stage2.recipe", seed=config.seed)
+
+
+def _speaker_recipe(trainer: str, train: TrainConfig, speaker: dict[str, Any], *,
+                    where: str) -> tuple[TrainConfig | None, bool]:
+    """Stage 1 of speaker pre-training (the main recipe with its own epochs and rate, unweighted,
+    unsmoothed; None for other trainers) and whether the backbone is frozen after it."""
     speaker_train = None
-    if "speaker_pretrain" == trainer.name:
+    if trainer == "speaker_pretrain":
         epochs = int(speaker.get("speaker_epochs", train.epochs))
         speaker_train = train.replace(epochs=epochs, lr=float(speaker.get("speaker_lr", train.lr)),
                                       class_weighted=False, label_smoothing=0.0)
     freeze = speaker.get("speaker_freeze", True)
     require(isinstance(freeze, bool), f"{where}train.speaker_freeze", freeze, "must be true or false")
-    if speaker_train is not None and not freeze:
-        notes.append("stage 2 fine-tunes the speaker-pretrained backbone (train.speaker_freeze=false); "
-                     "the paper freezes it (--preset paper or --set train.speaker_freeze=true)")
-        warnings.warn(f"{entry.name}: {notes[-1]}", stacklevel=2)
-    plan = TrainingPlan(entry, hparams, view, train, spec_aug, stage2_hparams, stage2_train, speaker_train,
-                        speaker_freeze=freeze, refit=config.refit, notes=tuple(notes))
-    return Resolved(entry, trainer, protocol, features, augment, plan)
+    return speaker_train, freeze
 
 
 STAGE2_MODERN: dict[str, Any] = {**MODERN_RECIPE, "lr": 1e-3, "precise_bn": False}
