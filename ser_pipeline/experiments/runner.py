@@ -240,6 +240,30 @@ def experiment_lock(folder: Path) -> Iterator[None]:
                 pass
 
 
+@dataclass(frozen=True)
+class _FoldContext:
+    """What every fold of one experiment shares: its plan, usable rows, classes, device, checkpoint
+    folder, epoch callbacks, the feature set and store read, and the training waveform variants."""
+
+    resolved: Resolved
+    usable: pd.DataFrame
+    classes: list[str]
+    device: torch.device
+    workdir: Path
+    callbacks: tuple[EpochCallback, ...]
+    features: ExperimentFeatures | None
+    variants: tuple[str, ...]
+
+    def run(self, name: str, index: int, train_ids: Sequence[str], val_ids: Sequence[str],
+            test_ids: Sequence[str]) -> FoldRun:
+        """The :class:`FoldRun` a trainer gets for one fold (or the final model on every speaker)."""
+        f = self.features
+        return FoldRun(name, index, self.resolved.plan, self.usable, tuple(train_ids), tuple(val_ids), tuple(test_ids),
+                       self.classes, self.device, self.workdir / name, list(self.callbacks),
+                       f.feature_set if f else None, f.store if f else None, self.resolved.feature_digest,
+                       self.variants)
+
+
 def _run_locked(config: ExperimentConfig, resolved: Resolved, manifest: pd.DataFrame, m_digest: str, exp_id: str,
                 out: Path, workspace: Workspace, torch_device: torch.device,
                 callbacks: Sequence[EpochCallback] | None, on_fold: FoldHook | None, force: bool) -> ExperimentRecord:
@@ -247,7 +271,6 @@ def _run_locked(config: ExperimentConfig, resolved: Resolved, manifest: pd.DataF
     folds = make_folds(resolved.protocol, manifest, seed=config.seed, **config.protocol_options)
     if config.max_folds:
         folds = folds[: config.max_folds]
-    classes = sorted(manifest["emotion"].unique())
     workdir = out / "checkpoints"
     if force:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -262,53 +285,61 @@ def _run_locked(config: ExperimentConfig, resolved: Resolved, manifest: pd.DataF
         if failed:
             warnings.warn(f"{len(failed)} utterance(s) have no features and are left out: {sorted(failed)[:3]}",
                           stacklevel=2)
-    variants = features.variants if features else ("orig",)
     usable = manifest[~manifest["utterance_id"].isin(failed)].reset_index(drop=True)
-
-    collected = _Collected(classes)
+    context = _FoldContext(resolved, usable, sorted(manifest["emotion"].unique()), torch_device, workdir,
+                           tuple(callbacks or ()), features, tuple(features.variants) if features else ("orig",))
+    collected = _Collected(context.classes)
     t_start = time.perf_counter()
     for i, fold in enumerate(folds):
-        fold = _without(fold, set(failed))
-        train_ids, val_ids, val_source = fold_validation(usable, fold, config.seed, config.validation)
-        if on_fold is not None:
-            on_fold(FoldStarted(i, len(folds), fold.name, len(train_ids), len(val_ids), len(fold.test),
-                                tuple(_speakers(usable, val_ids)) if val_ids else (),
-                                tuple(_speakers(usable, fold.test))))
-        run = FoldRun(fold.name, i, resolved.plan, usable, train_ids, val_ids, tuple(fold.test), classes, torch_device,
-                      workdir / fold.name, list(callbacks or ()), features.feature_set if features else None,
-                      features.store if features else None, resolved.feature_digest, tuple(variants))
-        t0 = time.perf_counter()
-        outcome = resolved.trainer.run(run)
-        outcome.fold = fold.name
-        test_rows = usable.set_index("utterance_id", drop=False).loc[list(fold.test)]
-        _score_fold(out, collected, fold, i, outcome, test_rows, time.perf_counter() - t0, config.model)
-        collected.info.append({"name": fold.name, "n_train": len(train_ids), "n_val": len(val_ids),
-                               "n_test": len(fold.test), "validation": val_source,
-                               "val_speakers": _speakers(usable, val_ids), "chosen_epoch": outcome.best_epoch,
-                               "refit": bool(outcome.extra.get("refit", False)),
-                               "n_fit": outcome.extra.get("n_fit", len(train_ids)),
-                               "speaker_dependent": fold.speaker_dependent,
-                               "test_speakers": sorted(test_rows["speaker"].unique())})
+        _run_fold(context, config, _without(fold, set(failed)), i, len(folds), collected, out, on_fold)
     if config.final_model == "all_speakers":
-        all_ids = tuple(usable["utterance_id"])
-        epochs = final_epochs(collected.rows)
-        if on_fold is not None:
-            on_fold(FoldStarted(len(folds), len(folds), FINAL_RUN, len(all_ids), 0, 0, (),
-                                tuple(sorted(usable["speaker"].unique())), final=True))
-        run = FoldRun(FINAL_RUN, len(folds), resolved.plan, usable, all_ids, (), (), classes, torch_device,
-                      workdir / FINAL_RUN, list(callbacks or ()), features.feature_set if features else None,
-                      features.store if features else None, resolved.feature_digest, tuple(variants))
-        outcome = resolved.trainer.fit_final(run, epochs)
-        n_speakers = usable["speaker"].nunique()
-        collected.final = (outcome, {
-            "kind": "all_speakers", "fold": FINAL_RUN, "epochs": epochs if resolved.trainer.uses_view else None,
-            "n_fit": int(outcome.extra.get("n_fit", len(all_ids))), "speakers": int(n_speakers),
-            "selected_by": f"trained on every speaker ({n_speakers} speakers, {len(all_ids)} utterances)"
-                           + (f" for {epochs} epochs, the median of the folds' epochs chosen on validation"
-                              if resolved.trainer.uses_view else "")})
-    return _write(out, config, resolved, collected, exp_id, m_digest, failed, variants, str(torch_device),
+        collected.final = _run_final(context, collected, len(folds), on_fold)
+    return _write(out, config, resolved, collected, exp_id, m_digest, failed, context.variants, str(torch_device),
                   speaker_dependent=any(f.speaker_dependent for f in folds), seconds=time.perf_counter() - t_start,
                   dropped_classes={k: list(v) for k, v in manifest.attrs.get("dropped_classes", {}).items()})
+
+
+def _run_fold(context: _FoldContext, config: ExperimentConfig, fold: Fold, index: int, n_folds: int,
+              collected: _Collected, out: Path, on_fold: FoldHook | None) -> None:
+    """Train and score one fold (validation speakers chosen by ``config.validation``), adding its
+    predictions, scores and description to ``collected``."""
+    usable = context.usable
+    train_ids, val_ids, val_source = fold_validation(usable, fold, config.seed, config.validation)
+    if on_fold is not None:
+        on_fold(FoldStarted(index, n_folds, fold.name, len(train_ids), len(val_ids), len(fold.test),
+                            tuple(_speakers(usable, val_ids)) if val_ids else (), tuple(_speakers(usable, fold.test))))
+    t0 = time.perf_counter()
+    outcome = context.resolved.trainer.run(context.run(fold.name, index, train_ids, val_ids, fold.test))
+    outcome.fold = fold.name
+    test_rows = usable.set_index("utterance_id", drop=False).loc[list(fold.test)]
+    _score_fold(out, collected, fold, index, outcome, test_rows, time.perf_counter() - t0, config.model)
+    collected.info.append({"name": fold.name, "n_train": len(train_ids), "n_val": len(val_ids),
+                           "n_test": len(fold.test), "validation": val_source,
+                           "val_speakers": _speakers(usable, val_ids), "chosen_epoch": outcome.best_epoch,
+                           "refit": bool(outcome.extra.get("refit", False)),
+                           "n_fit": outcome.extra.get("n_fit", len(train_ids)),
+                           "speaker_dependent": fold.speaker_dependent,
+                           "test_speakers": sorted(test_rows["speaker"].unique())})
+
+
+def _run_final(context: _FoldContext, collected: _Collected, n_folds: int,
+               on_fold: FoldHook | None) -> tuple[FoldOutcome, dict[str, Any]]:
+    """One model on every speaker for the median of the folds' chosen epochs (``final_model=all_speakers``),
+    and its description for the record."""
+    usable, trainer = context.usable, context.resolved.trainer
+    all_ids = tuple(usable["utterance_id"])
+    epochs = final_epochs(collected.rows)
+    if on_fold is not None:
+        on_fold(FoldStarted(n_folds, n_folds, FINAL_RUN, len(all_ids), 0, 0, (),
+                            tuple(sorted(usable["speaker"].unique())), final=True))
+    outcome = trainer.fit_final(context.run(FINAL_RUN, n_folds, all_ids, (), ()), epochs)
+    n_speakers = usable["speaker"].nunique()
+    return outcome, {
+        "kind": "all_speakers", "fold": FINAL_RUN, "epochs": epochs if trainer.uses_view else None,
+        "n_fit": int(outcome.extra.get("n_fit", len(all_ids))), "speakers": int(n_speakers),
+        "selected_by": f"trained on every speaker ({n_speakers} speakers, {len(all_ids)} utterances)"
+                       + (f" for {epochs} epochs, the median of the folds' epochs chosen on validation"
+                          if trainer.uses_view else "")}
 
 
 def _write(out: Path, config: ExperimentConfig, resolved: Resolved, c: _Collected, exp_id: str, m_digest: str,
