@@ -87,8 +87,11 @@ def dask_client(workers: int | None = None, address: str | None = None, *, timeo
         raise ConfigError(f"workers={workers!r}: must be >= 1")
     n = workers or os.cpu_count() or 1
     with dask.config.set(local_worker_config()):
+        # Dask's own log lines stay silent: a task's error reaches the caller as one StoreError, and
+        # at shutdown on a loaded machine a worker may log its last heartbeat's traceback (ERROR)
+        # after the scheduler has gone, which is noise after the one error line.
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
+                               silence_logs=logging.CRITICAL)
         client = None
         try:
             client = Client(cluster)
