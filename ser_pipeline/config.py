@@ -9,6 +9,7 @@ Bump a class's ``CODE_VERSION`` when the code that consumes it changes its outpu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from typing import Any, ClassVar, Self
@@ -108,9 +109,10 @@ _EXPONENT_FLOAT = r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]
 """Floats in exponent form without a dot (``3e-4``, ``1E5``): YAML 1.1 reads them as strings."""
 
 
-def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` that reads ``3e-4`` as the float a user means (YAML 1.2, like JSON),
-    not as the string YAML 1.1 makes of it. Raises ``yaml.YAMLError`` on invalid YAML."""
+@functools.cache
+def _yaml_loader() -> type:
+    """A ``yaml.SafeLoader`` subclass that also resolves :data:`_EXPONENT_FLOAT` as floats (made once;
+    yaml is imported here, not when this module is)."""
     import re
 
     import yaml
@@ -119,7 +121,15 @@ def load_yaml(text: str) -> Any:
         pass
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(_EXPONENT_FLOAT), list("-+0123456789."))
-    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    return Loader
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that reads ``3e-4`` as the float a user means (YAML 1.2, like JSON),
+    not as the string YAML 1.1 makes of it. Raises ``yaml.YAMLError`` on invalid YAML."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
 
 
 _SCALARS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
