@@ -156,8 +156,13 @@ def hparam_names(build: Any, defaults: dict[str, Any]) -> list[str]:
 
 
 def check_hparams(where: str, given: dict[str, Any], build: Any, defaults: dict[str, Any]) -> dict[str, Any]:
-    """``{**defaults, **given}`` after checking every given name (ConfigError names the valid ones)."""
+    """``{**defaults, **given}`` after checking every given name (ConfigError names the valid ones)
+    and that a switch (an hparam whose default is true or false) is given true or false: a typo
+    such as ``maybe`` would otherwise read as true, before any builder could refuse it."""
     check_fields(where, given, hparam_names(build, defaults))
+    for name, value in given.items():
+        require(not isinstance(defaults.get(name), bool) or isinstance(value, bool), f"{where}.{name}", value,
+                "must be true or false")
     return {**defaults, **given}
 
 

@@ -198,6 +198,7 @@ class JointDcnnBlstm(nn.Module):
                  hidden: int = 128, attention: bool = True, dnn: Sequence[int] = (512, 256, 256),
                  dnn_dropout: float = 0.5, **alexnet: Any) -> None:
         super().__init__()
+        require(isinstance(finetune, bool), "finetune", finetune, "must be true or false")
         self.dcnn = build_alexnet(n_classes, in_channels, weights=weights, **alexnet)
         if not finetune:
             self.dcnn.requires_grad_(False)

@@ -155,6 +155,8 @@ def test_no_pretrain_switches_to_its_from_scratch_variant_without_weights(tmp_pa
     paper = resolved(preset="paper")
     assert paper.plan.hparams["finetune"] is False and (paper.plan.train.optimizer, paper.plan.train.lr) == ("nadam", 5e-6)
     assert not any("finetune" in n for n in paper.plan.notes)
+    with pytest.raises(ConfigError, match="hparams.finetune='maybe': must be true or false"):
+        resolved(preset="cpu", hparams={"finetune": "maybe"})  # refused before any fold, or a cached record
     frozen = resolved(preset="cpu", hparams={"finetune": False})
     assert frozen.plan.hparams["finetune"] is False and frozen.plan.train.lr == 3e-4
     assert resolved(preset="cpu", train={"lr": 1e-3}).plan.train.lr == 1e-3  # the user's rate wins too
@@ -183,6 +185,8 @@ def test_bad_options_raise_config_error() -> None:
         BLSTMAttention(4, 8, dropout=1.5)
     with pytest.raises(ConfigError, match="dnn"):
         BLSTMAttention(4, 8, dnn=())
+    with pytest.raises(ConfigError, match="finetune='maybe': must be true or false"):
+        build_model("dcnn_blstm_att_no_pretrain", 4, 3, width_mult=0.02, finetune="maybe")
 
 
 @pytest.mark.parametrize("name", ["dcnn_blstm_att", "dcnn_blstm_att_no_pretrain"])
