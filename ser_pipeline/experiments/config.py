@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -31,6 +32,7 @@ from ser_pipeline.experiments.feature_spec import AUTO_PRESET, resolve_feature_s
 from ser_pipeline.features import PRESETS as FEATURE_PRESETS
 from ser_pipeline.features import FeatureSpec
 from ser_pipeline.models import ModelEntry, get_model
+from ser_pipeline.models.alexnet import IMAGENET_LAYOUT, WEIGHTS_ENV
 from ser_pipeline.splits import PROTOCOLS
 from ser_pipeline.training.config import MODERN_RECIPE, TrainConfig
 from ser_pipeline.training.trainers import TRAINERS, Trainer, TrainingPlan
@@ -246,7 +248,7 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
             else ViewSpec())
     if not trainer.uses_view:
         check_fields(f"{where}view", config.view, ())
-    given_hparams = {**cpu.get("hparams", {}), **config.hparams}
+    given_hparams = _pretrained_weights(entry, {**cpu.get("hparams", {}), **config.hparams}, where=where)
     scratch = _scratch_variant(entry, paper, given_hparams, where=where)
     if scratch:
         changed = [f"{section}.{k}={v}" for section, fields in scratch.items() for k, v in fields.items()]
@@ -365,6 +367,31 @@ def _view_fields(entry: ModelEntry, paper: bool, cpu: dict[str, Any], given: dic
     fields.update(cpu.get("view", {}))
     fields.update(given)
     return fields
+
+
+def _pretrained_weights(entry: ModelEntry, given: dict[str, Any], *, where: str) -> dict[str, Any]:
+    """``given`` hparams with the ImageNet weights file the model will load, checked now.
+
+    For models that take ``weights``: the hparam, else ``$SER_ALEXNET_WEIGHTS``, is recorded as an
+    absolute path (so the record, the digest and the recipe switch all see the file the builder
+    loads). A missing file, or settings the torchvision AlexNet's weights cannot fill (the cpu
+    preset's quarter-width AlexNet with BatchNorm), is refused here, before any data is loaded.
+    """
+    if "weights" not in entry.defaults:
+        return given
+    source = f"{where}hparams.weights" if given.get("weights") else f"${WEIGHTS_ENV}"
+    path = given.get("weights") or os.environ.get(WEIGHTS_ENV) or None
+    if path is None:
+        return given
+    file = os.path.abspath(os.path.expanduser(str(path)))
+    require(os.path.isfile(file), source, file, "ImageNet weights file not found")
+    settings = {**entry.defaults, **given}
+    clashes = {k: settings.get(k) for k, v in IMAGENET_LAYOUT.items() if settings.get(k) != v}
+    require(not clashes, source, file, f"ImageNet weights fill the torchvision AlexNet only "
+            f"({', '.join(f'{k}={v!r}' for k, v in IMAGENET_LAYOUT.items())}), not "
+            f"{', '.join(f'{k}={v!r}' for k, v in clashes.items())} (the cpu preset's from-scratch AlexNet); "
+            "use --preset default or paper, or set those hparams")
+    return {**given, "weights": file}
 
 
 def _scratch_variant(entry: ModelEntry, paper: bool, given: dict[str, Any], *, where: str) -> dict[str, Any]:

@@ -75,6 +75,8 @@ def load_trained_model(model_dir: str | Path, *, device: str = "cpu") -> tuple[n
                           "prediction from audio serves neural models only")
     entry = get_model(meta["model"])
     hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["hparams"].items()}
+    if hparams.get("weights"):  # the pretrained start is in weights.pt: the file need not be here
+        hparams["weights"] = None
     model = entry.build(n_classes=meta["n_classes"], in_channels=meta["in_channels"], **hparams)
     model.load_state_dict(torch.load(model_dir / "weights.pt", map_location=device, weights_only=True))
     stage2 = None

@@ -32,6 +32,10 @@ VARIANTS: dict[str, tuple[int, int, int, int, int]] = {
 }
 FC_DIM = 4096
 WEIGHTS_ENV = "SER_ALEXNET_WEIGHTS"
+"""Where ``ser train`` finds the ImageNet weights file when ``hparams.weights`` is not given (read once,
+when the experiment is resolved, and recorded as ``hparams.weights``)."""
+IMAGENET_LAYOUT = {"width_mult": 1.0, "batch_norm": False, "variant": "torchvision"}
+"""The AlexNet hparams that torchvision's ImageNet weights fit."""
 
 
 class AlexNet(nn.Module):
@@ -128,8 +132,8 @@ def load_imagenet_weights(model: AlexNet, path: str | os.PathLike[str] | None) -
 
     Returns ``{"loaded": [keys], "skipped": [keys], "path": str | None}``.
     """
-    if path is None:
-        log.warning("alexnet: no ImageNet weights file given (hparam 'weights' or $%s); random init", WEIGHTS_ENV)
+    if path is None:  # an experiment says so when resolved; a served model's weights come after
+        log.info("alexnet: no ImageNet weights file given (hparam 'weights'); random init")
         return {"loaded": [], "skipped": [], "path": None}
     if model.batch_norm:
         raise ConfigError(f"weights={str(path)!r}: batch_norm=True has no ImageNet weights (torchvision's AlexNet "
@@ -181,7 +185,10 @@ def load_imagenet_weights(model: AlexNet, path: str | os.PathLike[str] | None) -
     cpu={"hparams": {"width_mult": 0.25, "batch_norm": True}, "view": {"resize": (96, 96)}, "train": {"epochs": 15}},
 )
 def build_alexnet(n_classes: int, in_channels: int, *, weights: str | None = None, **hparams: Any) -> AlexNet:
-    """Registry builder: :class:`AlexNet`, initialised from ``weights`` (or ``$SER_ALEXNET_WEIGHTS``)."""
+    """Registry builder: :class:`AlexNet`, initialised from the ``weights`` file when given.
+
+    ``$SER_ALEXNET_WEIGHTS`` is read by the experiment layer (``experiments.config``), which records
+    the file it names as this hparam."""
     model = AlexNet(n_classes, in_channels, **hparams)
-    load_imagenet_weights(model, weights if weights is not None else os.environ.get(WEIGHTS_ENV))
+    load_imagenet_weights(model, weights)
     return model

@@ -162,7 +162,7 @@ def test_no_pretrain_switches_to_its_from_scratch_variant_without_weights(tmp_pa
     assert resolved(preset="cpu", train={"lr": 1e-3}).plan.train.lr == 1e-3  # the user's rate wins too
     weights = tmp_path / "alexnet.pt"
     weights.write_bytes(b"")  # resolve never reads it; building the model would
-    given = resolved(preset="cpu", hparams={"weights": str(weights), "batch_norm": False})
+    given = resolved(preset="cpu", hparams={"weights": str(weights), "batch_norm": False, "width_mult": 1.0})
     assert given.plan.hparams["finetune"] is False and given.plan.train.optimizer == "nadam"
     assert not any("from-scratch" in n for n in given.plan.notes)
 
