@@ -58,9 +58,15 @@ def test_a_missing_file_is_refused_before_any_fold_naming_where_it_came_from(
     assert _resolve("cnn").plan.hparams.get("weights") is None  # models without ImageNet weights ignore it
 
 
-def test_the_cpu_presets_from_scratch_alexnet_cannot_take_imagenet_weights(weights_file: Path) -> None:
-    with pytest.raises(ConfigError, match=r"width_mult=0\.25, batch_norm=True"):
+def test_the_cpu_presets_from_scratch_alexnet_cannot_take_imagenet_weights(
+        weights_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"width_mult=0\.25, batch_norm=True") as refused:
         _resolve(preset="cpu", hparams={"weights": str(weights_file)})
+    assert "unset" not in str(refused.value)
+    monkeypatch.setenv(WEIGHTS_ENV, str(weights_file))
+    with pytest.raises(ConfigError, match=r"unset \$SER_ALEXNET_WEIGHTS to train it from scratch"):
+        _resolve(preset="cpu")
+    monkeypatch.delenv(WEIGHTS_ENV)
     fitted = _resolve(preset="cpu", hparams={"weights": str(weights_file), "width_mult": 1.0, "batch_norm": False})
     assert fitted.plan.hparams["weights"] == str(weights_file.resolve())
 
