@@ -264,9 +264,6 @@ register_model(
                "dnn_dropout": "dropout after the DNN's first layer (hparam dropout is the AlexNet's)"},
     protocol="loso_val",
     augment=AUGMENT,
-    # windows at 80x80, not 96x96: the whole LOSO run with its refit took 39 min at 96x96, over the
-    # cpu recipes' 30; on CASIA validation speakers (refit off, best / last-3 UA over 4 folds) 80x80
-    # scored 0.336 / 0.311 against 0.341 / 0.316, within the 0.01 taken as a tie before it was run
-    cpu={"hparams": {**CPU_ALEXNET, **CPU_HEAD}, "augment": CPU_AUGMENT, "view": {**CPU_VIEW, "resize": (80, 80)},
+    cpu={"hparams": {**CPU_ALEXNET, **CPU_HEAD}, "augment": CPU_AUGMENT, "view": dict(CPU_VIEW),
          "train": {"epochs": 30, "batch_size": 16}},
 )(build_joint_dcnn)

@@ -83,7 +83,7 @@ def test_a_segment_sequence_model_is_benched_end_to_end(root: str, capsys) -> No
     assert code == 0, err
     r = json.loads(out)
     assert r["stage"] == "network" and r["view"]["kind"] == "windows" and r["batch_size"] == 16
-    assert r["optimizer"] == "adamw" and r["input_shape"] == [4, 3, 80, 80]  # (S, C, H, W): 4 windows of 150 frames
+    assert r["optimizer"] == "adamw" and r["input_shape"] == [4, 3, 96, 96]  # (S, C, H, W): 4 windows of 150 frames
     assert r["project"]["items"] == r["plain"]["items"] == r["train_items"] > 0  # utterances, not windows
 
 
