@@ -50,7 +50,7 @@ from ser_pipeline.experiments.config import ExperimentConfig, Resolved, resolve
 from ser_pipeline.experiments.corpora import experiment_manifest
 from ser_pipeline.experiments.runner import fold_validation
 from ser_pipeline.features import feature_label
-from ser_pipeline.heap import keep_freed_memory
+from ser_pipeline.heap import flush_denormals, keep_freed_memory
 from ser_pipeline.inference.forward import STAGE2_VIEW, accepts_mask, precise_bn
 from ser_pipeline.models import ReadsSegmentSequences
 from ser_pipeline.splits import make_folds
@@ -128,6 +128,7 @@ def prepare_bench(config: ExperimentConfig, workspace: Workspace, *, device: str
     Errors (exit 2 on the CLI): ConfigError for an unknown or non-neural model, a preset the model
     lacks; ManifestError for a corpus that is not ingested; StoreError for missing features.
     """
+    flush_denormals()  # before torch starts its thread pool, which inherits the float mode
     model, corpus, preset, seed = config.model, config.corpus, config.preset, config.seed
     resolved = resolve(config)
     if not resolved.trainer.uses_view:
@@ -306,6 +307,7 @@ def bench_train(setup: BenchSetup, *, epochs: int = 1, repeats: int = 3, threads
     if repeats < 1:
         raise ConfigError(f"repeats={repeats!r}: must be >= 1")
     heap_kept = keep_freed_memory()  # as ``fit`` does: both loops run under the same malloc options
+    flush_denormals()  # and the same float mode
     t0 = time.perf_counter()
     data = preload(setup)
     preload_s = time.perf_counter() - t0

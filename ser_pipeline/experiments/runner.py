@@ -45,6 +45,7 @@ from ser_pipeline.experiments.reports import (
     write_layer_weights_png,
 )
 from ser_pipeline.features import feature_label
+from ser_pipeline.heap import flush_denormals
 from ser_pipeline.inference.model_folder import save_model_folder
 from ser_pipeline.manifest import manifest_digest
 from ser_pipeline.metrics import aggregate, confusion, score
@@ -193,8 +194,10 @@ def run_experiment(
     A finished experiment with the same id (its record) is returned as is unless ``force``; the
     id does not depend on the device. Errors: ConfigError / ProtocolError naming the field and the
     valid names, a protocol that cannot be formed (ProtocolError), CUDA requested but absent
-    (TrainingError).
+    (TrainingError). Denormal floats are flushed to zero from here on, before torch starts its CPU
+    thread pool (which inherits the mode): :func:`~ser_pipeline.heap.flush_denormals`.
     """
+    flush_denormals()
     resolved = resolve(config)
     torch_device = resolve_device(device) if resolved.trainer.uses_device else torch.device("cpu")
     manifest = experiment_manifest(config.corpus, resolved.protocol, config.protocol_options, workspace)

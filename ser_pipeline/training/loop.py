@@ -55,7 +55,7 @@ from ser_pipeline.dataset.spec_augment import (
 from ser_pipeline.dataset.tables import FeatureTable, class_weights, index_batches
 from ser_pipeline.dataset.views import ViewBatch, ViewSpec
 from ser_pipeline.errors import TrainingError
-from ser_pipeline.heap import keep_freed_memory
+from ser_pipeline.heap import flush_denormals, keep_freed_memory
 from ser_pipeline.inference.forward import (
     POSTERIORS,
     _autocast,
@@ -329,9 +329,11 @@ def fit(
     best weights loaded in ``model``. ``val=None`` (a refit): no validation, run ``stop_epoch``
     epochs (default ``config.epochs``) of the schedule sized for ``config.epochs`` and keep the
     last weights (``best_epoch`` = the last epoch). The process keeps freed heap memory from step
-    to step (:func:`~ser_pipeline.heap.keep_freed_memory`).
+    to step (:func:`~ser_pipeline.heap.keep_freed_memory`) and flushes denormal floats to zero
+    (:func:`~ser_pipeline.heap.flush_denormals`).
     """
     keep_freed_memory()
+    flush_denormals()
     device = next(model.parameters()).device
     weights = (class_weights(train.labels, n_classes) if config.class_weighted else torch.ones(n_classes)).to(device)
     if spec_augment is not None and spec_augment.random_cut and view.crop != "random":
