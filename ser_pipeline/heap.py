@@ -55,7 +55,7 @@ def flush_denormals() -> bool:
     Training on CPU slows as it goes without it: Adam's second moments and the gradients of
     near-idle units fall below float32's normal range (a fifth of the Adam state of a
     ``dcnn_blstm_att_no_pretrain`` refit, by epoch 18), and arithmetic on denormals is slow. Measured
-    on CASIA fold 1 of that model, one thread, same seed: 8.9 s per epoch rising to 12.2-13.2 s from
+    on CASIA fold 1 of that model, one thread, same seed: 8.6-9.9 s per epoch rising to 11.1-13.2 s from
     epoch 17 without it, 8.9-10.4 s with it. The values lost are below 1.2e-38.
 
     The mode is per thread; threads started later inherit it. So ``run_experiment`` and ``ser bench
