@@ -128,7 +128,7 @@ def prepare_bench(config: ExperimentConfig, workspace: Workspace, *, device: str
     Errors (exit 2 on the CLI): ConfigError for an unknown or non-neural model, a preset the model
     lacks; ManifestError for a corpus that is not ingested; StoreError for missing features.
     """
-    flush_denormals()  # before torch starts its thread pool, which inherits the float mode
+    flush_denormals()  # both loops' float mode, set before torch starts its thread pool (which inherits it)
     model, corpus, preset, seed = config.model, config.corpus, config.preset, config.seed
     resolved = resolve(config)
     if not resolved.trainer.uses_view:
@@ -307,7 +307,6 @@ def bench_train(setup: BenchSetup, *, epochs: int = 1, repeats: int = 3, threads
     if repeats < 1:
         raise ConfigError(f"repeats={repeats!r}: must be >= 1")
     heap_kept = keep_freed_memory()  # as ``fit`` does: both loops run under the same malloc options
-    flush_denormals()  # and the same float mode
     t0 = time.perf_counter()
     data = preload(setup)
     preload_s = time.perf_counter() - t0

@@ -389,7 +389,7 @@ def _pretrained_weights(entry: ModelEntry, given: dict[str, Any], *, where: str)
     clashes = {k: settings.get(k) for k, v in IMAGENET_LAYOUT.items() if settings.get(k) != v}
     require(not clashes, source, file, f"ImageNet weights fill the torchvision AlexNet only "
             f"({', '.join(f'{k}={v!r}' for k, v in IMAGENET_LAYOUT.items())}), not "
-            f"{', '.join(f'{k}={v!r}' for k, v in clashes.items())} (the cpu preset's from-scratch AlexNet); "
+            f"{', '.join(f'{k}={v!r}' for k, v in clashes.items())} (such as the cpu preset's from-scratch AlexNet); "
             "use --preset default or paper, or set those hparams"
             + ("" if given.get("weights") else f"; unset ${WEIGHTS_ENV} to train it from scratch"))
     return {**given, "weights": file}
