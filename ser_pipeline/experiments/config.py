@@ -168,21 +168,19 @@ def check_hparams(where: str, given: dict[str, Any], build: Any, defaults: dict[
     return {**defaults, **given}
 
 
-def spec_augment_from_config(data: dict[str, Any] | None, *, where: str = "spec_augment") -> SpecAugmentSpec | None:
-    """Parse the model-entry form ``{"horizontal_mixup": {"a", "b", "c", "ratio"}, "cutout": {...},
-    "salt_pepper": {"amount"}, "random_cut": {}, "mixup": {"alpha", "ratio"}}`` or flat
-    :class:`SpecAugmentSpec` fields. Empty -> None."""
-    if not data:
-        return None
-    check_fields(where, data, data_names := {"horizontal_mixup", "hmixup", "mixup", "cutout", "salt_pepper",
-                                              "salt_and_pepper", "random_cut", *SpecAugmentSpec.__dataclass_fields__})
-    del data_names
-    names = set(SpecAugmentSpec.__dataclass_fields__)
-    if set(data) <= names:
-        return SpecAugmentSpec.from_dict(dict(data), where=where)
+def spec_augment_fields(data: dict[str, Any], *, where: str = "spec_augment") -> dict[str, Any]:
+    """Flat :class:`SpecAugmentSpec` fields of a ``spec_augment`` mapping, in either form: the model
+    entry's ``{"horizontal_mixup": {"a", "b", "c", "ratio"}, "cutout": {"holes", "max_frac"},
+    "salt_pepper": {"amount"}, "random_cut": {}, "mixup": {"alpha", "ratio"}}`` or flat fields
+    (``{"mixup": 0.2, "freq_masks": 0}``), mixed freely. Only the fields given appear."""
+    check_fields(where, data, {"horizontal_mixup", "hmixup", "mixup", "cutout", "salt_pepper", "salt_and_pepper",
+                               "random_cut", *SpecAugmentSpec.__dataclass_fields__})
     out: dict[str, Any] = {}
-    for key, opts in data.items():
-        opts = dict(opts or {}) if isinstance(opts, dict) else {}
+    for key, value in data.items():
+        if not isinstance(value, dict):  # a flat field, checked by SpecAugmentSpec.from_dict
+            out["salt_pepper" if key == "salt_and_pepper" else "hmixup" if key == "horizontal_mixup" else key] = value
+            continue
+        opts = dict(value)
         if key in ("horizontal_mixup", "hmixup"):
             check_fields(f"{where}.{key}", opts, ("a", "b", "c", "ratio"))
             out["hmixup"] = (float(opts.get("a", 0.05)), float(opts.get("b", 1.25)), float(opts.get("c", 1.0)))
@@ -200,10 +198,23 @@ def spec_augment_from_config(data: dict[str, Any] | None, *, where: str = "spec_
             check_fields(f"{where}.{key}", opts, ("amount",))
             out["salt_pepper"] = float(opts.get("amount", 0.01))
         elif key == "random_cut":
+            check_fields(f"{where}.{key}", opts, ())
             out["random_cut"] = True
         else:
-            out[key] = opts if opts else data[key]
-    return SpecAugmentSpec.from_dict(out, where=where)
+            raise ConfigError(f"{where}.{key}={value!r}: expected a value, not a mapping")
+    return out
+
+
+def spec_augment_from_config(data: dict[str, Any] | None, *, where: str = "spec_augment",
+                             base: dict[str, Any] | None = None) -> SpecAugmentSpec | None:
+    """The :class:`SpecAugmentSpec` of a ``spec_augment`` mapping (:func:`spec_augment_fields`),
+    given fields over those of ``base`` (the recipe's mapping): changing one field keeps the rest of
+    the recipe's augmentation. An empty mapping switches augmentation off (None); so does no
+    mapping without a base."""
+    if data is not None and not data:
+        return None
+    fields = {**spec_augment_fields(base or {}, where=where), **spec_augment_fields(data or {}, where=where)}
+    return SpecAugmentSpec.from_dict(fields, where=where) if fields else None
 
 
 def _train_config(recipe: dict[str, Any], *, where: str, seed: int) -> TrainConfig:
@@ -242,8 +253,7 @@ def resolve(config: ExperimentConfig, *, where: str = "") -> Resolved:
     parse_augment(augment)
     neural = trainer.uses_view
     default_aug = entry.spec_augment if paper else (DEFAULT_SPEC_AUGMENT if neural else None)
-    spec_aug = spec_augment_from_config(config.spec_augment if config.spec_augment is not None else default_aug,
-                                        where=f"{where}spec_augment")
+    spec_aug = spec_augment_from_config(config.spec_augment, base=default_aug, where=f"{where}spec_augment")
     view = (ViewSpec.from_dict(_view_fields(entry, paper, cpu, config.view), where=f"{where}view") if neural
             else ViewSpec())
     if not trainer.uses_view:

@@ -203,6 +203,28 @@ def test_resolution_and_spec_augment_forms() -> None:
         assert resolve(ExperimentConfig(model="res_trans", epochs=2, spec_augment={})).plan.spec_augment is None
 
 
+def test_a_spec_augment_field_changes_only_that_field_of_the_recipe() -> None:
+    """``--set spec_augment.mixup=0.2`` adds mixup to the recipe's crops and masks instead of replacing
+    them (it did until stop 29: the masks and random crops were silently dropped); a field set to 0 or
+    false switches that part off alone; ``{}`` switches all of it off."""
+    load_all()
+
+    def spec(**given):
+        return resolve(ExperimentConfig(model="cnn", epochs=2, **given)).plan.spec_augment
+
+    recipe = spec()
+    assert recipe == SpecAugmentSpec(random_cut=True, freq_masks=2, time_masks=2)
+    assert spec(spec_augment={"mixup": 0.2}) == SpecAugmentSpec(random_cut=True, freq_masks=2, time_masks=2, mixup=0.2)
+    assert spec(spec_augment={"mixup": {"alpha": 0.4, "ratio": 0.5}}) == SpecAugmentSpec(
+        random_cut=True, freq_masks=2, time_masks=2, mixup=0.4, ratio=0.5)
+    assert spec(spec_augment={"freq_masks": 0, "random_cut": False}) == SpecAugmentSpec(time_masks=2)
+    assert spec(spec_augment={}) is None
+    with pytest.raises(ConfigError, match="spec_augment: unknown field 'mixpu'"):
+        spec(spec_augment={"mixpu": 0.2})
+    with pytest.raises(ConfigError, match="spec_augment.freq_masks=.*mapping"):
+        spec(spec_augment={"freq_masks": {"n": 2}})
+
+
 @pytest.mark.skipif("alexnet_sru" not in load_all(), reason="seed model alexnet_sru not registered")
 def test_two_stage_writes_stage1_embeddings_to_the_store(ws: Workspace) -> None:
     config = ExperimentConfig.from_dict({
