@@ -20,7 +20,7 @@ import inspect
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from ser_pipeline.augment import parse_augment
@@ -174,7 +174,7 @@ def spec_augment_fields(data: dict[str, Any], *, where: str = "spec_augment") ->
     "salt_pepper": {"amount"}, "random_cut": {}, "mixup": {"alpha", "ratio"}}`` or flat fields
     (``{"mixup": 0.2, "freq_masks": 0}``), mixed freely. Only the fields given appear."""
     check_fields(where, data, {"horizontal_mixup", "hmixup", "mixup", "cutout", "salt_pepper", "salt_and_pepper",
-                               "random_cut", *SpecAugmentSpec.__dataclass_fields__})
+                               "random_cut", *(f.name for f in fields(SpecAugmentSpec))})
     out: dict[str, Any] = {}
     for key, value in data.items():
         if not isinstance(value, dict):  # a flat field, checked by SpecAugmentSpec.from_dict
@@ -213,8 +213,8 @@ def spec_augment_from_config(data: dict[str, Any] | None, *, where: str = "spec_
     mapping without a base."""
     if data is not None and not data:
         return None
-    fields = {**spec_augment_fields(base or {}, where=where), **spec_augment_fields(data or {}, where=where)}
-    return SpecAugmentSpec.from_dict(fields, where=where) if fields else None
+    merged = {**spec_augment_fields(base or {}, where=where), **spec_augment_fields(data or {}, where=where)}
+    return SpecAugmentSpec.from_dict(merged, where=where) if merged else None
 
 
 def _train_config(recipe: dict[str, Any], *, where: str, seed: int) -> TrainConfig:
