@@ -269,6 +269,5 @@ register_model(
     # learns from epoch 1-2. CASIA validation UA best / last 3 over the 4 LOSO folds: 0.341 / 0.316
     # (dropout, 30 epochs) -> 0.353 / 0.318 (no dropout, 20 epochs) -> 0.397 / 0.374 (BLSTM 128)
     cpu={"hparams": {**CPU_ALEXNET, **CPU_HEAD, "hidden": 128, "dropout": 0.0, "dnn_dropout": 0.0},
-         "augment": CPU_AUGMENT,
-         "view": dict(CPU_VIEW), "train": {"epochs": 20, "batch_size": 16}},
+         "augment": CPU_AUGMENT, "view": dict(CPU_VIEW), "train": {"epochs": 20, "batch_size": 16}},
 )(build_joint_dcnn)

@@ -153,7 +153,7 @@ def test_no_pretrain_switches_to_its_from_scratch_variant_without_weights(tmp_pa
         assert any("from-scratch hparams.finetune=True, train.lr=0.0003" in n for n in r.plan.notes)
     cpu = resolved(preset="cpu").plan
     assert cpu.train.epochs == 20 and (cpu.hparams["dropout"], cpu.hparams["dnn_dropout"]) == (0.0, 0.0)
-    assert cpu.hparams["hidden"] == 128 and resolved(preset="cpu").plan.hparams["dnn"] == (128, 64, 64)
+    assert cpu.hparams["hidden"] == 128 and cpu.hparams["dnn"] == (128, 64, 64)
     assert resolved(preset="default").plan.hparams["dropout"] == 0.5  # the cpu recipe's choice only
     paper = resolved(preset="paper")
     assert paper.plan.hparams["finetune"] is False and (paper.plan.train.optimizer, paper.plan.train.lr) == ("nadam", 5e-6)
