@@ -20,6 +20,7 @@ import inspect
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -168,40 +169,43 @@ def check_hparams(where: str, given: dict[str, Any], build: Any, defaults: dict[
     return {**defaults, **given}
 
 
+SPEC_AUGMENT_ALIASES = {"horizontal_mixup": "hmixup", "salt_and_pepper": "salt_pepper"}
+"""Model-entry names of :class:`SpecAugmentSpec` fields."""
+
+
+def _cutout(o: dict[str, Any]) -> dict[str, Any]:
+    return {"cutout": int(o.get("holes", 1)), **({"cutout_frac": tuple(o["max_frac"])} if "max_frac" in o else {})}
+
+
+# The model-entry form ``{name: {option: value}}``: per field, its options and their flat fields.
+SPEC_AUGMENT_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[dict[str, Any]], dict[str, Any]]]] = {
+    "hmixup": (("a", "b", "c", "ratio"), lambda o: {
+        "hmixup": (float(o.get("a", 0.05)), float(o.get("b", 1.25)), float(o.get("c", 1.0))),
+        "ratio": float(o.get("ratio", 0.3))}),
+    "mixup": (("alpha", "ratio"), lambda o: {"mixup": float(o.get("alpha", 0.2)), "ratio": float(o.get("ratio", 0.3))}),
+    "cutout": (("holes", "max_frac"), _cutout),
+    "salt_pepper": (("amount",), lambda o: {"salt_pepper": float(o.get("amount", 0.01))}),
+    "random_cut": ((), lambda o: {"random_cut": True}),
+}
+
+
 def spec_augment_fields(data: dict[str, Any], *, where: str = "spec_augment") -> dict[str, Any]:
     """Flat :class:`SpecAugmentSpec` fields of a ``spec_augment`` mapping, in either form: the model
     entry's ``{"horizontal_mixup": {"a", "b", "c", "ratio"}, "cutout": {"holes", "max_frac"},
     "salt_pepper": {"amount"}, "random_cut": {}, "mixup": {"alpha", "ratio"}}`` or flat fields
     (``{"mixup": 0.2, "freq_masks": 0}``), mixed freely. Only the fields given appear."""
-    check_fields(where, data, {"horizontal_mixup", "hmixup", "mixup", "cutout", "salt_pepper", "salt_and_pepper",
-                               "random_cut", *(f.name for f in fields(SpecAugmentSpec))})
+    check_fields(where, data, {*SPEC_AUGMENT_ALIASES, *(f.name for f in fields(SpecAugmentSpec))})
     out: dict[str, Any] = {}
     for key, value in data.items():
+        name = SPEC_AUGMENT_ALIASES.get(key, key)
         if not isinstance(value, dict):  # a flat field, checked by SpecAugmentSpec.from_dict
-            out["salt_pepper" if key == "salt_and_pepper" else "hmixup" if key == "horizontal_mixup" else key] = value
+            out[name] = value
             continue
-        opts = dict(value)
-        if key in ("horizontal_mixup", "hmixup"):
-            check_fields(f"{where}.{key}", opts, ("a", "b", "c", "ratio"))
-            out["hmixup"] = (float(opts.get("a", 0.05)), float(opts.get("b", 1.25)), float(opts.get("c", 1.0)))
-            out["ratio"] = float(opts.get("ratio", 0.3))
-        elif key == "mixup":
-            check_fields(f"{where}.{key}", opts, ("alpha", "ratio"))
-            out["mixup"] = float(opts.get("alpha", 0.2))
-            out["ratio"] = float(opts.get("ratio", 0.3))
-        elif key == "cutout":
-            check_fields(f"{where}.{key}", opts, ("holes", "max_frac"))
-            out["cutout"] = int(opts.get("holes", 1))
-            if "max_frac" in opts:
-                out["cutout_frac"] = tuple(opts["max_frac"])
-        elif key in ("salt_pepper", "salt_and_pepper"):
-            check_fields(f"{where}.{key}", opts, ("amount",))
-            out["salt_pepper"] = float(opts.get("amount", 0.01))
-        elif key == "random_cut":
-            check_fields(f"{where}.{key}", opts, ())
-            out["random_cut"] = True
-        else:
+        if name not in SPEC_AUGMENT_OPTIONS:
             raise ConfigError(f"{where}.{key}={value!r}: expected a value, not a mapping")
+        options, flat = SPEC_AUGMENT_OPTIONS[name]
+        check_fields(f"{where}.{key}", value, options)
+        out.update(flat(value))
     return out
 
 
