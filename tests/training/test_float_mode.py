@@ -32,7 +32,11 @@ def _supported() -> bool:
     return out.stdout.strip() == "True"
 
 
-pytestmark = pytest.mark.skipif(not _supported(), reason="this CPU cannot flush denormals")
+@pytest.fixture(autouse=True, scope="module")
+def _needs_support() -> None:
+    """Asked once, when a test of this file runs (not at collection: it starts an interpreter)."""
+    if not _supported():
+        pytest.skip("this CPU cannot flush denormals")
 
 
 def test_without_the_mode_denormals_survive_and_with_it_every_thread_flushes_them() -> None:
