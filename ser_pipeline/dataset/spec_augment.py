@@ -53,19 +53,19 @@ class SpecAugmentSpec(Spec):
 
     def validate(self) -> None:
         for name in ("freq_masks", "freq_width", "time_masks", "time_width"):
-            require(getattr(self, name) >= 0, f"spec_augment.{name}", getattr(self, name), "must be >= 0")
-        require(self.cutout >= 0, "spec_augment.cutout", self.cutout, "must be >= 0")
+            require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
+        require(self.cutout >= 0, "cutout", self.cutout, "must be >= 0")
         require(len(self.cutout_frac) == 2 and all(0 < f <= 1 for f in self.cutout_frac),
-                "spec_augment.cutout_frac", self.cutout_frac, "must be two fractions in (0, 1]")
-        require(0 <= self.salt_pepper < 1, "spec_augment.salt_pepper", self.salt_pepper, "must be in [0, 1)")
-        require(self.mixup >= 0, "spec_augment.mixup", self.mixup, "Beta alpha must be >= 0")
+                "cutout_frac", self.cutout_frac, "must be two fractions in (0, 1]")
+        require(0 <= self.salt_pepper < 1, "salt_pepper", self.salt_pepper, "must be in [0, 1)")
+        require(self.mixup >= 0, "mixup", self.mixup, "Beta alpha must be >= 0")
         if self.hmixup is not None:
-            require(len(self.hmixup) == 3, "spec_augment.hmixup", self.hmixup, "must be (a, b, c)")
+            require(len(self.hmixup) == 3, "hmixup", self.hmixup, "must be (a, b, c)")
             a, b, c = self.hmixup
-            require(c > 0 and b >= 0 and a >= 0, "spec_augment.hmixup", self.hmixup, "needs a >= 0, b >= 0, c > 0")
-        require(not (self.mixup > 0 and self.hmixup is not None), "spec_augment", "mixup+hmixup",
-                "choose one of mixup and hmixup")
-        require(0 < self.ratio <= 1, "spec_augment.ratio", self.ratio, "must be in (0, 1]")
+            require(c > 0 and b >= 0 and a >= 0, "hmixup", self.hmixup, "needs a >= 0, b >= 0, c > 0")
+        require(not (self.mixup > 0 and self.hmixup is not None), "mixup", self.mixup,
+                "cannot be combined with hmixup: choose one")
+        require(0 < self.ratio <= 1, "ratio", self.ratio, "must be in (0, 1]")
 
     @property
     def mixing(self) -> bool:

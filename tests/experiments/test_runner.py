@@ -223,6 +223,8 @@ def test_a_spec_augment_field_changes_only_that_field_of_the_recipe() -> None:
         spec(spec_augment={"mixpu": 0.2})
     with pytest.raises(ConfigError, match="spec_augment.freq_masks=.*mapping"):
         spec(spec_augment={"freq_masks": {"n": 2}})
+    with pytest.raises(ConfigError, match=r"^spec_augment\.freq_masks=-1: must be >= 0"):  # the field named once
+        spec(spec_augment={"freq_masks": -1})
 
 
 @pytest.mark.skipif("alexnet_sru" not in load_all(), reason="seed model alexnet_sru not registered")
