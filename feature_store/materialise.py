@@ -39,7 +39,7 @@ from feature_store.writer import FaultHook, write_feature_batch
 from ser_pipeline import audio
 from ser_pipeline.augment import AugmentSpec, apply_variant, variant_seed
 from ser_pipeline.errors import AudioError, ConfigError, SerError, StoreError
-from ser_pipeline.extractors import extract_many, resolve_backend
+from ser_pipeline.extractors import extract_many, extractor, resolve_backend
 from ser_pipeline.features import FeatureSpec, load_compute_modules
 
 if TYPE_CHECKING:  # pandas stays out of Dask workers' imports (cluster start-up)
@@ -167,37 +167,62 @@ def run_task_in_worker(set_path: str, spec_dict: dict[str, Any], work: Sequence[
 
 def _compute_and_commit(set_path: Path, spec: FeatureSpec, work: Sequence[WorkItem], fault: FaultHook | None,
                         backend: str = "numpy") -> TaskResult:
-    """Read each recording once, compute its variants (``(C, F, T)``, or ``(L, H, T)`` for ssl) in one
-    :func:`extract_many` call for the whole task, and commit them as one batch."""
+    """Read each recording once, compute its variants (``(C, F, T)``, or ``(L, H, T)`` for ssl) and
+    commit them as one batch.
+
+    A per-wave extractor (numpy log-Mel) computes each recording's variants as soon as it is read,
+    so the task holds one wave at a time and only the stored features (float16) of the rest: a
+    fresh worker faults in a quarter of the pages, and each wave is still in cache when its frames
+    are computed. A batched extractor (torch, ssl) gets every wave of the task in one call.
+    """
     result = TaskResult()
+    per_wave = extractor(spec, backend).per_wave
     pending: list[tuple[dict[str, Any], np.ndarray, str]] = []  # (meta, varied wave, path)
-    for item in work:
-        try:
-            wave = load_checked(item.path, item.sha256, spec.sample_rate, quality=spec.resample_quality)
-        except AudioError as exc:
-            result.failed.extend((item.utterance_id, v, str(exc)) for v in item.variants)
-            continue
-        duration = wave.size / spec.sample_rate
-        for variant in item.variants:
-            try:
-                varied = apply_variant(wave, spec.sample_rate, variant, seed=variant_seed(item.sha256, variant))
-            except (SerError, ValueError) as exc:
-                result.failed.append((item.utterance_id, variant, f"{item.path}: {exc}"))
-                continue
-            meta = {"sha256": item.sha256, "variant": variant, "utterance_id": item.utterance_id,
-                    "duration_s": round(duration, 4)}
-            pending.append((meta, varied, item.path))
     entries: list[tuple[dict[str, Any], np.ndarray]] = []
+    for item in work:
+        pending += _variants_of(item, spec, result)
+        if per_wave:
+            _extract_into(entries, pending, spec, backend, result)
+    _extract_into(entries, pending, spec, backend, result)
+    if entries:
+        result.batch = write_feature_batch(set_path, entries, dtype=spec.dtype, fault=fault)
+        result.computed = len(entries)
+    return result
+
+
+def _variants_of(item: WorkItem, spec: FeatureSpec, result: TaskResult) -> list[tuple[dict[str, Any], np.ndarray, str]]:
+    """``(meta, varied wave (n,), path)`` for each variant of ``item`` still to compute; a recording
+    that cannot be read, or a variant that cannot be made, is added to ``result.failed`` instead."""
+    try:
+        wave = load_checked(item.path, item.sha256, spec.sample_rate, quality=spec.resample_quality)
+    except AudioError as exc:
+        result.failed.extend((item.utterance_id, v, str(exc)) for v in item.variants)
+        return []
+    duration = wave.size / spec.sample_rate
+    out = []
+    for variant in item.variants:
+        try:
+            varied = apply_variant(wave, spec.sample_rate, variant, seed=variant_seed(item.sha256, variant))
+        except (SerError, ValueError) as exc:
+            result.failed.append((item.utterance_id, variant, f"{item.path}: {exc}"))
+            continue
+        meta = {"sha256": item.sha256, "variant": variant, "utterance_id": item.utterance_id,
+                "duration_s": round(duration, 4)}
+        out.append((meta, varied, item.path))
+    return out
+
+
+def _extract_into(entries: list[tuple[dict[str, Any], np.ndarray]], pending: list[tuple[dict[str, Any], np.ndarray, str]],
+                  spec: FeatureSpec, backend: str, result: TaskResult) -> None:
+    """Compute ``pending`` (emptied) and append ``(meta, features in spec.dtype)`` to ``entries``;
+    a wave that fails is added to ``result.failed``."""
     for meta, feats, error in _extract_all(pending, spec, backend):
         if error:
             result.failed.append((meta["utterance_id"], meta["variant"], error))
             continue
         entries.append((meta, feats.astype(spec.dtype)))
         result.audio_seconds += meta["duration_s"]
-    if entries:
-        result.batch = write_feature_batch(set_path, entries, dtype=spec.dtype, fault=fault)
-        result.computed = len(entries)
-    return result
+    pending.clear()
 
 
 def _extract_all(pending: list[tuple[dict[str, Any], np.ndarray, str]], spec: FeatureSpec, backend: str

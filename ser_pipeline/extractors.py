@@ -19,6 +19,7 @@ transformers are imported only when their backend is used (Dask workers start fa
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,7 +29,19 @@ from ser_pipeline.registry import Registry
 
 BACKENDS = ("numpy", "torch", "auto")
 
-Extractor = Callable[[Sequence[np.ndarray], FeatureSpec], list[np.ndarray]]
+Compute = Callable[[Sequence[np.ndarray], FeatureSpec], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """``compute(waves, spec)`` -> one array per wave; ``per_wave``: each wave is computed alone, so
+    a caller gains nothing by holding many waves for one call (the store then computes each
+    recording as soon as it is read, and holds only its features)."""
+
+    compute: Compute
+    per_wave: bool
+
+
 EXTRACTORS: Registry[Extractor] = Registry("feature extractor")
 
 
@@ -59,12 +72,11 @@ def _functionals(waves: Sequence[np.ndarray], spec: FeatureSpec) -> list[np.ndar
 
 
 for _kind in ("logmel", "spectrogram"):
-    EXTRACTORS.add(f"{_kind}:numpy", _numpy)
-    EXTRACTORS.add(f"{_kind}:torch", _torch)
-EXTRACTORS.add("ssl:numpy", _ssl)
-EXTRACTORS.add("ssl:torch", _ssl)
-EXTRACTORS.add("functionals:numpy", _functionals)
-EXTRACTORS.add("functionals:torch", _functionals)
+    EXTRACTORS.add(f"{_kind}:numpy", Extractor(_numpy, per_wave=True))
+    EXTRACTORS.add(f"{_kind}:torch", Extractor(_torch, per_wave=False))  # batches of waves on the device
+for _backend in ("numpy", "torch"):
+    EXTRACTORS.add(f"ssl:{_backend}", Extractor(_ssl, per_wave=False))
+    EXTRACTORS.add(f"functionals:{_backend}", Extractor(_functionals, per_wave=False))
 
 
 def resolve_backend(backend: str) -> str:
@@ -80,10 +92,15 @@ def resolve_backend(backend: str) -> str:
     return "torch" if torch.cuda.is_available() else "numpy"
 
 
+def extractor(spec: FeatureSpec, backend: str = "numpy") -> Extractor:
+    """The registered extractor of ``spec.kind`` on ``backend`` (``auto`` resolved)."""
+    return EXTRACTORS.get(f"{spec.kind}:{resolve_backend(backend)}")
+
+
 def extract_many(waves: Sequence[np.ndarray], spec: FeatureSpec, *, backend: str = "numpy") -> list[np.ndarray]:
     """Features of each wave ``(n_i,)`` at ``spec.sample_rate``: a list of float32 arrays
     (``(C, F, T_i)`` for log-Mel and spectrograms, ``(L, H, T_i)`` for ``ssl``, ``(1, D, 1)`` for
     ``functionals``)."""
     if not waves:
         return []
-    return EXTRACTORS.get(f"{spec.kind}:{resolve_backend(backend)}")(waves, spec)
+    return extractor(spec, backend).compute(waves, spec)
