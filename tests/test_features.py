@@ -176,6 +176,19 @@ def test_band_projection_equals_the_dense_bank_product(n_mels, n_fft):
     np.testing.assert_allclose(got, (power.astype(np.float64) @ bank.T.astype(np.float64)).T, rtol=1e-5, atol=1e-7)
 
 
+def test_band_projection_adds_each_band_s_terms_in_bin_order():
+    """The bits of stored items: every band is its weighted bins added one after another, lowest
+    bin first, in float32 (items stored by earlier versions were computed this way)."""
+    bank = mel_filterbank(16000, 512, 64, 0.0, 8000.0)
+    power = (np.random.default_rng(1).random((53, 257), dtype=np.float32) * 1e3) ** 2
+    got = project_bands(power, mel_segments(16000, 512, 64, 0.0, 8000.0))
+    want = np.zeros((64, 53), dtype=np.float32)
+    for band, row in enumerate(bank):
+        for b in np.flatnonzero(row):
+            want[band] += power[:, b] * np.float32(row[b])  # 0 + x is x exactly
+    assert np.array_equal(got, want)
+
+
 def test_same_bits_whatever_the_blas_thread_count():
     """Stored items are computed with BLAS limited to one thread; direct calls use every core."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
