@@ -46,6 +46,11 @@ if TYPE_CHECKING:  # pandas stays out of Dask workers' imports (cluster start-up
     import pandas as pd
 
 DEFAULT_BATCH_SIZE = 256  # most items per task; see task_size
+WAVE_GROUP_BYTES = 2 << 20
+"""Decoded audio that a per-wave extractor computes together, read just before: about one core's L2
+cache (2 MiB here). Measured on CASIA with 2 worker processes, medians of 5 passes, three rounds:
+0.86-0.90 s per pass at 1-4 MiB, 0.92-1.02 s one recording at a time, 0.92-1.00 s the whole task
+(every wave of a 200-item task, 38 MB, read before any is computed)."""
 
 
 @dataclass(frozen=True)
@@ -170,18 +175,18 @@ def _compute_and_commit(set_path: Path, spec: FeatureSpec, work: Sequence[WorkIt
     """Read each recording once, compute its variants (``(C, F, T)``, or ``(L, H, T)`` for ssl) and
     commit them as one batch.
 
-    A per-wave extractor (numpy log-Mel) computes each recording's variants as soon as it is read,
-    so the task holds one wave at a time and only the stored features (float16) of the rest: a
-    fresh worker faults in a quarter of the pages, and each wave is still in cache when its frames
-    are computed. A batched extractor (torch, ssl) gets every wave of the task in one call.
+    A per-wave extractor (numpy log-Mel) computes the recordings in groups of about
+    :data:`WAVE_GROUP_BYTES` of decoded audio as they are read, so a task holds one group of waves
+    and the stored features (float16) of the rest, not every wave of the task. A batched extractor
+    (torch, ssl) gets every wave of the task in one call.
     """
     result = TaskResult()
-    per_wave = extractor(spec, backend).per_wave
+    group_bytes = WAVE_GROUP_BYTES if extractor(spec, backend).per_wave else math.inf
     pending: list[tuple[dict[str, Any], np.ndarray, str]] = []  # (meta, varied wave, path)
     entries: list[tuple[dict[str, Any], np.ndarray]] = []
     for item in work:
         pending += _variants_of(item, spec, result)
-        if per_wave:
+        if sum(wave.nbytes for _, wave, _ in pending) >= group_bytes:
             _extract_into(entries, pending, spec, backend, result)
     _extract_into(entries, pending, spec, backend, result)
     if entries:
