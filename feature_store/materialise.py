@@ -35,7 +35,7 @@ from feature_store.cluster import (  # noqa: F401 - re-exported
 from feature_store.layout import TMP, tmp_is_abandoned
 from feature_store.pools import fork_server_available, on_processes, on_threads
 from feature_store.store import FeatureStore
-from feature_store.writer import FaultHook, write_feature_batch
+from feature_store.writer import FaultHook, FeatureBatchWriter
 from ser_pipeline import audio
 from ser_pipeline.augment import AugmentSpec, apply_variant, variant_seed
 from ser_pipeline.errors import AudioError, ConfigError, SerError, StoreError
@@ -176,22 +176,22 @@ def _compute_and_commit(set_path: Path, spec: FeatureSpec, work: Sequence[WorkIt
     commit them as one batch.
 
     A per-wave extractor (numpy log-Mel) computes the recordings in groups of about
-    :data:`WAVE_GROUP_BYTES` of decoded audio as they are read, so a task holds one group of waves
-    and the stored features (float16) of the rest, not every wave of the task. A batched extractor
-    (torch, ssl) gets every wave of the task in one call.
+    :data:`WAVE_GROUP_BYTES` of decoded audio as they are read, and each item goes into the batch
+    writer at once (:class:`FeatureBatchWriter`: encoded chunk by chunk), so a task holds one group
+    of waves and one chunk, not every wave or item of the task. A batched extractor (torch, ssl)
+    gets every wave of the task in one call.
     """
     result = TaskResult()
     group_bytes = WAVE_GROUP_BYTES if extractor(spec, backend).per_wave else math.inf
     pending: list[tuple[dict[str, Any], np.ndarray, str]] = []  # (meta, varied wave, path)
-    entries: list[tuple[dict[str, Any], np.ndarray]] = []
-    for item in work:
-        pending += _variants_of(item, spec, result)
-        if sum(wave.nbytes for _, wave, _ in pending) >= group_bytes:
-            _extract_into(entries, pending, spec, backend, result)
-    _extract_into(entries, pending, spec, backend, result)
-    if entries:
-        result.batch = write_feature_batch(set_path, entries, dtype=spec.dtype, fault=fault)
-        result.computed = len(entries)
+    with FeatureBatchWriter(set_path, dtype=spec.dtype, fault=fault) as batch:
+        for item in work:
+            pending += _variants_of(item, spec, result)
+            if sum(wave.nbytes for _, wave, _ in pending) >= group_bytes:
+                _extract_into(batch, pending, spec, backend, result)
+        _extract_into(batch, pending, spec, backend, result)
+        if result.computed:
+            result.batch = batch.commit()
     return result
 
 
@@ -217,15 +217,16 @@ def _variants_of(item: WorkItem, spec: FeatureSpec, result: TaskResult) -> list[
     return out
 
 
-def _extract_into(entries: list[tuple[dict[str, Any], np.ndarray]], pending: list[tuple[dict[str, Any], np.ndarray, str]],
+def _extract_into(batch: FeatureBatchWriter, pending: list[tuple[dict[str, Any], np.ndarray, str]],
                   spec: FeatureSpec, backend: str, result: TaskResult) -> None:
-    """Compute ``pending`` (emptied) and append ``(meta, features in spec.dtype)`` to ``entries``;
-    a wave that fails is added to ``result.failed``."""
+    """Compute ``pending`` (emptied) and add each item's features to ``batch``; a wave that fails
+    is added to ``result.failed``."""
     for meta, feats, error in _extract_all(pending, spec, backend):
         if error:
             result.failed.append((meta["utterance_id"], meta["variant"], error))
             continue
-        entries.append((meta, feats.astype(spec.dtype)))
+        batch.add(meta, feats)
+        result.computed += 1
         result.audio_seconds += meta["duration_s"]
     pending.clear()
 

@@ -175,6 +175,117 @@ def _write_group(
     return batch_id
 
 
+class FeatureBatchWriter:
+    """One batch of feature items, written as they come: ``add`` each item ``(C, F, T_i)``, then
+    ``commit`` (one atomic rename), inside ``with`` so that a failure leaves nothing behind.
+
+    The items are cast to ``dtype`` and copied into one chunk buffer ``(C, F, chunk)``; each full
+    chunk is encoded and written under ``tmp/<id>`` at once, while the item it came from is still in
+    cache. The batch is the same Zarr group :func:`write_feature_batch` always wrote (``data (C, F,
+    sum T_i)``, per-item ``offset, frames, checksum``; the chunk files are the bytes Zarr writes),
+    without a second copy of the items' data: the writer holds one chunk, not the batch.
+    ``fault`` is called with ``"start"`` (first item), ``"written"`` and ``"before_commit"``.
+    """
+
+    def __init__(self, set_dir: Path, *, dtype: str, fault: FaultHook | None = None) -> None:
+        self.set_dir, self.dtype, self.fault = Path(set_dir), np.dtype(dtype), fault
+        self.batch_id = new_batch_id()
+        self.items: list[dict[str, Any]] = []
+        self.frames = 0
+        self._tmp: Path | None = None
+        self._buffer: np.ndarray | None = None  # (C, F, chunk) little-endian, the chunk being filled
+        self._template: ZarrTemplate | None = None
+        self._encoder: Any = None
+        self._fill = 0
+        self._chunks_written = 0
+        self._committed = False
+
+    def __enter__(self) -> FeatureBatchWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._committed and self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def add(self, meta: dict[str, Any], features: np.ndarray) -> None:
+        """Append one item: ``meta`` (``sha256, variant, utterance_id, duration_s``) and its features
+        ``(C, F, T)``, stored in the batch's dtype."""
+        arr = np.asarray(features, dtype=self.dtype)
+        if self._buffer is None:
+            self._start(arr)
+        channels, bands = self._buffer.shape[:2]
+        if arr.ndim != 3 or arr.shape[:2] != (channels, bands):
+            raise StoreError(f"{self.set_dir}: item {meta.get('utterance_id')} has shape {arr.shape}, "
+                             f"expected ({channels}, {bands}, T)")
+        frames = int(arr.shape[2])
+        self.items.append({**meta, "offset": self.frames, "frames": frames, "checksum": checksum(arr)})
+        self.frames += frames
+        step, start = self._buffer.shape[2], 0
+        while start < frames:
+            n = min(frames - start, step - self._fill)
+            self._buffer[..., self._fill : self._fill + n] = arr[..., start : start + n]
+            self._fill += n
+            start += n
+            if self._fill == step:
+                self._guarded(self._write_chunk)
+
+    def commit(self) -> str:
+        """Write the last chunk and the group's documents, fsync, rename into ``batches/``; returns
+        the batch id. StoreError when nothing was added or the disk fails (the temp batch removed)."""
+        if not self.items:
+            raise StoreError(f"{self.set_dir}: refusing to write an empty batch")
+        self._guarded(self._finish)
+        self._committed = True
+        return self.batch_id
+
+    def _start(self, first: np.ndarray) -> None:
+        if first.ndim != 3:
+            raise StoreError(f"{self.set_dir}: features of shape {first.shape}, expected (C, F, T)")
+        channels, bands = first.shape[:2]
+        step = time_chunk(channels, bands, self.dtype.itemsize)
+        self._buffer = np.zeros((channels, bands, step), dtype=self.dtype.newbyteorder("<"))
+        self._tmp = self.set_dir / TMP / self.batch_id
+        self._guarded(self._make_tmp)
+
+    def _make_tmp(self) -> None:
+        if self.fault:
+            self.fault("start")
+        self._tmp.parent.mkdir(parents=True, exist_ok=True)
+        self._template = zarr_template(self._buffer.dtype.str, 3, self._tmp.parent)
+        (self._tmp / "data").mkdir(parents=True)
+        self._encoder = blosc_encoder(self.dtype.itemsize)
+
+    def _write_chunk(self) -> None:
+        """Encode and write the chunk buffer (its unfilled tail zeroed: Zarr's fill value)."""
+        self._buffer[..., self._fill :] = 0
+        path = self._tmp / "data" / self._template.chunk_key((0, 0, self._chunks_written))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as sink:
+            sink.write(self._encoder.encode(self._buffer))
+        self._chunks_written += 1
+        self._fill = 0
+
+    def _finish(self) -> None:
+        if self._fill:
+            self._write_chunk()
+        channels, bands, step = self._buffer.shape
+        _write_json(self._tmp / "data" / "zarr.json",
+                    self._template.array_document((channels, bands, self.frames), (channels, bands, step)))
+        _write_json(self._tmp / "zarr.json", {**self._template.group_doc, "attributes": {"items": self.items}})
+        if self.fault:
+            self.fault("written")
+        _commit(self._tmp, self.set_dir / BATCHES / self.batch_id, self.fault)
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """Run a step that writes; an OSError (full disk...) becomes StoreError, the temp batch removed."""
+        try:
+            step()
+        except OSError as exc:
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+            raise StoreError(f"writing batch {self.batch_id} under {self.set_dir} failed: {exc}") from exc
+
+
 def write_feature_batch(
     set_dir: Path, entries: Sequence[tuple[dict[str, Any], np.ndarray]], *, dtype: str, fault: FaultHook | None = None
 ) -> str:
@@ -182,22 +293,14 @@ def write_feature_batch(
 
     ``entries``: ``(meta, features (C, F, T_i))`` with meta keys ``sha256, variant, utterance_id,
     duration_s``. Stored as ``data (C, F, sum T_i)`` in ``dtype`` plus per-item ``offset, frames,
-    checksum`` in the group's ``items`` attribute.
+    checksum`` in the group's ``items`` attribute (see :class:`FeatureBatchWriter`).
     """
     if not entries:
         raise StoreError(f"{set_dir}: refusing to write an empty batch")
-    arrays = [np.asarray(a, dtype=dtype) for _, a in entries]
-    channels, bands = arrays[0].shape[:2]
-    items, offset = [], 0
-    for (meta, _), arr in zip(entries, arrays, strict=True):
-        if arr.ndim != 3 or arr.shape[:2] != (channels, bands):
-            raise StoreError(f"{set_dir}: item {meta.get('utterance_id')} has shape {arr.shape}, expected ({channels}, {bands}, T)")
-        frames = int(arr.shape[2])
-        items.append({**meta, "offset": offset, "frames": frames, "checksum": checksum(arr)})
-        offset += frames
-    data = np.concatenate(arrays, axis=2)
-    chunks = (channels, bands, time_chunk(channels, bands, data.dtype.itemsize))
-    return _write_group(set_dir, data, chunks, items, fault)
+    with FeatureBatchWriter(set_dir, dtype=dtype, fault=fault) as batch:
+        for meta, features in entries:
+            batch.add(meta, features)
+        return batch.commit()
 
 
 def write_derived_batch(
