@@ -7,6 +7,7 @@ import pytest
 
 from ser_pipeline.errors import ConfigError
 from ser_pipeline.features import (
+    PADDED_BUFFER_FRAMES,
     PRESETS,
     FeatureSpec,
     deltas,
@@ -14,6 +15,7 @@ from ser_pipeline.features import (
     feature_spec,
     mel_filterbank,
     mel_segments,
+    power_frames,
     preemphasis,
     project_bands,
     static_features,
@@ -187,6 +189,27 @@ def test_band_projection_adds_each_band_s_terms_in_bin_order():
         for b in np.flatnonzero(row):
             want[band] += power[:, b] * np.float32(row[b])  # 0 + x is x exactly
     assert np.array_equal(got, want)
+
+
+def test_power_frames_reuse_no_stale_samples_across_window_lengths_and_lengths():
+    """The thread's zero-padded FFT buffer is reused between calls: a call after a longer wave, or
+    after another window length on the same FFT size, must not see the earlier call's samples."""
+    import scipy.fft
+
+    rng = np.random.default_rng(4)
+    specs = [FeatureSpec(win_ms=25.0, n_fft=512), FeatureSpec(win_ms=20.0, n_fft=512)]  # 400 and 320 samples
+    lengths = [48000, 1600, 16000 * 45, 400, 33000, 48000]  # one longer than the reused buffer
+    assert 1 + (16000 * 45 - 400) // 160 > PADDED_BUFFER_FRAMES
+    for n in lengths:
+        for spec in specs:
+            wave = rng.standard_normal(n).astype(np.float32)
+            win = spec.win_length
+            frames = np.lib.stride_tricks.sliding_window_view(wave, win)[:: spec.hop_length]
+            window = (0.54 - 0.46 * np.cos(2 * np.pi * np.arange(win) / win)).astype(np.float32)
+            padded = np.pad(frames * window, ((0, 0), (0, spec.fft_size - win)))
+            spectrum = scipy.fft.rfft(padded, axis=1)
+            want = spectrum.real**2 + spectrum.imag**2
+            assert np.array_equal(power_frames(wave, spec), want), (n, win)
 
 
 def test_same_bits_whatever_the_blas_thread_count():
