@@ -210,6 +210,8 @@ class FeatureBatchWriter:
     def add(self, meta: dict[str, Any], features: np.ndarray) -> None:
         """Append one item: ``meta`` (``sha256, variant, utterance_id, duration_s``) and its features
         ``(C, F, T)``, stored in the batch's dtype."""
+        if self._committed:
+            raise StoreError(f"batch {self.batch_id} under {self.set_dir} is committed: start a new batch")
         arr = np.asarray(features, dtype=self.dtype)
         if self._buffer is None:
             self._start(arr)

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import zarr
 
-from feature_store.writer import compressor, write_chunks, write_derived_batch, write_feature_batch
+from feature_store.writer import (
+    FeatureBatchWriter,
+    compressor,
+    write_chunks,
+    write_derived_batch,
+    write_feature_batch,
+)
 from ser_pipeline.errors import StoreError
 
 
@@ -81,3 +87,33 @@ def test_derived_batches_of_any_size_read_back_with_zarr_documents(tmp_path):
         reference.create_array("data", data=array[...], chunks=array.chunks, fill_value=0, compressors=compressor(4))
         ours = json.loads((base / "batches" / batch_id / "data" / "zarr.json").read_text())
         assert ours == json.loads((tmp_path / f"reference{n}" / "data" / "zarr.json").read_text())
+
+
+def test_items_streamed_across_chunk_edges_are_the_chunks_zarr_writes_for_their_concatenation(tmp_path):
+    """FeatureBatchWriter copies items into one chunk buffer and writes each chunk when it fills:
+    items that start and end inside chunks give the chunk files Zarr writes for the whole
+    concatenated array; an item added after the commit is refused."""
+    rng = np.random.default_rng(5)
+    entries = [({"sha256": f"{i:064x}", "variant": "orig", "utterance_id": f"u{i}", "duration_s": 1.0},
+                (rng.standard_normal((3, 64, int(n))) * 3).astype(np.float32))
+               for i, n in enumerate(rng.integers(1, 5000, 9))]
+    with FeatureBatchWriter(tmp_path / "set", dtype="float16") as batch:
+        for meta, features in entries:
+            batch.add(meta, features)
+        batch_id = batch.commit()
+        with pytest.raises(StoreError, match="committed"):
+            batch.add(*entries[0])
+    ours = tmp_path / "set" / "batches" / batch_id
+    chunks = zarr.open_group(str(ours), mode="r")["data"].chunks
+    data = np.concatenate([f.astype(np.float16) for _, f in entries], axis=2)
+    assert chunks[2] == 2048 and data.shape[2] > 4 * chunks[2] and data.shape[2] % chunks[2]  # an edge chunk
+    theirs = zarr.open_group(str(tmp_path / "theirs"), mode="w", zarr_format=3)
+    theirs.create_array("data", data=data, chunks=chunks, fill_value=0, compressors=compressor(2),
+                        config={"write_empty_chunks": True})
+    ours_files, theirs_files = _files(ours / "data"), _files(tmp_path / "theirs" / "data")
+    assert json.loads(ours_files.pop("zarr.json")) == json.loads(theirs_files.pop("zarr.json"))
+    assert len(ours_files) == -(-data.shape[2] // chunks[2]) and ours_files == theirs_files
+    items = zarr.open_group(str(ours), mode="r").attrs["items"]
+    assert [(it["offset"], it["frames"]) for it in items] == [
+        (sum(f.shape[2] for _, f in entries[:i]), f.shape[2]) for i, (_, f) in enumerate(entries)]
+    assert not any((tmp_path / "set" / "tmp").iterdir())
