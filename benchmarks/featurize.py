@@ -85,17 +85,19 @@ def peak_memory_method() -> str:
 class PeakRSS:
     """Context manager: peak resident memory of this process and all its children (MB).
 
-    On Linux it resets each process's kernel high-water mark on entry and sums them on exit: exact,
-    and free (no sampling thread stealing CPU from the run being measured). The sum of per-process
-    peaks is an upper bound of the tree's simultaneous peak. Elsewhere it samples every
+    On Linux it resets each process's kernel high-water mark (``VmHWM``) on entry, reads the mark of
+    every process of the tree every ``interval_s`` (a child that starts and ends inside, such as a
+    featurize worker, is counted with the last mark read while it lived) and sums the marks on exit.
+    The sum of per-process peaks is an upper bound of the tree's simultaneous peak (pages a worker
+    shares with its fork server count in both). Elsewhere it samples the tree's RSS every
     ``interval_s``.
     """
 
-    def __init__(self, interval_s: float = 0.02) -> None:
+    def __init__(self, interval_s: float = 0.05) -> None:
         self.interval_s = interval_s
         self.peak_mb = 0.0
-        self.method = "kernel high-water mark"
-        self._pids: list[int] = []
+        self.method = "kernel high-water marks"
+        self._marks: dict[int, float] = {}  # pid -> highest VmHWM read (MB)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -110,29 +112,41 @@ class PeakRSS:
                 pass
         return total / 1e6
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, self._sample())
-            self._stop.wait(self.interval_s)
+    def _read_marks(self) -> None:
+        for pid in _tree_pids():
+            mark = _vm_hwm_mb(pid)
+            if mark is not None:
+                self._marks[pid] = max(mark, self._marks.get(pid, 0.0))
+
+    def _run(self, step: Callable[[], None]) -> None:
+        while not self._stop.wait(self.interval_s):
+            step()
+
+    def _sample_peak(self) -> None:
+        self.peak_mb = max(self.peak_mb, self._sample())
 
     def __enter__(self) -> PeakRSS:
-        self._pids = _tree_pids()
-        if all(_reset_hwm(pid) for pid in self._pids):
-            return self
-        self.method = f"sampled every {self.interval_s:g} s"
-        self.peak_mb = self._sample()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        pids = _tree_pids()
+        if all(_reset_hwm(pid) for pid in pids):
+            self._read_marks()
+            step = self._read_marks
+        else:
+            self.method = f"sampled every {self.interval_s:g} s"
+            self.peak_mb = self._sample()
+            step = self._sample_peak
+        self._thread = threading.Thread(target=self._run, args=(step,), daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._thread is None:
-            peaks = [_vm_hwm_mb(pid) for pid in dict.fromkeys(self._pids + _tree_pids())]
-            self.peak_mb = sum(p for p in peaks if p is not None)
-            return
         self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self.peak_mb, self._sample())
+        if self._thread is not None:
+            self._thread.join()
+        if self.method.startswith("kernel"):
+            self._read_marks()
+            self.peak_mb = sum(self._marks.values())
+        else:
+            self._sample_peak()
 
 
 def tree_cpu_seconds() -> float:
