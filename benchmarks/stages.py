@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feature_store.materialise import DEFAULT_BATCH_SIZE, decode_mono, task_size
+from feature_store.materialise import DEFAULT_BATCH_SIZE, decode_mono, read_into_buffer, task_size
 from feature_store.writer import write_feature_batch
 from ser_pipeline import audio
 from ser_pipeline.errors import ConfigError
@@ -89,7 +89,7 @@ def _wave_timed(path: str, spec: FeatureSpec, clock: dict[str, float]) -> np.nda
     """The mono wave ``(n,)`` float32 at ``spec.sample_rate`` that ``load_checked`` returns, each step
     timed into ``clock``."""
     lap = Laps(clock)
-    data = Path(path).read_bytes()
+    data = read_into_buffer(path)
     lap("read")
     hashlib.sha256(data).hexdigest()
     lap("hash")

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing
@@ -112,7 +114,7 @@ def load_checked(path: str, sha256: str, sample_rate: int, *, quality: str = "VH
     16-bit PCM WAV straight from those bytes, anything else by libsndfile from the path.
     """
     try:
-        data = Path(path).read_bytes()
+        data = read_into_buffer(path)
     except FileNotFoundError:
         raise AudioError(f"{path}: file not found (vanished since ingest)") from None
     except OSError as exc:
@@ -124,7 +126,36 @@ def load_checked(path: str, sha256: str, sample_rate: int, *, quality: str = "VH
     return audio.resample(mono, rate, sample_rate, quality=quality)
 
 
-def decode_mono(data: bytes, path: str) -> tuple[np.ndarray, int]:
+_READ = threading.local()
+READ_BUFFER_MAX = 16 << 20  # files from this size on are read into bytes of their own
+
+
+def read_into_buffer(path: str) -> memoryview:
+    """The bytes of ``path`` in this thread's reusable read buffer, valid until the thread's next call.
+
+    A recording is hashed and decoded from its bytes and never kept; a fresh ``bytes`` per file cost
+    a worker 42 us per CASIA file (77 kB) against 16-22 us into a buffer that is already mapped.
+    """
+    if not hasattr(os, "preadv"):  # pragma: no cover - Windows
+        return memoryview(Path(path).read_bytes())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size >= READ_BUFFER_MAX:  # a long recording: not kept for the next one
+            return memoryview(Path(path).read_bytes())
+        buffer: bytearray | None = getattr(_READ, "buffer", None)
+        if buffer is None or len(buffer) < size + 1:
+            buffer = _READ.buffer = bytearray(max(size + 1, 1 << 20))
+        view = memoryview(buffer)
+        length = os.preadv(fd, [view[: size + 1]], 0)
+        if length > size:  # the file grew since fstat: read it whole
+            return memoryview(Path(path).read_bytes())
+        return view[:length]
+    finally:
+        os.close(fd)
+
+
+def decode_mono(data: bytes | memoryview, path: str) -> tuple[np.ndarray, int]:
     """A recording's bytes -> ``(mono wave (n,) float32, rate)``; AudioError when unusable.
 
     16-bit PCM WAV is decoded from ``data``; anything else by libsndfile from ``path``.

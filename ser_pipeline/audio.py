@@ -65,7 +65,7 @@ WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 PCM16_SCALE = np.float32(1.0 / 32768.0)  # libsndfile's int16 -> float normalisation (exact: 2**-15)
 
 
-def _pcm16_format(data: bytes, body: int, size: int) -> tuple[int, int] | None:
+def _pcm16_format(data: bytes | memoryview, body: int, size: int) -> tuple[int, int] | None:
     """``(channels, rate)`` of a ``fmt `` chunk at ``body`` when it is 16-bit integer PCM, else None."""
     if size < 16 or body + size > len(data):
         return None
@@ -77,7 +77,7 @@ def _pcm16_format(data: bytes, body: int, size: int) -> tuple[int, int] | None:
     return channels, rate
 
 
-def decode_pcm16_wav(data: bytes) -> tuple[np.ndarray, int] | None:
+def decode_pcm16_wav(data: bytes | memoryview) -> tuple[np.ndarray, int] | None:
     """Decode an in-memory RIFF/WAVE file of 16-bit PCM: ``(samples (n, channels) float32, rate)``.
 
     The common case of speech corpora, decoded without a second read of the file. Returns None for

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import tracemalloc
 
+import numpy as np
+
 from feature_store.materialise import WAVE_GROUP_BYTES, WorkItem, run_task
 from ser_pipeline.extractors import extractor
 from ser_pipeline.features import FeatureSpec
@@ -43,3 +45,17 @@ def test_a_task_of_four_times_the_recordings_peaks_at_the_same_memory(tmp_path, 
     assert small > WAVE_GROUP_BYTES  # a group of waves is held, and 30 recordings fill several groups
     assert large < 1.3 * small, (small, large)  # before: about 4x, every wave and item held
     assert large < waves / 3, (large, waves)
+
+
+def test_recordings_read_through_the_reused_buffer_are_their_own_bytes(tmp_path):
+    """The thread's read buffer is reused from file to file: a short file after a long one, an empty
+    file, and a file too large to keep a buffer for all read back exactly."""
+    from feature_store.materialise import READ_BUFFER_MAX, read_into_buffer
+
+    rng = np.random.default_rng(6)
+    sizes = [300_000, 17, 0, 2_000_000, 5, READ_BUFFER_MAX + 3, 1_000]
+    for i, size in enumerate(sizes):
+        path = tmp_path / f"f{i}.bin"
+        content = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        path.write_bytes(content)
+        assert bytes(read_into_buffer(str(path))) == content, size
