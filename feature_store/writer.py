@@ -73,10 +73,13 @@ def write_chunks(array_dir: Path, data: np.ndarray, chunks: tuple[int, ...], chu
         block = np.ascontiguousarray(data[..., start : start + step], dtype=little)
         if block.shape[-1] < step:  # the edge chunk, padded with the fill value
             block = np.concatenate([block, np.zeros((*chunks[:-1], step - block.shape[-1]), dtype=little)], axis=-1)
-        path = array_dir / chunk_key((0,) * (data.ndim - 1) + (index,))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as sink:
-            sink.write(encoder.encode(block))
+        _write_chunk_file(array_dir / chunk_key((0,) * (data.ndim - 1) + (index,)), encoder.encode(block))
+
+
+def _write_chunk_file(path: Path, encoded: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as sink:
+        sink.write(encoded)
 
 
 def time_chunk(channels: int, bands: int, itemsize: int, *, target: int = CHUNK_TARGET_BYTES) -> int:
@@ -168,7 +171,7 @@ def _write_group(
         _commit(tmp, base / BATCHES / batch_id, fault)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise StoreError(f"writing batch {batch_id} under {base} failed: {exc}") from exc
+        raise _write_failed(batch_id, base, exc) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -260,10 +263,8 @@ class FeatureBatchWriter:
     def _write_chunk(self) -> None:
         """Encode and write the chunk buffer (its unfilled tail zeroed: Zarr's fill value)."""
         self._buffer[..., self._fill :] = 0
-        path = self._tmp / "data" / self._template.chunk_key((0, 0, self._chunks_written))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as sink:
-            sink.write(self._encoder.encode(self._buffer))
+        _write_chunk_file(self._tmp / "data" / self._template.chunk_key((0, 0, self._chunks_written)),
+                          self._encoder.encode(self._buffer))
         self._chunks_written += 1
         self._fill = 0
 
@@ -285,7 +286,12 @@ class FeatureBatchWriter:
         except OSError as exc:
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)
-            raise StoreError(f"writing batch {self.batch_id} under {self.set_dir} failed: {exc}") from exc
+            raise _write_failed(self.batch_id, self.set_dir, exc) from exc
+
+
+def _write_failed(batch_id: str, base: Path, exc: OSError) -> StoreError:
+    """The one error of a batch the disk refused (full disk, permissions...): batch, folder, reason."""
+    return StoreError(f"writing batch {batch_id} under {base} failed: {exc}")
 
 
 def write_feature_batch(
