@@ -1,6 +1,6 @@
 """Where featurize spends its time: the store's own steps, timed one by one on one thread.
 
-:func:`stage_profile` runs the path of :func:`feature_store.materialise.load_checked` and
+:func:`stage_profile` runs the path of :func:`feature_store.recordings.load_checked` and
 :func:`ser_pipeline.features.extract` step by step on every file (one thread, BLAS limited to
 one), then commits the items as the store does (:func:`write_feature_batch`, same task size),
 and reports milliseconds of wall time per audio second for each step:
@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feature_store.materialise import DEFAULT_BATCH_SIZE, decode_mono, read_into_buffer, task_size
+from feature_store.materialise import DEFAULT_BATCH_SIZE, task_size
+from feature_store.recordings import decode_mono, read_into_buffer
 from feature_store.writer import write_feature_batch
 from ser_pipeline import audio
 from ser_pipeline.errors import ConfigError

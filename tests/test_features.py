@@ -231,7 +231,7 @@ def test_resample_quality_hq_is_opt_in_and_within_its_stated_tolerance(tmp_path)
     where HQ's anti-aliasing filter starts earlier: within 0.3), 0.005 on average."""
     import soundfile as sf
 
-    from feature_store.materialise import load_checked
+    from feature_store.recordings import load_checked
     from ser_pipeline.features import extract
 
     assert feature_spec("logmel64").digest() == "24f517291fa2e6f7"  # as before the field existed

@@ -146,7 +146,7 @@ def extract(
     """Feature computation alone: the numpy path vs the batched torch path (CUDA when present), and
     optionally an SSL checkpoint, on the same decoded waves."""
     from benchmarks.extract import bench_backends, bench_ssl  # outside the library's import graph
-    from feature_store.materialise import load_checked
+    from feature_store.recordings import load_checked
     from ser_pipeline.features import feature_spec
     from ser_pipeline.manifest import read_manifest  # pandas: when the command runs
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.stages import STAGES, _features_timed, _wave_timed, stage_profile
-from feature_store.materialise import load_checked
+from feature_store.recordings import load_checked
 from ser_pipeline.audio import file_sha256
 from ser_pipeline.errors import ConfigError
 from ser_pipeline.features import extract, feature_spec

@@ -15,7 +15,8 @@ import numpy as np
 
 from feature_store.layout import TMP
 from feature_store.maintenance import verify
-from feature_store.materialise import load_checked, materialise
+from feature_store.materialise import materialise
+from feature_store.recordings import load_checked
 from feature_store.store import FeatureStore
 from ser_pipeline.features import extract, feature_spec
 from ser_pipeline.manifest import write_manifest

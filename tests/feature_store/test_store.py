@@ -13,7 +13,8 @@ import pytest
 
 from feature_store.layout import BATCHES, TMP, new_batch_id
 from feature_store.maintenance import gc, verify
-from feature_store.materialise import load_checked, materialise
+from feature_store.materialise import materialise
+from feature_store.recordings import load_checked
 from feature_store.store import FeatureStore
 from ser_pipeline.augment import apply_variant, variant_seed
 from ser_pipeline.errors import StoreError

@@ -50,7 +50,7 @@ def test_a_task_of_four_times_the_recordings_peaks_at_the_same_memory(tmp_path, 
 def test_recordings_read_through_the_reused_buffer_are_their_own_bytes(tmp_path):
     """The thread's read buffer is reused from file to file: a short file after a long one, an empty
     file, and a file too large to keep a buffer for all read back exactly."""
-    from feature_store.materialise import READ_BUFFER_MAX, read_into_buffer
+    from feature_store.recordings import READ_BUFFER_MAX, read_into_buffer
 
     rng = np.random.default_rng(6)
     sizes = [300_000, 17, 0, 2_000_000, 5, READ_BUFFER_MAX + 3, 1_000]
