@@ -20,8 +20,10 @@ from typing import Any
 from feature_store.cluster import limit_threads
 
 # The compute path and the writer's imports, done once in the fork server instead of in every worker
-# (zarr alone costs a worker about 0.25 s of CPU on its first batch).
-FORK_SERVER_PRELOAD = ("feature_store.materialise", "scipy.fft", "zarr", "zarr.codecs", "threadpoolctl")
+# (zarr alone costs a worker about 0.25 s of CPU on its first batch), and what each worker would build on its
+# first batch (`feature_store.worker_warmup`).
+FORK_SERVER_PRELOAD = ("feature_store.materialise", "scipy.fft", "zarr", "zarr.codecs", "threadpoolctl",
+                       "feature_store.worker_warmup")
 
 
 def run_all(executor: Executor, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]], *,

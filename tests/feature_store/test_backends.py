@@ -192,3 +192,30 @@ def test_a_prestarted_fork_server_serves_the_workers_and_is_reaped_even_unused(m
     assert "Traceback" not in err
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)
+
+
+def test_workers_inherit_the_writer_templates_and_mel_bank_built_in_the_fork_server(tmp_path):
+    """The fork server builds the Zarr templates and the default spec's Mel bank once
+    (``feature_store.worker_warmup``): a worker's first batch builds neither."""
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "probe.py").write_text(textwrap.dedent("""
+        def caches(_):
+            import feature_store.writer as writer
+            from ser_pipeline.features import mel_segments
+            return sorted(writer._TEMPLATES), mel_segments.cache_info().currsize
+    """))
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent("""
+        from feature_store.pools import on_processes
+        from probe import caches
+        for _, (templates, mel_banks) in on_processes(caches, [(0,), (1,)], 2):
+            print(templates, mel_banks)
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines == ["[('<f2', 3), ('<f4', 3)] 1"] * 2
