@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from feature_store.maintenance import verify
-from feature_store.materialise import dask_client, materialise, task_size
+from feature_store.materialise import WorkItem, chunk_work, dask_client, materialise, plan, task_size
 from feature_store.store import FeatureStore
 from ser_pipeline.errors import ConfigError, StoreError
 from ser_pipeline.features import feature_spec
@@ -27,7 +27,7 @@ def test_local_cluster_matches_in_process(tmp_path, make_corpus):
         profiling = client.run(lambda: __import__("dask").config.get("distributed.worker.profile.enabled"))
         assert set(profiling.values()) == {False}
         report = materialise(frame, SPEC, ["noise=30"], remote, client=client, batch_size=3)
-    assert (report.computed, report.failed, report.batches) == (10, [], 3)
+    assert (report.computed, report.failed, report.batches) == (10, [], 4)  # 10 items, at most 3 per task: 4 tasks
     materialise(frame, SPEC, ["noise=30"], local)
     a, b = remote.open_set(SPEC), local.open_set(SPEC)
     keys = sorted(a.keys())
@@ -86,3 +86,39 @@ def test_full_disk_on_a_cluster_ends_with_one_clean_error(tmp_path, make_corpus,
     assert len(store.open_set(SPEC)) == 0 and verify(store)["ok"] and verify(store)["uncommitted"] == []
     with dask_client(workers=1) as client:  # the next run on a fresh cluster works
         assert materialise(frame, SPEC, None, store, client=client).computed == 8
+
+
+def _items(seconds, variants=1):
+    return [WorkItem(f"u{i}", f"/x/{i}.wav", f"{i:064x}", tuple(f"v{j}" for j in range(variants)), s)
+            for i, s in enumerate(seconds)]
+
+
+def test_tasks_are_cut_where_their_audio_is_equal():
+    work = _items([8.0] * 4 + [1.0] * 32)  # 36 items, 64 s: 4 tasks of 9 items by count; 16 s each by audio
+    tasks = list(chunk_work(work, 9, most=64))
+    assert [len(t) for t in tasks] == [2, 2, 16, 16]
+    assert [sum(w.seconds for w in t) for t in tasks] == [16.0] * 4
+    assert [w for t in tasks for w in t] == work  # every item once, in order
+
+
+def test_a_task_holds_at_most_most_items_and_variants_weigh_in():
+    tasks = list(chunk_work(_items([10.0] + [0.1] * 40), 41 // 2 + 1, most=25))  # the short ones would all go together
+    assert max(len(t) for t in tasks) <= 25 and sum(len(t) for t in tasks) == 41
+    tasks = list(chunk_work(_items([2.0] * 4, variants=3), 6))  # 12 items, 2 tasks: 2 recordings each
+    assert [len(t) for t in tasks] == [2, 2]
+
+
+def test_without_durations_tasks_are_cut_by_count():
+    tasks = list(chunk_work(_items([0.0] * 10), 5))  # no duration in the manifest: items are the cost
+    assert [len(t) for t in tasks] == [5, 5]
+    assert list(chunk_work([], 5)) == []
+
+
+def test_plan_takes_durations_from_the_manifest():
+    import pandas as pd
+
+    manifest = pd.DataFrame({"utterance_id": ["a", "b", "c"], "path": ["/a", "/b", "/c"], "sha256": ["1", "2", "3"],
+                             "duration_s": [2.5, float("nan"), -1.0]})
+    work, reused = plan(manifest, ["orig"], set())
+    assert [w.seconds for w in work] == [2.5, 0.0, 0.0] and reused == 0
+    assert [w.seconds for w in plan(manifest.drop(columns="duration_s"), ["orig"], set())[0]] == [0.0] * 3
