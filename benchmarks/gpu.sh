@@ -20,11 +20,12 @@ if [[ $MODE == prepare ]]; then
     grep -qxF '/.whl/' .git/info/exclude || echo '/.whl/' >> .git/info/exclude
     grep -qxF '/.gpu/' .git/info/exclude || echo '/.gpu/' >> .git/info/exclude
     mkdir -p .whl .gpu/casia
-    # The device image has torch, numpy, scipy, pandas, pyarrow, scikit-learn, transformers, typer...
-    # (device/KINDS.md); these it lacks. --no-deps: each need is named.
-    for pkg in zarr==3.1.5 numcodecs==0.16.5 donfig==0.8.1.post1 crc32c==2.8 soxr==1.0.0 soundfile==0.13.1 \
-               dask==2026.1.2 distributed==2026.1.2 tblib==3.2.2 zict==3.0.0 sortedcontainers==2.4.0 \
-               partd==1.4.2 locket==1.0.0 cloudpickle==3.1.2 msgpack==1.1.2; do
+    # The device image has torch, numpy, scipy, pandas, pyarrow, scikit-learn, transformers, typer,
+    # msgpack, toolz, cloudpickle... (device/KINDS.md); these it lacks (or has at other versions), at the versions constraints.txt
+    # pins (the versions the tests ran with here). --no-deps: each need is named.
+    for name in zarr numcodecs donfig google-crc32c soxr soundfile dask distributed tblib zict partd locket \
+                sortedcontainers cloudpickle msgpack toolz fsspec; do
+        pkg=$(grep -i "^${name}==" constraints.txt) || { echo "warning: $name is not pinned in constraints.txt" >&2; continue; }
         python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
             --platform any -d .whl "$pkg" || echo "warning: no wheel for $pkg (pin another version)" >&2
