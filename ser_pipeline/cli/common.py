@@ -50,6 +50,7 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # mlflow sets its logger's level when imported
     for module in ("mlflow", "alembic", "cloudpickle", "prefect", "pydantic", "huggingface_hub"):
         warnings.filterwarnings("ignore", module=rf"{module}(\..*)?")
     warnings.filterwarnings("ignore", message=r".*(CloudPickle|cloudpickle|dataset source).*")

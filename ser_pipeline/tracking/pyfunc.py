@@ -7,6 +7,9 @@ import os
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+import logging  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -46,7 +49,7 @@ def log_model(run_id: str, exp_dir: Path, model_dir: Path, *, registered: str | 
     example = pd.DataFrame({"path": [example_audio or _example_path(exp_dir)]})
     output = pd.DataFrame({"emotion": [classes[0]], **{f"p_{c}": [0.0] for c in classes}, "error": [""]})
     signature = infer_signature(example, output)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), _event_messages_hidden():
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(MODEL_CODE),  # models-from-code: no cloudpickle in the logged model
@@ -64,6 +67,25 @@ def log_model(run_id: str, exp_dir: Path, model_dir: Path, *, registered: str | 
         update_champion(client, registered)
         out["registered"] = f"{registered}/{version}"
     return out
+
+
+@contextmanager
+def _event_messages_hidden() -> Iterator[None]:
+    """MLflow's event messages ("Successfully registered model ...", "Created version ...": printed
+    whatever the log level) hidden while its logger is above INFO, as the CLI sets it without
+    ``--verbose``: the stage table and ``ser track`` report the registered version themselves.
+    Errors still raise."""
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    if logging.getLogger("mlflow").getEffectiveLevel() <= logging.INFO:
+        yield
+        return
+    was = MLFLOW_LOGGING_STREAM.enabled
+    MLFLOW_LOGGING_STREAM.enabled = False
+    try:
+        yield
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = was
 
 
 def _example_path(exp_dir: Path) -> str:

@@ -46,6 +46,8 @@ def test_train_writes_an_mlflow_run_and_talks(root: str, tmp_path: Path) -> None
     # the refit on train + validation speakers says so, with its own epoch lines
     assert f"{first}: refit on train + validation speakers for the epochs chosen on validation" in err
     assert any(line.startswith(f"{first}/refit epoch 1:") and "no validation" in line for line in err)
+    # MLflow's own chatter (printed whatever its log level) stays hidden without --verbose
+    assert [line for line in err if "registered model" in line or "Created version" in line or " INFO " in line] == []
     run = MlflowClient(store).get_run(summary["tracking"]["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["ser.kind"] == "parent"
     assert run.info.run_name.startswith("cnn · ") and "epochs=2" in run.info.run_name
