@@ -172,6 +172,14 @@ def load_imagenet_weights(model: AlexNet, path: str | os.PathLike[str] | None) -
     return {"loaded": loaded, "skipped": skipped, "path": str(file)}
 
 
+SCRATCH = {"hparams": {"batch_norm": True}}
+"""The from-scratch variant of every AlexNet-based model (no ImageNet weights given; default and cpu
+presets): a BatchNorm after each conv. Without it the network from random initialisation stays at
+ln K training loss: ``alexnet_sru`` at full width on the demo corpus (default preset, one LOSO fold,
+4 epochs) kept its stage-1 loss at ln 4 and scored test UA 0.362, against 0.938 with it (stop 31);
+the demo's width-1/8 network 0.278 against 0.747 over 4 folds; the quarter width on CASIA (stop 12)."""
+
+
 @register_model(
     "alexnet",
     reference="Krizhevsky, Sutskever and Hinton, 2012, ImageNet Classification with Deep CNNs (NeurIPS), sec. 3.5",
@@ -183,6 +191,7 @@ def load_imagenet_weights(model: AlexNet, path: str | os.PathLike[str] | None) -
                "batch_norm": "BatchNorm after every conv (from-scratch variant; no ImageNet weights)"},
     # from scratch on CPU: BatchNorm per conv (without it the network often stays at ln K loss), AdamW 3e-3
     cpu={"hparams": {"width_mult": 0.25, "batch_norm": True}, "view": {"resize": (96, 96)}, "train": {"epochs": 15}},
+    scratch=dict(SCRATCH),
 )
 def build_alexnet(n_classes: int, in_channels: int, *, weights: str | None = None, **hparams: Any) -> AlexNet:
     """Registry builder: :class:`AlexNet`, initialised from the ``weights`` file when given.

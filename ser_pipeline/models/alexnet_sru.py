@@ -38,7 +38,7 @@ from torch import nn
 
 from ser_pipeline.config import require
 from ser_pipeline.models import register_model
-from ser_pipeline.models.alexnet import build_alexnet
+from ser_pipeline.models.alexnet import SCRATCH, build_alexnet
 
 REFERENCE = (
     "Speech emotion recognition using deep convolutional neural network and simple recurrent unit: "
@@ -211,6 +211,7 @@ CPU = {"hparams": {"width_mult": 0.25, "batch_norm": True}, "view": CPU_VIEW, "t
     stage2_recipe=dict(STAGE2_RECIPE),
     protocol="loso",
     cpu=dict(CPU),
+    scratch=dict(SCRATCH),
 )
 def build_alexnet_sru(n_classes: int, in_channels: int = 3, **hparams: Any) -> nn.Module:
     """Stage-1 builder: the segment AlexNet (``embed`` gives the 4096-d FC7 features)."""
@@ -228,6 +229,7 @@ def build_alexnet_sru(n_classes: int, in_channels: int = 3, **hparams: Any) -> n
     trainer="standard",
     protocol="loso",
     cpu={k: v for k, v in CPU.items() if not k.startswith("stage2")},
+    scratch=dict(SCRATCH),
 )
 def build_alexnet_sru_cnn_only(n_classes: int, in_channels: int = 3, **hparams: Any) -> nn.Module:
     """The CNN-only ablation: the same segment AlexNet, trained and scored on its own."""

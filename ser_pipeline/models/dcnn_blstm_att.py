@@ -46,7 +46,7 @@ from torch import nn
 
 from ser_pipeline.config import require
 from ser_pipeline.models import register_model
-from ser_pipeline.models.alexnet import build_alexnet
+from ser_pipeline.models.alexnet import SCRATCH, build_alexnet
 
 REFERENCE = (
     "Pre-trained DCNN + BLSTM with attention + DNN for SER: features/windows, "
@@ -243,6 +243,7 @@ register_model(
     cpu={"hparams": dict(CPU_ALEXNET), "augment": CPU_AUGMENT, "view": dict(CPU_VIEW),
          "train": {"epochs": 20, "batch_size": 64},
          "stage2_hparams": dict(CPU_HEAD), "stage2_train": {"epochs": 20}},
+    scratch=dict(SCRATCH),
 )(build_dcnn)
 register_model(
     "dcnn_blstm_att_no_pretrain",
@@ -258,7 +259,7 @@ register_model(
     # hold a linear probe at CASIA UA 0.24-0.29 (stop 25), so the AlexNet trains with the head; at the
     # from-scratch rate 3e-3 the joint network never leaves ln 6 loss (at 1e-3 neither, in 150 steps),
     # at 3e-4 it leaves it after 3-4 epochs
-    scratch={"hparams": {"finetune": True}, "train": {"lr": 3e-4}},
+    scratch={"hparams": {**SCRATCH["hparams"], "finetune": True}, "train": {"lr": 3e-4}},
     ablations={**ABLATIONS, "finetune": "False: the AlexNet frozen (the paper's ablation with ImageNet weights); "
                "True: trained with the BLSTM (the from-scratch variant without weights)",
                "dnn_dropout": "dropout after the DNN's first layer (hparam dropout is the AlexNet's)"},

@@ -36,11 +36,18 @@ def test_the_environment_file_is_recorded_and_keeps_the_fine_tuning_recipe(
     without = _resolve()
     assert without.plan.hparams["weights"] is None and without.plan.train.optimizer == "adamw"
     assert any("from-scratch variant" in n for n in without.plan.notes)
+    # from scratch, a BatchNorm after each conv (without it the network stays at ln K loss); said in the notes
+    assert without.plan.hparams["batch_norm"] is True
+    assert any("hparams.batch_norm=True" in n for n in without.plan.notes)
+    for model in ("alexnet_sru", "alexnet_sru_cnn_only", "dcnn_blstm_att", "dcnn_blstm_att_no_pretrain"):
+        assert _resolve(model).plan.hparams["batch_norm"] is True, model
+    assert _resolve(hparams={"batch_norm": False}).plan.hparams["batch_norm"] is False  # the user's setting wins
     monkeypatch.setenv(WEIGHTS_ENV, str(weights_file))
     given = _resolve()
     assert given.plan.hparams["weights"] == str(weights_file.resolve())  # the record names the file
     assert (given.plan.train.optimizer, given.plan.train.lr) == ("sgd", 1e-3)  # the paper's fine-tuning rate
     assert not any("from-scratch" in n for n in given.plan.notes)
+    assert given.plan.hparams["batch_norm"] is False  # torchvision's ImageNet AlexNet has no BatchNorm
     config = ExperimentConfig(model="alexnet", corpus="c")
     assert experiment_digest(config, given) != experiment_digest(config, without)
     joint = _resolve("dcnn_blstm_att_no_pretrain")  # frozen AlexNet, the paper's stage-2 recipe
