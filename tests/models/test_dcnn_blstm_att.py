@@ -154,10 +154,13 @@ def test_no_pretrain_switches_to_its_from_scratch_variant_without_weights(tmp_pa
     cpu = resolved(preset="cpu").plan
     assert cpu.train.epochs == 20 and (cpu.hparams["dropout"], cpu.hparams["dnn_dropout"]) == (0.0, 0.0)
     assert cpu.hparams["hidden"] == 128 and cpu.hparams["dnn"] == (128, 64, 64)
-    assert resolved(preset="default").plan.hparams["dropout"] == 0.5  # the cpu recipe's choice only
+    default = resolved(preset="default").plan  # the from-scratch variant drops dropout too (stop 31)
+    assert (default.hparams["dropout"], default.hparams["dnn_dropout"], default.hparams["batch_norm"]) == (0.0, 0.0, True)
+    assert resolved(preset="default", hparams={"dropout": 0.5}).plan.hparams["dropout"] == 0.5  # the user's wins
     paper = resolved(preset="paper")
     assert paper.plan.hparams["finetune"] is False and (paper.plan.train.optimizer, paper.plan.train.lr) == ("nadam", 5e-6)
     assert not any("finetune" in n for n in paper.plan.notes)
+    assert (paper.plan.hparams["dropout"], paper.plan.hparams["batch_norm"]) == (0.5, False)
     with pytest.raises(ConfigError, match="hparams.finetune='maybe': must be true or false"):
         resolved(preset="cpu", hparams={"finetune": "maybe"})  # refused before any fold, or a cached record
     frozen = resolved(preset="cpu", hparams={"finetune": False})
